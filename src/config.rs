@@ -1,0 +1,600 @@
+//! TOML configuration: schema, defaults and validation.
+//!
+//! Every error names the file, the line and the key (`FILE:LINE: key: what is wrong`) so an
+//! operator can fix a bad file without reading source code. Parsing happens in two passes: serde
+//! into raw structs (type errors, unknown keys), then validation into the typed [`Config`] the rest
+//! of the program uses (addresses, ranges, regexes, cross references between trunks and routes).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
+/// calls from no one. It exists so that a bare start shows a working process, not a surprise.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[sip]
+listen = ["udp:127.0.0.1:5060"]
+
+[media]
+ports = "30000-30999"
+dataplane = "auto"
+
+[control]
+http = "127.0.0.1:9100"
+"#;
+
+/// A SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        })
+    }
+}
+
+/// A transport-qualified socket address as written in the config (`udp:10.0.0.1:5060`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not of the form udp:IP:PORT or tcp:IP:PORT"))?;
+        let transport = match proto {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            other => return Err(format!("unknown transport `{other}` (expected udp or tcp)")),
+        };
+        let addr = rest
+            .parse()
+            .map_err(|_| format!("`{rest}` is not an IP:PORT socket address"))?;
+        Ok(Endpoint { transport, addr })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        };
+        write!(f, "{proto}:{}", self.addr)
+    }
+}
+
+/// Which media forwarding tier to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    /// Pick the best tier this machine offers (today: always `socket`).
+    Auto,
+    /// Plain UDP sockets with batched `recvmmsg`/`sendmmsg`.
+    Socket,
+}
+
+/// Whether a trunk faces the LAN (IP-PBX, PSTN gateway) or an Internet telephony provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkKind {
+    Lan,
+    Itsp,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub control: ControlConfig,
+    pub trunks: Vec<Trunk>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    pub listen: Vec<Endpoint>,
+    /// Concurrent calls beyond which new INVITEs get 503.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// First RTP port (even) and the last usable port of the range.
+    pub port_first: u16,
+    pub port_last: u16,
+    pub dataplane: Dataplane,
+    /// No media in either direction for this long ends the call.
+    pub timeout: Duration,
+    /// Socket relay threads.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Where `GET /status` is served; `None` disables the HTTP endpoint.
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    pub name: String,
+    pub kind: TrunkKind,
+    pub peers: Vec<Endpoint>,
+    /// The listen socket that faces this trunk; its IP is advertised in SDP toward the trunk.
+    pub local: Endpoint,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Indexes into [`Config::trunks`] of the trunks whose calls this route takes.
+    pub from: Vec<usize>,
+    /// Matched against the user part of the Request-URI.
+    pub called: Regex,
+    /// Trunks tried in order.
+    pub to: Vec<usize>,
+}
+
+/// A configuration error pointing at the offending file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sip: RawSip,
+    media: RawMedia,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    trunk: Vec<RawTrunk>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: Vec<String>,
+    #[serde(default = "default_max_calls")]
+    max_calls: usize,
+}
+
+fn default_max_calls() -> usize {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    ports: String,
+    #[serde(default = "default_dataplane")]
+    dataplane: String,
+    #[serde(default = "default_timeout")]
+    timeout_s: u64,
+    #[serde(default = "default_threads")]
+    threads: usize,
+}
+
+fn default_dataplane() -> String {
+    "auto".into()
+}
+fn default_timeout() -> u64 {
+    30
+}
+fn default_threads() -> usize {
+    1
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    http: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: String,
+    kind: TrunkKind,
+    peers: Vec<String>,
+    local: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    from: Vec<String>,
+    #[serde(rename = "match")]
+    called: String,
+    to: Vec<String>,
+}
+
+/// One step of a key path: a table key or an array index.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Maps key paths to line numbers in the source text, for error messages.
+struct Locator<'a> {
+    text: &'a str,
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Locator {
+            text,
+            doc: toml_edit::ImDocument::parse(text).ok(),
+        }
+    }
+
+    fn line_of_offset(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    /// The line of the value at `path`, or of its closest existing parent; 1 when unknown.
+    fn line(&self, path: &[Seg]) -> usize {
+        let Some(doc) = &self.doc else { return 1 };
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut best = None;
+        for seg in path {
+            let next = match seg {
+                Seg::Key(k) => item.get(*k),
+                Seg::Index(i) => match item {
+                    toml_edit::Item::ArrayOfTables(a) => a.get(*i).map(|_| &item[*i]),
+                    _ => item.get(*i),
+                },
+            };
+            match next {
+                Some(n) => {
+                    item = n;
+                    let span = match n {
+                        toml_edit::Item::Table(t) => t.span(),
+                        other => other.span(),
+                    };
+                    if let Some(s) = span {
+                        best = Some(s.start);
+                    }
+                }
+                None => break,
+            }
+        }
+        best.map_or(1, |o| self.line_of_offset(o))
+    }
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: name.clone(),
+        line: 0,
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&name, &text)
+}
+
+/// Parses and validates config text; `file` is used only in error messages.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let loc = Locator::new(text);
+    let err = |path: &[Seg], message: String| ConfigError {
+        file: file.to_string(),
+        line: loc.line(path),
+        key: path_string(path),
+        message,
+    };
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(
+        |e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map_or(1, |s| loc.line_of_offset(s.start));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                key: if key == "." { "(document)".into() } else { key },
+                message: inner.message().to_string(),
+            }
+        },
+    )?;
+
+    let mut listen = Vec::new();
+    for (i, l) in raw.sip.listen.iter().enumerate() {
+        listen.push(
+            l.parse::<Endpoint>()
+                .map_err(|m| err(&[Seg::Key("sip"), Seg::Key("listen"), Seg::Index(i)], m))?,
+        );
+    }
+    if listen.is_empty() {
+        return Err(err(
+            &[Seg::Key("sip"), Seg::Key("listen")],
+            "at least one listen address is required".into(),
+        ));
+    }
+    if raw.sip.max_calls == 0 {
+        return Err(err(
+            &[Seg::Key("sip"), Seg::Key("max_calls")],
+            "must be at least 1".into(),
+        ));
+    }
+
+    let ports_path = [Seg::Key("media"), Seg::Key("ports")];
+    let (port_first, port_last) = parse_port_range(&raw.media.ports).map_err(|m| err(&ports_path, m))?;
+    let dataplane = match raw.media.dataplane.as_str() {
+        "auto" => Dataplane::Auto,
+        "socket" => Dataplane::Socket,
+        other => {
+            return Err(err(
+                &[Seg::Key("media"), Seg::Key("dataplane")],
+                format!("unknown data plane `{other}` (this build offers \"auto\" and \"socket\")"),
+            ))
+        }
+    };
+    if raw.media.timeout_s == 0 {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("timeout_s")],
+            "must be at least 1 second".into(),
+        ));
+    }
+    if raw.media.threads == 0 || raw.media.threads > 64 {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("threads")],
+            "must be between 1 and 64".into(),
+        ));
+    }
+
+    let http = match &raw.control.http {
+        None => None,
+        Some(h) => Some(h.parse().map_err(|_| {
+            err(
+                &[Seg::Key("control"), Seg::Key("http")],
+                format!("`{h}` is not an IP:PORT socket address"),
+            )
+        })?),
+    };
+
+    let mut trunks: Vec<Trunk> = Vec::new();
+    for (i, t) in raw.trunk.iter().enumerate() {
+        let at = |key| [Seg::Key("trunk"), Seg::Index(i), Seg::Key(key)];
+        if t.name.is_empty() || trunks.iter().any(|o| o.name == t.name) {
+            return Err(err(&at("name"), format!("trunk name `{}` is empty or used twice", t.name)));
+        }
+        if t.peers.is_empty() {
+            return Err(err(&at("peers"), "a trunk needs at least one peer".into()));
+        }
+        let mut peers = Vec::new();
+        for (j, p) in t.peers.iter().enumerate() {
+            peers.push(p.parse::<Endpoint>().map_err(|m| {
+                err(&[Seg::Key("trunk"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)], m)
+            })?);
+        }
+        let local: Endpoint = t.local.parse().map_err(|m| err(&at("local"), m))?;
+        if !listen.contains(&local) {
+            return Err(err(
+                &at("local"),
+                format!("`{}` is not one of sip.listen", t.local),
+            ));
+        }
+        trunks.push(Trunk {
+            name: t.name.clone(),
+            kind: t.kind,
+            peers,
+            local,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.route.iter().enumerate() {
+        let trunk_refs = |key: &'static str, names: &[String]| -> Result<Vec<usize>, ConfigError> {
+            if names.is_empty() {
+                return Err(err(
+                    &[Seg::Key("route"), Seg::Index(i), Seg::Key(key)],
+                    "must name at least one trunk".into(),
+                ));
+            }
+            names
+                .iter()
+                .enumerate()
+                .map(|(j, n)| {
+                    trunks.iter().position(|t| &t.name == n).ok_or_else(|| {
+                        err(
+                            &[Seg::Key("route"), Seg::Index(i), Seg::Key(key), Seg::Index(j)],
+                            format!("no trunk is named `{n}`"),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let from = trunk_refs("from", &r.from)?;
+        let to = trunk_refs("to", &r.to)?;
+        let called = Regex::new(&r.called).map_err(|e| {
+            err(
+                &[Seg::Key("route"), Seg::Index(i), Seg::Key("match")],
+                format!("invalid regex: {e}"),
+            )
+        })?;
+        routes.push(Route { from, called, to });
+    }
+
+    Ok(Config {
+        sip: SipConfig {
+            listen,
+            max_calls: raw.sip.max_calls,
+        },
+        media: MediaConfig {
+            port_first,
+            port_last,
+            dataplane,
+            timeout: Duration::from_secs(raw.media.timeout_s),
+            threads: raw.media.threads,
+        },
+        control: ControlConfig { http },
+        trunks,
+        routes,
+    })
+}
+
+/// Parses `"30000-39999"` into its first even port and last port; at least one pair must fit.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("`{s}` is not a port range like \"30000-39999\"");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a < 1024 {
+        return Err(format!("`{s}` starts below 1024"));
+    }
+    let first = a + (a % 2);
+    if b <= first {
+        return Err(format!("`{s}` holds no RTP/RTCP port pair"));
+    }
+    Ok((first, b))
+}
+
+impl Config {
+    /// Finds the trunk whose peers include `ip`; peers are recognised by IP only, so TCP peers
+    /// with ephemeral source ports are recognised too.
+    pub fn trunk_of_peer(&self, ip: std::net::IpAddr) -> Option<usize> {
+        self.trunks
+            .iter()
+            .position(|t| t.peers.iter().any(|p| p.addr.ip() == ip))
+    }
+
+    /// The first route taking calls from `trunk` whose regex matches `called`.
+    pub fn route_for(&self, trunk: usize, called: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.from.contains(&trunk) && r.called.is_match(called))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[sip]
+listen = ["udp:10.99.1.1:5060", "udp:10.99.2.1:5060", "tcp:10.99.2.1:5060"]
+
+[media]
+ports = "30000-39999"
+dataplane = "socket"
+timeout_s = 30
+
+[control]
+http = "127.0.0.1:9100"
+
+[[trunk]]
+name = "pbx"
+kind = "lan"
+peers = ["udp:10.99.1.2:5060"]
+local = "udp:10.99.1.1:5060"
+
+[[trunk]]
+name = "itsp"
+kind = "itsp"
+peers = ["udp:10.99.2.2:5060"]
+local = "udp:10.99.2.1:5060"
+
+[[route]]
+from = ["pbx"]
+match = "^\\+?[0-9]+$"
+to = ["itsp"]
+
+[[route]]
+from = ["itsp"]
+match = ".*"
+to = ["pbx"]
+"#;
+
+    #[test]
+    fn issue_example_parses() {
+        let c = parse("x.toml", GOOD).unwrap();
+        assert_eq!(c.trunks.len(), 2);
+        assert_eq!(c.media.port_first, 30000);
+        assert_eq!(c.route_for(0, "+4930123").unwrap().to, vec![1]);
+        assert!(c.route_for(0, "alice").is_none());
+        assert_eq!(c.route_for(1, "alice").unwrap().to, vec![0]);
+        assert_eq!(c.trunk_of_peer("10.99.2.2".parse().unwrap()), Some(1));
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_has_no_trunks() {
+        let c = parse("embedded", EMBEDDED_DEFAULT).unwrap();
+        assert!(c.trunks.is_empty());
+        assert!(c.sip.listen.iter().all(|l| l.addr.ip().is_loopback()));
+    }
+
+    fn error_of(text: &str) -> ConfigError {
+        parse("f.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = error_of(&GOOD.replace("\"udp:10.99.2.2:5060\"]", "\"udp:nowhere\"]"));
+        assert_eq!((e.line, e.key.as_str()), (22, "trunk[1].peers[0]"), "{e}");
+
+        let e = error_of(&GOOD.replace("to = [\"itsp\"]", "to = [\"nope\"]"));
+        assert_eq!((e.line, e.key.as_str()), (28, "route[0].to[0]"), "{e}");
+
+        let e = error_of(&GOOD.replace("^\\\\+?[0-9]+$", "(["));
+        assert_eq!((e.line, e.key.as_str()), (27, "route[0].match"), "{e}");
+
+        let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = \"x\""));
+        assert_eq!((e.line, e.key.as_str()), (8, "media.timeout_s"), "{e}");
+
+        let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_z = 3"));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("timeout_z"), "{e}");
+
+        let e = error_of(&GOOD.replace("30000-39999", "5-3"));
+        assert_eq!((e.line, e.key.as_str()), (6, "media.ports"), "{e}");
+
+        let e = error_of(&GOOD.replace("local = \"udp:10.99.2.1:5060\"", "local = \"udp:10.99.9.1:5060\""));
+        assert_eq!((e.line, e.key.as_str()), (23, "trunk[1].local"), "{e}");
+        assert_eq!(e.to_string(), format!("f.toml:23: trunk[1].local: {}", e.message));
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = error_of("[sip]\nlisten = [\n");
+        assert!(e.line >= 2, "{e}");
+    }
+}

@@ -1,0 +1,131 @@
+//! mediagate command line: `--config FILE` runs, `--check-config FILE` validates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use mediagate::config::{self, Config, Dataplane};
+use mediagate::dataplane::{self, socket::SocketRelay};
+use mediagate::sip::b2bua::B2bua;
+use tokio::sync::mpsc;
+
+const USAGE: &str = "usage: mediagate [--config FILE] | --check-config FILE | --version
+
+  --config FILE        run with this configuration (without it: a safe embedded default
+                       that listens on loopback only and accepts calls from no one)
+  --check-config FILE  validate FILE; exit 0, or print FILE:LINE: key: problem and exit 2";
+
+enum Mode {
+    Run(Option<PathBuf>),
+    Check(PathBuf),
+}
+
+fn parse_args() -> Result<Mode, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Ok(Mode::Run(None)),
+        ["--config", f] => Ok(Mode::Run(Some(f.into()))),
+        ["--check-config", f] => Ok(Mode::Check(f.into())),
+        ["--version"] => {
+            println!("mediagate {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0)
+        }
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let mode = match parse_args() {
+        Ok(m) => m,
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    match mode {
+        Mode::Check(path) => match config::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Mode::Run(path) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = match &path {
+                Some(p) => config::load(p),
+                None => {
+                    tracing::warn!(
+                        "no --config given: running the embedded default (loopback only, no trunks, \
+                         accepts calls from no one); write a config with [[trunk]] and [[route]] \
+                         sections and start with --config FILE (see README)"
+                    );
+                    config::parse("(embedded default)", config::EMBEDDED_DEFAULT)
+                }
+            };
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let tier = match config.media.dataplane {
+        Dataplane::Auto => {
+            tracing::info!("data plane auto: socket (this build has no XDP tiers)");
+            "socket"
+        }
+        Dataplane::Socket => "socket",
+    };
+    match dataplane::reserve_ports(config.media.port_first, config.media.port_last) {
+        Ok(v) => tracing::info!(ip_local_reserved_ports = %v, "media port range reserved"),
+        Err(e) => tracing::warn!(error = %e, "cannot reserve the media port range; the kernel may hand its ports to other sockets"),
+    }
+    let core = B2bua::new(config.clone(), tier);
+    let relay = SocketRelay::start(config.media.threads, core.stream_capacity())
+        .context("starting media relay threads")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    runtime.block_on(async move {
+        let (status_tx, status_rx) = mpsc::channel(16);
+        if let Some(addr) = config.control.http {
+            mediagate::metrics::serve(addr, status_tx)
+                .await
+                .with_context(|| format!("binding the status endpoint {addr}"))?;
+        }
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            }
+        };
+        mediagate::signalling::run(config.clone(), relay, core, status_rx, shutdown).await
+    })
+}

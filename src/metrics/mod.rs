@@ -1,0 +1,82 @@
+//! The operator-facing HTTP endpoint: `GET /status` returns the control loop's JSON snapshot.
+//! A deliberately small HTTP/1.1 server (one request per connection) so that the control plane
+//! carries no web framework.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::signalling::StatusRequest;
+
+/// Largest request head read; anything longer is answered 431.
+const MAX_REQUEST: usize = 8 * 1024;
+/// A client that does not finish its request in this time is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the endpoint and serves it in the background.
+pub async fn serve(addr: SocketAddr, status: mpsc::Sender<StatusRequest>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "status endpoint listening");
+    tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(handle(stream, status.clone()));
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn handle(mut stream: TcpStream, status: mpsc::Sender<StatusRequest>) {
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(READ_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_REQUEST {
+                return Some(());
+            }
+        }
+    })
+    .await;
+    if !matches!(head, Ok(Some(()))) {
+        return;
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (code, body) = match (parts.next(), parts.next()) {
+        _ if buf.len() > MAX_REQUEST => (431, "{\"error\":\"request too large\"}\n".to_string()),
+        (Some("GET"), Some("/status")) => {
+            let (tx, rx) = oneshot::channel();
+            if status.send(tx).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(v) => (200, format!("{v}\n")),
+                Err(_) => (503, "{\"error\":\"shutting down\"}\n".into()),
+            }
+        }
+        (Some("GET"), _) => (404, "{\"error\":\"not found\"}\n".into()),
+        _ => (405, "{\"error\":\"method not allowed\"}\n".into()),
+    };
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}

@@ -1,0 +1,325 @@
+//! SDP (RFC 4566) as a B2BUA needs it: find each media stream's address and ports, and rewrite a
+//! description so that every stream is anchored on mediagate (RFC 3264 offer/answer).
+//!
+//! The description is kept as its original lines; only `o=`, `c=`, `m=` ports and `a=rtcp:` are
+//! rewritten and ICE candidates (which would leak internal addresses) dropped. Every other line
+//! passes through byte-exact, with the original line endings.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Largest SDP body accepted.
+pub const MAX_SDP: usize = 16 * 1024;
+/// Most media lines accepted in one description.
+pub const MAX_MEDIA: usize = 16;
+
+/// Why a body is not usable SDP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP is not UTF-8 text or is too large")]
+    NotText,
+    #[error("SDP does not start with v=0")]
+    NoVersion,
+    #[error("bad line {line}: {reason}")]
+    BadLine { line: usize, reason: &'static str },
+    #[error("no connection address for media {0}")]
+    NoConnection(usize),
+    #[error("more than {MAX_MEDIA} media lines")]
+    TooManyMedia,
+}
+
+/// Media direction attribute (RFC 3264 §5.1); `sendrecv` when absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+/// What mediagate needs to know about one `m=` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// `audio`, `video`, `image`, ...
+    pub kind: String,
+    /// Where the peer wants RTP; port 0 means the stream is disabled.
+    pub rtp: SocketAddr,
+    /// Where the peer wants RTCP (`a=rtcp:` or RTP port + 1).
+    pub rtcp: SocketAddr,
+    pub direction: Direction,
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sdp {
+    lines: Vec<String>,
+    /// Line ending used by the original ("\r\n" or "\n").
+    eol: &'static str,
+    media: Vec<Media>,
+}
+
+/// The anchor to write into a rewritten description: mediagate's address, its RTP port per
+/// `m=` line (RTCP is RTP + 1), and the `o=` line identity of the leg it is sent on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor<'a> {
+    pub address: IpAddr,
+    pub rtp_ports: &'a [u16],
+    pub session_id: u64,
+    pub session_version: u64,
+}
+
+fn bad(line: usize, reason: &'static str) -> SdpError {
+    SdpError::BadLine { line, reason }
+}
+
+/// `c=IN IP4 10.0.0.1` → the address (multicast TTL suffixes are tolerated).
+fn parse_connection(value: &str, line: usize) -> Result<IpAddr, SdpError> {
+    let mut it = value.split_whitespace();
+    let (Some("IN"), Some(fam), Some(addr)) = (it.next(), it.next(), it.next()) else {
+        return Err(bad(line, "connection must be `IN IP4|IP6 address`"));
+    };
+    let addr = addr.split('/').next().unwrap_or(addr);
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| bad(line, "connection address is not an IP address"))?;
+    match (fam, ip) {
+        ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
+        _ => Err(bad(line, "address family does not match the address")),
+    }
+}
+
+impl Sdp {
+    /// Parses an SDP body.
+    pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
+        if body.len() > MAX_SDP {
+            return Err(SdpError::NotText);
+        }
+        let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
+        let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        let lines: Vec<String> = text
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if lines.first().map(String::as_str) != Some("v=0") {
+            return Err(SdpError::NoVersion);
+        }
+        let mut session_conn: Option<IpAddr> = None;
+        // Per media: (kind, port, conn, rtcp port, rtcp addr, direction, first line number)
+        struct Partial {
+            kind: String,
+            port: u16,
+            conn: Option<IpAddr>,
+            rtcp: Option<(u16, Option<IpAddr>)>,
+            direction: Option<Direction>,
+        }
+        let mut session_dir = Direction::SendRecv;
+        let mut media: Vec<Partial> = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let n = i + 1;
+            let (key, value) = line
+                .split_once('=')
+                .filter(|(k, _)| k.len() == 1)
+                .ok_or_else(|| bad(n, "not of the form x=value"))?;
+            match key {
+                "c" => {
+                    let ip = parse_connection(value, n)?;
+                    match media.last_mut() {
+                        Some(m) => m.conn = Some(ip),
+                        None => session_conn = Some(ip),
+                    }
+                }
+                "m" => {
+                    if media.len() == MAX_MEDIA {
+                        return Err(SdpError::TooManyMedia);
+                    }
+                    let mut it = value.split_whitespace();
+                    let kind = it.next().ok_or_else(|| bad(n, "empty media line"))?;
+                    let port = it.next().ok_or_else(|| bad(n, "media line without port"))?;
+                    // `port/count` is allowed by RFC 4566; mediagate anchors the first port.
+                    let port: u16 = port
+                        .split('/')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .ok_or_else(|| bad(n, "media port is not a number 0-65535"))?;
+                    if it.next().is_none() || it.next().is_none() {
+                        return Err(bad(n, "media line needs proto and formats"));
+                    }
+                    media.push(Partial {
+                        kind: kind.to_string(),
+                        port,
+                        conn: None,
+                        rtcp: None,
+                        direction: None,
+                    });
+                }
+                "a" => {
+                    let dir = match value {
+                        "sendrecv" => Some(Direction::SendRecv),
+                        "sendonly" => Some(Direction::SendOnly),
+                        "recvonly" => Some(Direction::RecvOnly),
+                        "inactive" => Some(Direction::Inactive),
+                        _ => None,
+                    };
+                    if let Some(d) = dir {
+                        match media.last_mut() {
+                            Some(m) => m.direction = Some(d),
+                            None => session_dir = d,
+                        }
+                    } else if let (Some(rest), Some(m)) = (value.strip_prefix("rtcp:"), media.last_mut()) {
+                        let mut it = rest.split_whitespace();
+                        let port: u16 = it
+                            .next()
+                            .and_then(|p| p.parse().ok())
+                            .ok_or_else(|| bad(n, "a=rtcp port is not a number"))?;
+                        let addr = match it.next() {
+                            Some(_) => Some(parse_connection(
+                                rest.split_once(' ').map_or("", |(_, a)| a),
+                                n,
+                            )?),
+                            None => None,
+                        };
+                        m.rtcp = Some((port, addr));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let media = media
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let ip = m.conn.or(session_conn).ok_or(SdpError::NoConnection(i))?;
+                let (rtcp_port, rtcp_ip) = m
+                    .rtcp
+                    .unwrap_or((m.port.wrapping_add(1), None));
+                Ok(Media {
+                    kind: m.kind,
+                    rtp: SocketAddr::new(ip, m.port),
+                    rtcp: SocketAddr::new(rtcp_ip.unwrap_or(ip), if m.port == 0 { 0 } else { rtcp_port }),
+                    direction: m.direction.unwrap_or(session_dir),
+                })
+            })
+            .collect::<Result<_, SdpError>>()?;
+        Ok(Sdp { lines, eol, media })
+    }
+
+    /// The media streams, in `m=` line order.
+    pub fn media(&self) -> &[Media] {
+        &self.media
+    }
+
+    /// Writes the description anchored on mediagate: `o=` with the leg's identity, every `c=`
+    /// with the anchor address, each enabled `m=` port and `a=rtcp:` with the anchor's ports.
+    /// Disabled streams (port 0) stay disabled. ICE candidates are dropped.
+    pub fn anchored(&self, anchor: &Anchor) -> Vec<u8> {
+        let fam = if anchor.address.is_ipv4() { "IP4" } else { "IP6" };
+        let mut out = String::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum());
+        let mut media_index: Option<usize> = None;
+        let port_of = |m: Option<usize>| -> Option<u16> {
+            let m = m?;
+            if self.media[m].rtp.port() == 0 {
+                return None;
+            }
+            anchor.rtp_ports.get(m).copied()
+        };
+        for line in &self.lines {
+            let rewritten: Option<String> = match line.split_at(2) {
+                ("o=", value) => {
+                    let user = value.split_whitespace().next().unwrap_or("-");
+                    Some(format!(
+                        "o={user} {} {} IN {fam} {}",
+                        anchor.session_id, anchor.session_version, anchor.address
+                    ))
+                }
+                ("c=", _) => Some(format!("c=IN {fam} {}", anchor.address)),
+                ("m=", value) => {
+                    media_index = Some(media_index.map_or(0, |i| i + 1));
+                    match port_of(media_index) {
+                        Some(port) => {
+                            let mut parts = value.splitn(3, ' ');
+                            let kind = parts.next().unwrap_or("");
+                            let _old = parts.next();
+                            let rest = parts.next().unwrap_or("");
+                            Some(format!("m={kind} {port} {rest}"))
+                        }
+                        None => None,
+                    }
+                }
+                ("a=", value) if value.starts_with("rtcp:") => {
+                    port_of(media_index).map(|p| format!("a=rtcp:{} IN {fam} {}", p + 1, anchor.address))
+                }
+                ("a=", value)
+                    if value.starts_with("candidate:") || value.starts_with("remote-candidates:") =>
+                {
+                    continue
+                }
+                _ => None,
+            };
+            out.push_str(rewritten.as_deref().unwrap_or(line));
+            out.push_str(self.eol);
+        }
+        out.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\n\
+o=user1 53655765 2353687637 IN IP4 10.99.1.2\r\n\
+s=-\r\n\
+c=IN IP4 10.99.1.2\r\n\
+t=0 0\r\n\
+m=audio 6000 RTP/AVP 8 101\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtcp:6001\r\n\
+a=x-unknown: keep  me\r\n\
+a=candidate:1 1 UDP 1 192.168.0.9 6000 typ host\r\n\
+m=video 0 RTP/AVP 96\r\n";
+
+    #[test]
+    fn finds_streams() {
+        let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
+        let m = sdp.media();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].rtp, "10.99.1.2:6000".parse().unwrap());
+        assert_eq!(m[0].rtcp, "10.99.1.2:6001".parse().unwrap());
+        assert_eq!(m[0].direction, Direction::SendRecv);
+        assert_eq!(m[1].rtp.port(), 0);
+    }
+
+    #[test]
+    fn anchors_and_keeps_unknown_lines() {
+        let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
+        let out = sdp.anchored(&Anchor {
+            address: "10.99.2.1".parse().unwrap(),
+            rtp_ports: &[30000, 30002],
+            session_id: 7,
+            session_version: 1,
+        });
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("o=user1 7 1 IN IP4 10.99.2.1\r\n"));
+        assert!(out.contains("c=IN IP4 10.99.2.1\r\n"));
+        assert!(out.contains("m=audio 30000 RTP/AVP 8 101\r\n"));
+        assert!(out.contains("a=rtcp:30001 IN IP4 10.99.2.1\r\n"));
+        assert!(out.contains("a=x-unknown: keep  me\r\n"));
+        assert!(out.contains("m=video 0 RTP/AVP 96\r\n"), "disabled stream stays disabled");
+        assert!(!out.contains("10.99.1.2") && !out.contains("192.168.0.9"));
+        // Re-parsing the output finds the anchor.
+        let again = Sdp::parse(out.as_bytes()).unwrap();
+        assert_eq!(again.media()[0].rtp, "10.99.2.1:30000".parse().unwrap());
+    }
+
+    #[test]
+    fn rejects_bad_descriptions() {
+        assert_eq!(Sdp::parse(b"hello"), Err(SdpError::NoVersion));
+        assert!(Sdp::parse(b"v=0\nc=IN IP4 999.1.1.1\n").is_err());
+        assert!(Sdp::parse(b"v=0\nc=IN IP4 1.1.1.1\nm=audio 70000 RTP/AVP 0\n").is_err());
+        assert_eq!(
+            Sdp::parse(b"v=0\nm=audio 4000 RTP/AVP 0\n"),
+            Err(SdpError::NoConnection(0))
+        );
+        assert!(Sdp::parse(b"v=0\nc=IN IP6 1.1.1.1\n").is_err());
+    }
+}

@@ -1,0 +1,857 @@
+//! The sans-IO back-to-back user agent: every call is two dialogs (leg A toward the caller's
+//! trunk, leg B toward the routed trunk) with nothing of one side's identity or topology visible
+//! on the other, and all media anchored on mediagate.
+//!
+//! Feed it with [`B2bua::handle_message`] and [`B2bua::handle_timeout`]; collect wire output with
+//! [`B2bua::drain_transmits`] and data-plane commands with [`B2bua::drain_media_commands`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::call_media::{AnchorError, CallMedia, MediaCtx, Side};
+use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
+use super::header;
+use super::message::{Message, Method, StartLine};
+use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
+use crate::config::Config;
+use crate::media::{Command, PortPool, StreamId};
+use crate::sdp::Sdp;
+
+/// Responses from a trunk after which the next trunk of the route is tried.
+const FAILOVER_CODES: [u16; 5] = [408, 500, 502, 503, 504];
+/// How often media activity is checked for timeouts.
+const MEDIA_SWEEP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// INVITE sent to B, no final answer yet.
+    Setup,
+    /// 2xx relayed to A, waiting for A's ACK.
+    Answered,
+    Confirmed,
+    /// Hung up, cancelled or failed: media released, waiting for the last transactions.
+    Ending,
+}
+
+/// What a client transaction was sent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Invite,
+    Cancel,
+    Bye,
+}
+
+/// The 2xx sent to A, retransmitted until A's ACK (RFC 3261 §13.3.1.4).
+#[derive(Debug)]
+struct PendingOk {
+    response: Message,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+#[derive(Debug)]
+struct Call {
+    label: String,
+    started: Instant,
+    phase: Phase,
+    a: Dialog,
+    a_trunk: usize,
+    /// A's INVITE, kept to build responses to it.
+    a_invite: Message,
+    a_txn: TxnId,
+    a_offer: Option<Sdp>,
+    b: Dialog,
+    b_trunk: usize,
+    /// Trunks of the route not tried yet.
+    remaining: Vec<usize>,
+    b_txn: TxnId,
+    b_invite_cseq: u32,
+    cancelled: bool,
+    cancel_sent: bool,
+    ok_to_a: Option<PendingOk>,
+    ack_to_b: Option<Message>,
+    /// Client transactions still running for this call.
+    open_txns: Vec<TxnId>,
+    media: CallMedia,
+}
+
+/// Identifies a call inside the B2BUA.
+type CallKey = u64;
+
+/// The B2BUA core.
+pub struct B2bua {
+    config: Arc<Config>,
+    txns: Transactions,
+    calls: HashMap<CallKey, Call>,
+    by_call_id: HashMap<String, (CallKey, Side)>,
+    by_client_txn: HashMap<TxnId, (CallKey, Purpose)>,
+    by_server_invite: HashMap<TxnId, CallKey>,
+    pool: PortPool,
+    next_call: CallKey,
+    next_stream: StreamId,
+    commands: Vec<Command>,
+    out: Vec<Transmit>,
+    next_sweep: Option<Instant>,
+    tier: &'static str,
+}
+
+fn now_label(n: u64) -> String {
+    format!("c-{n}")
+}
+
+impl B2bua {
+    /// A B2BUA for `config`; `tier` names the data plane in `/status`.
+    pub fn new(config: Arc<Config>, tier: &'static str) -> Self {
+        let pool = PortPool::new(config.media.port_first, config.media.port_last);
+        B2bua {
+            config,
+            txns: Transactions::new(),
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            by_client_txn: HashMap::new(),
+            by_server_invite: HashMap::new(),
+            pool,
+            next_call: 0,
+            next_stream: 1,
+            commands: Vec::new(),
+            out: Vec::new(),
+            next_sweep: None,
+            tier,
+        }
+    }
+
+    /// Number of streams the data plane must be able to hold (two per port pair).
+    pub fn stream_capacity(&self) -> usize {
+        self.pool.total() * 2
+    }
+
+    /// Calls not yet ended.
+    pub fn active_calls(&self) -> usize {
+        self.calls.values().filter(|c| c.phase != Phase::Ending).count()
+    }
+
+    /// Queued wire output: the transaction layer's and the B2BUA's own (ACKs, 2xx retransmits).
+    pub fn drain_transmits(&mut self) -> impl Iterator<Item = Transmit> + '_ {
+        let own: Vec<Transmit> = self.out.drain(..).collect();
+        self.txns.drain_transmits().chain(own)
+    }
+
+    /// Queued session changes for the data plane.
+    pub fn drain_media_commands(&mut self) -> std::vec::Drain<'_, Command> {
+        self.commands.drain(..)
+    }
+
+    /// The next instant at which [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let oks = self
+            .calls
+            .values()
+            .filter_map(|c| c.ok_to_a.as_ref().map(|p| p.next));
+        [self.txns.poll_timeout(), self.next_sweep]
+            .into_iter()
+            .flatten()
+            .chain(oks)
+            .min()
+    }
+
+    /// Feeds a message received on `source`.
+    pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
+        self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
+        if msg.is_request() {
+            if let Err(why) = check_request(&msg) {
+                tracing::debug!(%why, from = %source.remote, "bad request");
+                if msg.method() != Some(&Method::Ack) && header::top_branch(&msg).is_some() {
+                    self.txns
+                        .send_stateless(response_to(&msg, 400, why, None), source);
+                }
+                return;
+            }
+        }
+        match self.txns.handle_message(msg, source, now) {
+            Event::Request {
+                txn,
+                request,
+                source,
+            } => self.on_request(txn, request, source, now),
+            Event::Ack { request, source } => self.on_ack(request, source, now),
+            Event::Response { txn, response } => self.on_response(txn, response, now),
+            Event::Timeout { txn } => self.on_txn_timeout(txn, now),
+            Event::Stray => {}
+        }
+    }
+
+    /// Runs timers due at `now`: transactions, 2xx retransmissions, media timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for ev in self.txns.handle_timeout(now) {
+            if let Event::Timeout { txn } = ev {
+                self.on_txn_timeout(txn, now);
+            }
+        }
+        let mut unacked = Vec::new();
+        for (key, call) in &mut self.calls {
+            let Some(p) = &mut call.ok_to_a else { continue };
+            if p.give_up <= now {
+                unacked.push(*key);
+            } else if p.next <= now {
+                self.out.push(Transmit {
+                    target: call.a.target,
+                    message: p.response.clone(),
+                });
+                p.interval = (p.interval * 2).min(T2);
+                p.next = now + p.interval;
+            }
+        }
+        for key in unacked {
+            tracing::info!(call = %self.calls[&key].label, "no ACK for 200: hanging up");
+            self.hang_up_both(key, now);
+        }
+        if self.next_sweep.is_some_and(|s| s <= now) {
+            self.next_sweep = Some(now + MEDIA_SWEEP);
+            self.sweep_media(now);
+        }
+    }
+
+    fn respond(&mut self, txn: TxnId, request: &Message, code: u16, now: Instant) {
+        let mut r = response_to(request, code, reason(code), Some(&token()));
+        if code == 405 || (code == 200 && request.method() == Some(&Method::Options)) {
+            r.push_header("Allow", ALLOW.into());
+        }
+        if code == 503 {
+            r.push_header("Retry-After", "5".into());
+        }
+        self.txns.respond(txn, r, now);
+    }
+
+    fn on_request(&mut self, txn: TxnId, req: Message, source: Target, now: Instant) {
+        let method = req.method().cloned().expect("requests have methods");
+        let Some(trunk) = self.config.trunk_of_peer(source.remote.ip()) else {
+            tracing::info!(from = %source.remote, method = method.as_str(), "request from unknown peer: 403");
+            return self.respond(txn, &req, 403, now);
+        };
+        if header::tag(&req, "To").is_some() {
+            return self.on_in_dialog(txn, req, method, now);
+        }
+        match method {
+            Method::Invite => self.on_invite(txn, req, source, trunk, now),
+            Method::Cancel => self.on_cancel(txn, req, now),
+            Method::Options => self.respond(txn, &req, 200, now),
+            Method::Bye => self.respond(txn, &req, 481, now),
+            _ => self.respond(txn, &req, 405, now),
+        }
+    }
+
+    fn on_in_dialog(&mut self, txn: TxnId, req: Message, method: Method, now: Instant) {
+        let call_id = req.header("Call-ID").unwrap_or_default();
+        let Some(&(key, side)) = self.by_call_id.get(call_id) else {
+            return self.respond(txn, &req, 481, now);
+        };
+        match method {
+            Method::Bye => {
+                self.respond(txn, &req, 200, now);
+                let call = &self.calls[&key];
+                if call.phase == Phase::Ending {
+                    return;
+                }
+                tracing::info!(call = %call.label, ?side, "hang-up");
+                self.end_call(key, now);
+                self.send_bye(key, side.other(), now);
+                self.finish_if_idle(key);
+            }
+            Method::Options => self.respond(txn, &req, 200, now),
+            _ => self.respond(txn, &req, 501, now),
+        }
+    }
+
+    fn on_invite(&mut self, txn: TxnId, req: Message, source: Target, trunk: usize, now: Instant) {
+        let max_forwards = header::max_forwards(&req).unwrap_or(70);
+        if max_forwards == 0 {
+            return self.respond(txn, &req, 483, now);
+        }
+        let called = header::uri_user(req.uri().unwrap_or_default()).to_string();
+        let Some(route) = self.config.route_for(trunk, &called) else {
+            tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
+            return self.respond(txn, &req, 404, now);
+        };
+        let mut targets = route.to.clone();
+        if self.active_calls() >= self.config.sip.max_calls {
+            return self.respond(txn, &req, 503, now);
+        }
+        let offer = if req.body.is_empty() {
+            None
+        } else if !header::has_sdp(&req) {
+            return self.respond(txn, &req, 488, now);
+        } else {
+            match Sdp::parse(&req.body) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::info!(error = %e, "bad SDP in INVITE: 488");
+                    return self.respond(txn, &req, 488, now);
+                }
+            }
+        };
+        let b_trunk = targets.remove(0);
+        self.next_call += 1;
+        let key = self.next_call;
+        let to_tag = token();
+        let a = Dialog {
+            target: source,
+            call_id: req.header("Call-ID").unwrap_or_default().to_string(),
+            local: format!("{};tag={to_tag}", req.header("To").unwrap_or_default()),
+            remote: req.header("From").unwrap_or_default().to_string(),
+            remote_target: req
+                .header("Contact")
+                .map(|c| header::uri_of(c).to_string())
+                .unwrap_or_else(|| header::uri_of(req.header("From").unwrap_or_default()).to_string()),
+            route_set: req.headers_named("Record-Route").map(str::to_string).collect(),
+            local_cseq: 0,
+            signalling_ip: source.remote.ip(),
+        };
+        let b = self.new_b_dialog(&req, b_trunk);
+        let a_local = source.local.ip();
+        let media = CallMedia::new(a_local, a.signalling_ip, b.target.local.ip(), b.signalling_ip);
+        let mut trying = response_to(&req, 100, reason(100), None);
+        trying.remove_headers("Server");
+        self.txns.respond(txn, trying, now);
+        let call = Call {
+            label: now_label(key),
+            started: now,
+            phase: Phase::Setup,
+            a,
+            a_trunk: trunk,
+            a_invite: Message { body: Vec::new(), ..req },
+            a_txn: txn,
+            a_offer: offer,
+            b,
+            b_trunk,
+            remaining: targets,
+            b_txn: 0,
+            b_invite_cseq: 1,
+            cancelled: false,
+            cancel_sent: false,
+            ok_to_a: None,
+            ack_to_b: None,
+            open_txns: Vec::new(),
+            media,
+        };
+        self.by_call_id.insert(call.a.call_id.clone(), (key, Side::A));
+        self.by_server_invite.insert(txn, key);
+        self.calls.insert(key, call);
+        tracing::info!(call = %now_label(key), from = %self.config.trunks[trunk].name,
+            to = %self.config.trunks[b_trunk].name, "new call");
+        self.send_b_invite(key, now);
+    }
+
+    /// A fresh dialog toward `trunk`'s first peer: new Call-ID, tags and URIs built from
+    /// mediagate's own address, carrying only the caller's and callee's numbers.
+    fn new_b_dialog(&self, a_invite: &Message, trunk: usize) -> Dialog {
+        let t = &self.config.trunks[trunk];
+        let peer = t.peers[0];
+        let target = Target {
+            transport: peer.transport,
+            remote: peer.addr,
+            local: t.local.addr,
+        };
+        let called = header::uri_user(a_invite.uri().unwrap_or_default());
+        let from = a_invite.header("From").unwrap_or_default();
+        let calling = header::uri_user(header::uri_of(from));
+        let calling = if calling.is_empty() { "anonymous" } else { calling };
+        let display = header::display_name(from)
+            .map(|d| format!("\"{}\" ", d.replace('"', "")))
+            .unwrap_or_default();
+        // SocketAddr prints `[v6]:port`, which is URI host:port syntax.
+        let (local_host, peer_host) = (target.local, peer.addr);
+        Dialog {
+            target,
+            call_id: format!("{}@{}", token(), target.local.ip()),
+            local: format!("{display}<sip:{calling}@{local_host}>;tag={}", token()),
+            remote: format!("<sip:{called}@{peer_host}>"),
+            remote_target: format!("sip:{called}@{peer_host}"),
+            route_set: Vec::new(),
+            local_cseq: 1,
+            signalling_ip: peer.addr.ip(),
+        }
+    }
+
+    fn media_ctx(&mut self, now: Instant) -> MediaCtx<'_> {
+        MediaCtx {
+            pool: &mut self.pool,
+            next_stream: &mut self.next_stream,
+            commands: &mut self.commands,
+            now,
+        }
+    }
+
+    /// Sends (or re-sends, after failover) the INVITE toward the call's current B trunk.
+    fn send_b_invite(&mut self, key: CallKey, now: Instant) {
+        let mut call = self.calls.remove(&key).expect("live call");
+        let mut ctx = MediaCtx {
+            pool: &mut self.pool,
+            next_stream: &mut self.next_stream,
+            commands: &mut self.commands,
+            now,
+        };
+        let body = match &call.a_offer {
+            Some(offer) => match call.media.anchor(Side::A, offer, &mut ctx) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(call = %call.label, error = %e, "cannot anchor media: 503");
+                    self.calls.insert(key, call);
+                    self.fail_call(key, 503, now);
+                    return;
+                }
+            },
+            None => None,
+        };
+        let max_forwards = header::max_forwards(&call.a_invite).unwrap_or(70).min(70) - 1;
+        let mut inv = Message {
+            start: StartLine::Request {
+                method: Method::Invite,
+                uri: call.b.remote_target.clone(),
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        inv.push_header("Max-Forwards", max_forwards.to_string());
+        inv.push_header("From", call.b.local.clone());
+        inv.push_header("To", call.b.remote.clone());
+        inv.push_header("Call-ID", call.b.call_id.clone());
+        inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
+        inv.push_header("Contact", contact_for(&call.b.target));
+        inv.push_header("Allow", ALLOW.into());
+        inv.push_header("User-Agent", PRODUCT.into());
+        let inv = with_sdp(inv, body);
+        let txn = self.txns.send_request(inv, call.b.target, now);
+        call.b_txn = txn;
+        call.open_txns.push(txn);
+        self.by_client_txn.insert(txn, (key, Purpose::Invite));
+        self.by_call_id.insert(call.b.call_id.clone(), (key, Side::B));
+        self.calls.insert(key, call);
+    }
+
+    fn on_cancel(&mut self, txn: TxnId, req: Message, now: Instant) {
+        let Some(key) = self
+            .txns
+            .server_invite_for_cancel(&req)
+            .and_then(|inv| self.by_server_invite.get(&inv).copied())
+        else {
+            return self.respond(txn, &req, 481, now);
+        };
+        self.respond(txn, &req, 200, now);
+        let call = self.calls.get_mut(&key).expect("indexed call");
+        if call.phase != Phase::Setup || !self.txns.is_pending_server(call.a_txn) {
+            return;
+        }
+        tracing::info!(call = %call.label, "cancelled by caller");
+        call.cancelled = true;
+        let a_txn = call.a_txn;
+        let a_invite = call.a_invite.clone();
+        let tag = header::param(&call.a.local, "tag").map(str::to_string);
+        self.txns.respond(
+            a_txn,
+            response_to(&a_invite, 487, reason(487), tag.as_deref()),
+            now,
+        );
+        self.cancel_b(key, now);
+        self.end_call(key, now);
+    }
+
+    /// Sends CANCEL to B when its INVITE has seen a provisional response; otherwise the CANCEL
+    /// goes out when the first provisional arrives (RFC 3261 §9.1).
+    fn cancel_b(&mut self, key: CallKey, now: Instant) {
+        let call = self.calls.get_mut(&key).expect("live call");
+        if !call.cancel_sent && self.txns.is_proceeding(call.b_txn) {
+            call.cancel_sent = true;
+            if let Some(c) = self.txns.send_cancel(call.b_txn, now) {
+                call.open_txns.push(c);
+                self.by_client_txn.insert(c, (key, Purpose::Cancel));
+            }
+        }
+    }
+
+    fn on_ack(&mut self, ack: Message, _source: Target, now: Instant) {
+        let call_id = ack.header("Call-ID").unwrap_or_default();
+        let Some(&(key, Side::A)) = self.by_call_id.get(call_id) else {
+            return;
+        };
+        let call = self.calls.get_mut(&key).expect("indexed call");
+        if call.phase != Phase::Answered {
+            return;
+        }
+        call.ok_to_a = None;
+        call.phase = Phase::Confirmed;
+        let mut ack_b = call.b.request(Method::Ack, Some(call.b_invite_cseq));
+        if header::has_sdp(&ack) {
+            // Late offer: the caller's answer comes in the ACK.
+            if let Ok(sdp) = Sdp::parse(&ack.body) {
+                let mut ctx = MediaCtx {
+                    pool: &mut self.pool,
+                    next_stream: &mut self.next_stream,
+                    commands: &mut self.commands,
+                    now,
+                };
+                if let Ok(body) = call.media.anchor(Side::A, &sdp, &mut ctx) {
+                    ack_b = with_sdp(ack_b, Some(body));
+                }
+            }
+        }
+        self.out.push(Transmit {
+            target: call.b.target,
+            message: ack_b.clone(),
+        });
+        call.ack_to_b = Some(ack_b);
+    }
+
+    fn on_response(&mut self, txn: TxnId, resp: Message, now: Instant) {
+        let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
+            return;
+        };
+        let code = resp.code().unwrap_or(500);
+        if code >= 200 && purpose == Purpose::Invite && code < 300 {
+            // Keep the index so that 2xx retransmissions are still recognised and re-ACKed;
+            // `finish_if_idle` drops it with the call.
+            if let Some(call) = self.calls.get_mut(&key) {
+                call.open_txns.retain(|t| *t != txn);
+            }
+        } else if code >= 200 {
+            self.txn_done(key, txn);
+        }
+        match purpose {
+            Purpose::Invite => self.on_invite_response(key, txn, resp, code, now),
+            Purpose::Cancel => {}
+            Purpose::Bye => self.finish_if_idle(key),
+        }
+    }
+
+    fn txn_done(&mut self, key: CallKey, txn: TxnId) {
+        self.by_client_txn.remove(&txn);
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.open_txns.retain(|t| *t != txn);
+        }
+    }
+
+    fn on_invite_response(&mut self, key: CallKey, txn: TxnId, resp: Message, code: u16, now: Instant) {
+        let Some(call) = self.calls.get_mut(&key) else { return };
+        if txn != call.b_txn {
+            return;
+        }
+        match code {
+            100 => {}
+            101..=199 => {
+                if call.cancelled {
+                    return self.cancel_b(key, now);
+                }
+                if call.phase != Phase::Setup {
+                    return;
+                }
+                call.b.establish_from_response(&resp);
+                let body = self.anchor_from_b(key, &resp, now);
+                self.relay_to_a(key, &resp, body, now);
+            }
+            200..=299 => {
+                let call = self.calls.get_mut(&key).expect("live");
+                if call.cancelled || call.phase == Phase::Ending {
+                    // Answered after the caller gave up: ACK, then hang up that leg.
+                    call.b.establish_from_response(&resp);
+                    self.ack_b_now(key);
+                    self.send_bye(key, Side::B, now);
+                    return;
+                }
+                if call.phase != Phase::Setup {
+                    // A retransmitted 2xx: repeat our ACK if A already sent its own.
+                    if let Some(ack) = &call.ack_to_b {
+                        self.out.push(Transmit {
+                            target: call.b.target,
+                            message: ack.clone(),
+                        });
+                    }
+                    return;
+                }
+                call.b.establish_from_response(&resp);
+                let body = self.anchor_from_b(key, &resp, now);
+                let call = self.calls.get_mut(&key).expect("live");
+                call.phase = Phase::Answered;
+                tracing::info!(call = %call.label, "answered");
+                let ok = self.response_for_a(key, &resp, body);
+                let call = self.calls.get_mut(&key).expect("live");
+                call.ok_to_a = Some(PendingOk {
+                    response: ok.clone(),
+                    next: now + T1,
+                    interval: T1,
+                    give_up: now + 64 * T1,
+                });
+                let a_txn = call.a_txn;
+                self.txns.respond(a_txn, ok, now);
+            }
+            _ => {
+                if call.cancelled || call.phase == Phase::Ending {
+                    return self.finish_if_idle(key);
+                }
+                if FAILOVER_CODES.contains(&code) && self.fail_over(key, now) {
+                    return;
+                }
+                self.fail_call(key, code, now);
+            }
+        }
+    }
+
+    /// Anchors the SDP of a response from B; `None` when it carries none or it is unusable.
+    fn anchor_from_b(&mut self, key: CallKey, resp: &Message, now: Instant) -> Option<Vec<u8>> {
+        if !header::has_sdp(resp) {
+            return None;
+        }
+        let sdp = match Sdp::parse(&resp.body) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(error = %e, "bad SDP from trunk ignored");
+                return None;
+            }
+        };
+        let mut call = self.calls.remove(&key).expect("live call");
+        let mut ctx = self.media_ctx(now);
+        let result = call.media.anchor(Side::B, &sdp, &mut ctx);
+        self.calls.insert(key, call);
+        match result {
+            Ok(body) => Some(body),
+            Err(e @ (AnchorError::NoPorts | AnchorError::MediaMismatch)) => {
+                tracing::info!(error = %e, "cannot anchor answer");
+                None
+            }
+        }
+    }
+
+    /// A response for A's INVITE carrying B's code, reason and (anchored) SDP.
+    fn response_for_a(&self, key: CallKey, resp: &Message, body: Option<Vec<u8>>) -> Message {
+        let call = &self.calls[&key];
+        let (code, reason_phrase) = match &resp.start {
+            StartLine::Response { code, reason } => (*code, reason.as_str()),
+            StartLine::Request { .. } => (500, "Server Internal Error"),
+        };
+        let tag = header::param(&call.a.local, "tag");
+        let mut r = response_to(&call.a_invite, code, reason_phrase, tag);
+        if code < 300 {
+            r.push_header("Contact", contact_for(&call.a.target));
+            r.push_header("Allow", ALLOW.into());
+        }
+        with_sdp(r, body)
+    }
+
+    fn relay_to_a(&mut self, key: CallKey, resp: &Message, body: Option<Vec<u8>>, now: Instant) {
+        let r = self.response_for_a(key, resp, body);
+        let a_txn = self.calls[&key].a_txn;
+        self.txns.respond(a_txn, r, now);
+    }
+
+    /// Tries the next trunk of the route; false when none is left.
+    fn fail_over(&mut self, key: CallKey, now: Instant) -> bool {
+        let call = self.calls.get_mut(&key).expect("live");
+        if call.remaining.is_empty() {
+            return false;
+        }
+        let next = call.remaining.remove(0);
+        tracing::info!(call = %call.label, to = %self.config.trunks[next].name, "failing over");
+        let a_invite = call.a_invite.clone();
+        let b = self.new_b_dialog(&a_invite, next);
+        let call = self.calls.get_mut(&key).expect("live");
+        self.by_call_id.remove(&call.b.call_id);
+        let mut ctx = MediaCtx {
+            pool: &mut self.pool,
+            next_stream: &mut self.next_stream,
+            commands: &mut self.commands,
+            now,
+        };
+        call.media.reset_b(b.target.local.ip(), b.signalling_ip, &mut ctx);
+        call.b = b;
+        call.b_trunk = next;
+        self.send_b_invite(key, now);
+        true
+    }
+
+    /// Answers A's INVITE with `code` and ends the call.
+    fn fail_call(&mut self, key: CallKey, code: u16, now: Instant) {
+        let call = &self.calls[&key];
+        tracing::info!(call = %call.label, code, "call failed");
+        let tag = header::param(&call.a.local, "tag").map(str::to_string);
+        let r = response_to(&call.a_invite, code, reason(code), tag.as_deref());
+        let a_txn = call.a_txn;
+        self.txns.respond(a_txn, r, now);
+        self.end_call(key, now);
+        self.finish_if_idle(key);
+    }
+
+    fn on_txn_timeout(&mut self, txn: TxnId, now: Instant) {
+        let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
+            return;
+        };
+        self.txn_done(key, txn);
+        let Some(call) = self.calls.get(&key) else { return };
+        match purpose {
+            Purpose::Invite if call.phase == Phase::Setup && !call.cancelled && txn == call.b_txn => {
+                if !self.fail_over(key, now) {
+                    self.fail_call(key, 408, now);
+                }
+            }
+            _ => self.finish_if_idle(key),
+        }
+    }
+
+    fn ack_b_now(&mut self, key: CallKey) {
+        let call = self.calls.get_mut(&key).expect("live");
+        let ack = call.b.request(Method::Ack, Some(call.b_invite_cseq));
+        self.out.push(Transmit {
+            target: call.b.target,
+            message: ack.clone(),
+        });
+        call.ack_to_b = Some(ack);
+    }
+
+    fn send_bye(&mut self, key: CallKey, side: Side, now: Instant) {
+        let call = self.calls.get_mut(&key).expect("live");
+        let dialog = match side {
+            Side::A => &mut call.a,
+            Side::B => &mut call.b,
+        };
+        let bye = dialog.request(Method::Bye, None);
+        let target = dialog.target;
+        let txn = self.txns.send_request(bye, target, now);
+        call.open_txns.push(txn);
+        self.by_client_txn.insert(txn, (key, Purpose::Bye));
+    }
+
+    /// Ends the call's media and removes it from the live set; signalling state stays until its
+    /// last transaction finishes.
+    fn end_call(&mut self, key: CallKey, now: Instant) {
+        let mut call = self.calls.remove(&key).expect("live call");
+        call.phase = Phase::Ending;
+        call.ok_to_a = None;
+        let mut ctx = self.media_ctx(now);
+        call.media.release(&mut ctx);
+        self.calls.insert(key, call);
+    }
+
+    /// BYE on both legs (media timeout, missing ACK).
+    fn hang_up_both(&mut self, key: CallKey, now: Instant) {
+        self.end_call(key, now);
+        self.send_bye(key, Side::A, now);
+        self.send_bye(key, Side::B, now);
+    }
+
+    /// Forgets an ended call once no transaction of it is running.
+    fn finish_if_idle(&mut self, key: CallKey) {
+        let Some(call) = self.calls.get(&key) else { return };
+        if call.phase != Phase::Ending || !call.open_txns.is_empty() {
+            return;
+        }
+        let call = self.calls.remove(&key).expect("checked");
+        self.by_call_id.remove(&call.a.call_id);
+        self.by_call_id.remove(&call.b.call_id);
+        self.by_server_invite.remove(&call.a_txn);
+        self.by_client_txn.remove(&call.b_txn);
+    }
+
+    fn sweep_media(&mut self, now: Instant) {
+        let timeout = self.config.media.timeout;
+        let idle: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Confirmed | Phase::Answered))
+            .filter(|(_, c)| {
+                c.media
+                    .last_activity()
+                    .is_some_and(|last| now.saturating_duration_since(last) >= timeout)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            tracing::info!(call = %self.calls[&key].label, "media timeout: hanging up both legs");
+            self.hang_up_both(key, now);
+        }
+    }
+
+    /// The `/status` document; `wall` and `now` are the same moment on the wall and the
+    /// monotonic clock, to date calls.
+    pub fn status(&self, now: Instant, wall: SystemTime) -> Value {
+        let mut calls: Vec<(&CallKey, &Call)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Ending)
+            .collect();
+        calls.sort_by_key(|(k, _)| **k);
+        let leg = |c: &Call, side: Side| {
+            let (d, trunk) = match side {
+                Side::A => (&c.a, c.a_trunk),
+                Side::B => (&c.b, c.b_trunk),
+            };
+            json!({
+                "trunk": self.config.trunks[trunk].name,
+                "peer": d.target.remote.to_string(),
+                "transport": d.target.transport.to_string(),
+                "call_id": d.call_id,
+                "streams": c.media.status(side, self.tier),
+            })
+        };
+        let calls: Vec<Value> = calls
+            .into_iter()
+            .map(|(_, c)| {
+                let started = wall - now.saturating_duration_since(c.started);
+                json!({
+                    "id": c.label,
+                    "source": "sip",
+                    "state": match c.phase {
+                        Phase::Setup => "setup",
+                        Phase::Answered => "answered",
+                        Phase::Confirmed => "confirmed",
+                        Phase::Ending => "ending",
+                    },
+                    "started": humantime::format_rfc3339_seconds(started).to_string(),
+                    "legs": [leg(c, Side::A), leg(c, Side::B)],
+                })
+            })
+            .collect();
+        let trunks: Vec<Value> = self
+            .config
+            .trunks
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "kind": match t.kind { crate::config::TrunkKind::Lan => "lan", crate::config::TrunkKind::Itsp => "itsp" },
+                    "peers": t.peers.iter().map(|p| json!({
+                        "address": p.addr.to_string(),
+                        "transport": p.transport.to_string(),
+                        "state": "unprobed",
+                        "rtt_ms": null,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "version": 1,
+            "active_calls": calls.len(),
+            "calls": calls,
+            "ports": { "total": self.pool.total(), "free": self.pool.free() },
+            "transactions": self.txns.len(),
+            "trunks": trunks,
+        })
+    }
+
+}
+
+/// RFC 3261 §8.2: the mandatory headers must be present and the CSeq method must match.
+fn check_request(msg: &Message) -> Result<(), &'static str> {
+    if header::top_branch(msg).is_none() {
+        return Err("Missing Via branch");
+    }
+    for h in ["From", "To", "Call-ID"] {
+        if msg.header(h).is_none_or(|v| v.trim().is_empty()) {
+            return Err("Missing Mandatory Header");
+        }
+    }
+    match header::cseq(msg) {
+        Some((_, m)) if Some(&m) == msg.method() => Ok(()),
+        _ => Err("Bad CSeq"),
+    }
+}

@@ -1,0 +1,328 @@
+//! The media of one B2BUA call: a port pair per media line on each leg, the data-plane commands
+//! that relay between them, and the SDP rewrite that anchors each side's description on
+//! mediagate's ports for the other side.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::media::{Command, Latch, PortPool, StreamId, StreamSpec, StreamStats};
+use crate::sdp::{Anchor, Sdp};
+
+/// The two legs of a call: A is the caller's (inbound) leg, B the callee's (outbound) leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a description could not be anchored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorError {
+    #[error("no free media ports")]
+    NoPorts,
+    #[error("answer has more media lines than the offer")]
+    MediaMismatch,
+}
+
+/// Shared context for allocating streams: the port pool, the stream id counter, the command
+/// queue toward the data plane and the current time.
+pub struct MediaCtx<'a> {
+    pub pool: &'a mut PortPool,
+    pub next_stream: &'a mut StreamId,
+    pub commands: &'a mut Vec<Command>,
+    pub now: Instant,
+}
+
+#[derive(Debug)]
+struct Pair {
+    port: u16,
+    rtp: Arc<StreamStats>,
+    rtcp: Arc<StreamStats>,
+}
+
+#[derive(Debug)]
+struct LegMedia {
+    local_ip: IpAddr,
+    signalling_ip: IpAddr,
+    session_id: u64,
+    session_version: u64,
+    last_sdp: Option<Vec<u8>>,
+    /// Per media line; `None` for a line this leg has no ports for (disabled, or not yet offered).
+    pairs: Vec<Option<Pair>>,
+}
+
+/// All media state of one call.
+#[derive(Debug)]
+pub struct CallMedia {
+    /// Stream ids per media line: A RTP, A RTCP, B RTP, B RTCP are `base..base+4`.
+    line_ids: Vec<StreamId>,
+    kinds: Vec<String>,
+    legs: [LegMedia; 2],
+    /// Enabled state of each line, from the latest offer.
+    enabled: Vec<bool>,
+}
+
+impl LegMedia {
+    fn new(local_ip: IpAddr, signalling_ip: IpAddr) -> Self {
+        LegMedia {
+            local_ip,
+            signalling_ip,
+            session_id: fastrand::u64(1..u32::MAX as u64),
+            session_version: 1,
+            last_sdp: None,
+            pairs: Vec::new(),
+        }
+    }
+}
+
+fn stream_ids(base: StreamId, side: Side) -> (StreamId, StreamId) {
+    let first = base + 2 * side.index() as u64;
+    (first, first + 1)
+}
+
+impl CallMedia {
+    /// Media for a call whose legs face `a_local`/`b_local` (mediagate's addresses on each side)
+    /// with peers signalling from `a_peer`/`b_peer`.
+    pub fn new(a_local: IpAddr, a_peer: IpAddr, b_local: IpAddr, b_peer: IpAddr) -> Self {
+        CallMedia {
+            line_ids: Vec::new(),
+            kinds: Vec::new(),
+            legs: [LegMedia::new(a_local, a_peer), LegMedia::new(b_local, b_peer)],
+            enabled: Vec::new(),
+        }
+    }
+
+    /// Replaces the B leg (failover to another trunk): its streams are removed and its ports
+    /// freed; the next [`Self::anchor`] allocates new ones.
+    pub fn reset_b(&mut self, b_local: IpAddr, b_peer: IpAddr, ctx: &mut MediaCtx) {
+        self.release_leg(Side::B, ctx);
+        self.legs[Side::B.index()] = LegMedia::new(b_local, b_peer);
+    }
+
+    /// Anchors a description received on `from`: makes sure every media line has ports on both
+    /// legs, points `from`'s streams at the addresses in `sdp`, and returns the description to
+    /// send on the other leg.
+    pub fn anchor(&mut self, from: Side, sdp: &Sdp, ctx: &mut MediaCtx) -> Result<Vec<u8>, AnchorError> {
+        let to = from.other();
+        for (i, m) in sdp.media().iter().enumerate() {
+            if i == self.line_ids.len() {
+                if from == Side::B {
+                    // An answer cannot add media lines (RFC 3264 §6).
+                    return Err(AnchorError::MediaMismatch);
+                }
+                self.line_ids.push(*ctx.next_stream);
+                *ctx.next_stream += 4;
+                self.kinds.push(m.kind.clone());
+                self.enabled.push(true);
+            }
+            let enabled = m.rtp.port() != 0;
+            if from == Side::A || !enabled {
+                self.enabled[i] = enabled;
+            }
+            if !self.enabled[i] {
+                continue;
+            }
+            for side in [from, to] {
+                self.ensure_pair(side, i, ctx)?;
+            }
+            let base = self.line_ids[i];
+            let (rtp, rtcp) = stream_ids(base, from);
+            let leg = &self.legs[from.index()];
+            let pair = leg.pairs[i].as_ref().expect("ensured");
+            for (id, stats, addr) in [(rtp, &pair.rtp, m.rtp), (rtcp, &pair.rtcp, m.rtcp)] {
+                ctx.commands.push(Command::Renegotiate { id, sdp: Some(addr) });
+                stats.set_remote(Some(addr), false);
+            }
+        }
+        Ok(self.description_for(to, sdp))
+    }
+
+    fn ensure_pair(&mut self, side: Side, line: usize, ctx: &mut MediaCtx) -> Result<(), AnchorError> {
+        let leg = &mut self.legs[side.index()];
+        if leg.pairs.len() <= line {
+            leg.pairs.resize_with(line + 1, || None);
+        }
+        if leg.pairs[line].is_some() {
+            return Ok(());
+        }
+        let port = ctx.pool.allocate().ok_or(AnchorError::NoPorts)?;
+        let base = self.line_ids[line];
+        let (rtp, rtcp) = stream_ids(base, side);
+        let (peer_rtp, peer_rtcp) = stream_ids(base, side.other());
+        let mk = |id, peer, port| {
+            let stats = Arc::new(StreamStats::new(ctx.now, None));
+            let spec = StreamSpec {
+                id,
+                peer,
+                local: SocketAddr::new(leg.local_ip, port),
+                latch: Latch::new(None, leg.signalling_ip),
+                stats: stats.clone(),
+            };
+            (spec, stats)
+        };
+        let (rtp_spec, rtp_stats) = mk(rtp, peer_rtp, port);
+        let (rtcp_spec, rtcp_stats) = mk(rtcp, peer_rtcp, port + 1);
+        ctx.commands.push(Command::Add(rtp_spec));
+        ctx.commands.push(Command::Add(rtcp_spec));
+        leg.pairs[line] = Some(Pair {
+            port,
+            rtp: rtp_stats,
+            rtcp: rtcp_stats,
+        });
+        Ok(())
+    }
+
+    /// The anchored description for `side`, with its `o=` version bumped when it changed.
+    fn description_for(&mut self, side: Side, sdp: &Sdp) -> Vec<u8> {
+        let leg = &mut self.legs[side.index()];
+        let ports: Vec<u16> = (0..sdp.media().len())
+            .map(|i| leg.pairs.get(i).and_then(Option::as_ref).map_or(0, |p| p.port))
+            .collect();
+        let mut anchor = Anchor {
+            address: leg.local_ip,
+            rtp_ports: &ports,
+            session_id: leg.session_id,
+            session_version: leg.session_version,
+        };
+        let mut body = sdp.anchored(&anchor);
+        if leg.last_sdp.as_ref().is_some_and(|last| *last != body) {
+            leg.session_version += 1;
+            anchor.session_version = leg.session_version;
+            body = sdp.anchored(&anchor);
+        }
+        leg.last_sdp = Some(body.clone());
+        body
+    }
+
+    fn release_leg(&mut self, side: Side, ctx: &mut MediaCtx) {
+        let leg = &mut self.legs[side.index()];
+        for (i, pair) in leg.pairs.iter_mut().enumerate() {
+            if let Some(p) = pair.take() {
+                let (rtp, rtcp) = stream_ids(self.line_ids[i], side);
+                ctx.commands.push(Command::Remove(rtp));
+                ctx.commands.push(Command::Remove(rtcp));
+                ctx.pool.release(p.port);
+            }
+        }
+    }
+
+    /// Frees every port and stops every stream of the call.
+    pub fn release(&mut self, ctx: &mut MediaCtx) {
+        self.release_leg(Side::A, ctx);
+        self.release_leg(Side::B, ctx);
+    }
+
+    /// The latest packet on any stream of the call, or `None` when it has no streams.
+    pub fn last_activity(&self) -> Option<Instant> {
+        self.legs
+            .iter()
+            .flat_map(|l| l.pairs.iter().flatten())
+            .flat_map(|p| [p.rtp.last_activity(), p.rtcp.last_activity()])
+            .max()
+    }
+
+    /// `/status` entries for the streams of one leg.
+    pub fn status(&self, side: Side, tier: &str) -> Vec<Value> {
+        let leg = &self.legs[side.index()];
+        let stream = |local: SocketAddr, s: &StreamStats| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "local": local.to_string(),
+                "remote": s.remote().map(|r| r.to_string()),
+                "tier": tier,
+                "latched": s.latched(),
+                "rx_packets": s.rx_packets.load(Relaxed),
+                "rx_bytes": s.rx_bytes.load(Relaxed),
+                "tx_packets": s.tx_packets.load(Relaxed),
+                "tx_bytes": s.tx_bytes.load(Relaxed),
+                "drops": s.total_drops(),
+            })
+        };
+        leg.pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .map(|(i, p)| {
+                let mut v = stream(SocketAddr::new(leg.local_ip, p.port), &p.rtp);
+                v["kind"] = json!(self.kinds[i]);
+                v["rtcp"] = stream(SocketAddr::new(leg.local_ip, p.port + 1), &p.rtcp);
+                v
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &[u8] = b"v=0\r\no=a 1 1 IN IP4 10.99.1.2\r\ns=-\r\nc=IN IP4 10.99.1.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
+    const ANSWER: &[u8] = b"v=0\r\no=b 9 9 IN IP4 10.99.2.2\r\ns=-\r\nc=IN IP4 10.99.2.2\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8\r\n";
+
+    #[test]
+    fn offer_and_answer_are_anchored_and_released() {
+        let mut pool = PortPool::new(30000, 30009);
+        let mut next = 1;
+        let mut cmds = Vec::new();
+        let mut ctx = MediaCtx {
+            pool: &mut pool,
+            next_stream: &mut next,
+            commands: &mut cmds,
+            now: Instant::now(),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut m = CallMedia::new(ip("10.99.1.1"), ip("10.99.1.2"), ip("10.99.2.1"), ip("10.99.2.2"));
+        let to_b = m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx).unwrap();
+        let to_b = Sdp::parse(&to_b).unwrap();
+        assert_eq!(to_b.media()[0].rtp, "10.99.2.1:30002".parse().unwrap());
+        let to_a = m.anchor(Side::B, &Sdp::parse(ANSWER).unwrap(), &mut ctx).unwrap();
+        let to_a = Sdp::parse(&to_a).unwrap();
+        assert_eq!(to_a.media()[0].rtp, "10.99.1.1:30000".parse().unwrap());
+        assert_eq!(ctx.pool.free(), 3);
+        m.release(&mut ctx);
+        assert_eq!(ctx.pool.free(), 5);
+        let adds = cmds.iter().filter(|c| matches!(c, Command::Add(_))).count();
+        let removes = cmds.iter().filter(|c| matches!(c, Command::Remove(_))).count();
+        assert_eq!((adds, removes), (4, 4));
+    }
+
+    #[test]
+    fn answer_with_extra_media_is_refused_and_exhaustion_reported() {
+        let mut pool = PortPool::new(30000, 30001);
+        let mut next = 1;
+        let mut cmds = Vec::new();
+        let mut ctx = MediaCtx {
+            pool: &mut pool,
+            next_stream: &mut next,
+            commands: &mut cmds,
+            now: Instant::now(),
+        };
+        let ip = "10.0.0.1".parse().unwrap();
+        let mut m = CallMedia::new(ip, ip, ip, ip);
+        assert_eq!(
+            m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx),
+            Err(AnchorError::NoPorts)
+        );
+        let mut m = CallMedia::new(ip, ip, ip, ip);
+        assert_eq!(
+            m.anchor(Side::B, &Sdp::parse(ANSWER).unwrap(), &mut ctx),
+            Err(AnchorError::MediaMismatch)
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Sans-IO SIP: message model, transactions, dialogs and the B2BUA call logic. Nothing here
+//! touches a socket or reads a clock; time is always an argument.
+
+pub mod b2bua;
+pub mod call_media;
+pub mod dialog;
+pub mod header;
+pub mod message;
+pub mod transaction;
