@@ -94,7 +94,6 @@ pub struct B2bua {
     next_call: CallKey,
     next_stream: StreamId,
     commands: Vec<Command>,
-    out: Vec<Transmit>,
     next_sweep: Option<Instant>,
     tier: &'static str,
 }
@@ -118,7 +117,6 @@ impl B2bua {
             next_call: 0,
             next_stream: 1,
             commands: Vec::new(),
-            out: Vec::new(),
             next_sweep: None,
             tier,
         }
@@ -134,10 +132,9 @@ impl B2bua {
         self.calls.values().filter(|c| c.phase != Phase::Ending).count()
     }
 
-    /// Queued wire output: the transaction layer's and the B2BUA's own (ACKs, 2xx retransmits).
-    pub fn drain_transmits(&mut self) -> impl Iterator<Item = Transmit> + '_ {
-        let own: Vec<Transmit> = self.out.drain(..).collect();
-        self.txns.drain_transmits().chain(own)
+    /// Queued wire output, in the order it was produced.
+    pub fn drain_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+        self.txns.drain_transmits()
     }
 
     /// Queued session changes for the data plane.
@@ -197,10 +194,7 @@ impl B2bua {
             if p.give_up <= now {
                 unacked.push(*key);
             } else if p.next <= now {
-                self.out.push(Transmit {
-                    target: call.a.target,
-                    message: p.response.clone(),
-                });
+                self.txns.send_stateless(p.response.clone(), call.a.target);
                 p.interval = (p.interval * 2).min(T2);
                 p.next = now + p.interval;
             }
@@ -498,10 +492,7 @@ impl B2bua {
                 }
             }
         }
-        self.out.push(Transmit {
-            target: call.b.target,
-            message: ack_b.clone(),
-        });
+        self.txns.send_stateless(ack_b.clone(), call.b.target);
         call.ack_to_b = Some(ack_b);
     }
 
@@ -563,10 +554,7 @@ impl B2bua {
                 if call.phase != Phase::Setup {
                     // A retransmitted 2xx: repeat our ACK if A already sent its own.
                     if let Some(ack) = &call.ack_to_b {
-                        self.out.push(Transmit {
-                            target: call.b.target,
-                            message: ack.clone(),
-                        });
+                        self.txns.send_stateless(ack.clone(), call.b.target);
                     }
                     return;
                 }
@@ -701,10 +689,7 @@ impl B2bua {
     fn ack_b_now(&mut self, key: CallKey) {
         let call = self.calls.get_mut(&key).expect("live");
         let ack = call.b.request(Method::Ack, Some(call.b_invite_cseq));
-        self.out.push(Transmit {
-            target: call.b.target,
-            message: ack.clone(),
-        });
+        self.txns.send_stateless(ack.clone(), call.b.target);
         call.ack_to_b = Some(ack);
     }
 
