@@ -68,8 +68,16 @@ impl Harness {
 
 /// The one message sent to `to`, asserting there is exactly one.
 fn only_to(out: &[Transmit], to: &Target) -> Message {
-    let msgs: Vec<&Transmit> = out.iter().filter(|t| t.target.remote == to.remote).collect();
-    assert_eq!(msgs.len(), 1, "expected one message to {}: {out:#?}", to.remote);
+    let msgs: Vec<&Transmit> = out
+        .iter()
+        .filter(|t| t.target.remote == to.remote)
+        .collect();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "expected one message to {}: {out:#?}",
+        to.remote
+    );
     msgs[0].message.clone()
 }
 
@@ -88,7 +96,8 @@ fn answer(req: &Message, code: u16, to_tag: &str, sdp: Option<&str>) -> Message 
     r
 }
 
-const ANSWER_SDP: &str = "v=0\no=callee 1 1 IN IP4 10.99.2.2\ns=-\nc=IN IP4 10.99.2.2\nt=0 0\nm=audio 7000 RTP/AVP 8\n";
+const ANSWER_SDP: &str =
+    "v=0\no=callee 1 1 IN IP4 10.99.2.2\ns=-\nc=IN IP4 10.99.2.2\nt=0 0\nm=audio 7000 RTP/AVP 8\n";
 
 /// Runs a call from the PBX up to the 200 relayed; returns the harness, the INVITE mediagate sent
 /// to the ITSP, and the 200 the PBX received.
@@ -111,7 +120,10 @@ fn ack_from_pbx(ok: &Message) -> Message {
         method: Method::Ack,
         uri: "sip:mediagate@10.99.1.1:5060".into(),
     };
-    ack.set_header("Via", "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack".into());
+    ack.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack".into(),
+    );
     ack.set_header("To", ok.header("To").unwrap().to_string());
     ack.set_header("CSeq", "1 ACK".into());
     ack.body.clear();
@@ -123,13 +135,22 @@ fn ack_from_pbx(ok: &Message) -> Message {
 fn outbound_invite_hides_the_caller_side() {
     let (_, inv_b, ok) = answered_call();
     let text = String::from_utf8(inv_b.to_bytes()).unwrap();
-    assert!(!text.contains("10.99.1.2"), "caller address leaked:\n{text}");
+    assert!(
+        !text.contains("10.99.1.2"),
+        "caller address leaked:\n{text}"
+    );
     assert!(!text.contains("pbx-call-1"), "caller Call-ID leaked");
     assert_eq!(inv_b.uri(), Some("sip:+4930123@10.99.2.2:5060"));
     assert_eq!(header::max_forwards(&inv_b), Some(69));
-    assert!(text.contains("c=IN IP4 10.99.2.1"), "SDP not anchored:\n{text}");
+    assert!(
+        text.contains("c=IN IP4 10.99.2.1"),
+        "SDP not anchored:\n{text}"
+    );
     let ok_text = String::from_utf8(ok.to_bytes()).unwrap();
-    assert!(!ok_text.contains("10.99.2.2"), "callee address leaked:\n{ok_text}");
+    assert!(
+        !ok_text.contains("10.99.2.2"),
+        "callee address leaked:\n{ok_text}"
+    );
     assert!(ok_text.contains("c=IN IP4 10.99.1.1"));
     assert_eq!(header::tag(&ok, "From"), Some("pbx-tag"));
     assert!(header::tag(&ok, "To").is_some());
@@ -146,7 +167,10 @@ fn caller_hang_up_relays_bye_and_frees_ports() {
     assert_eq!(ack_b.method(), Some(&Method::Ack));
     assert_eq!(ack_b.uri(), Some("sip:callee@10.99.2.2:5060"));
     assert_eq!(ack_b.header("Call-ID"), inv_b.header("Call-ID"));
-    assert!(h.advance(Duration::from_secs(2)).is_empty(), "no 200 retransmit after ACK");
+    assert!(
+        h.advance(Duration::from_secs(2)).is_empty(),
+        "no 200 retransmit after ACK"
+    );
     assert_eq!(h.status()["active_calls"], 1);
 
     let mut bye = ack_from_pbx(&ok);
@@ -155,7 +179,10 @@ fn caller_hang_up_relays_bye_and_frees_ports() {
         uri: "sip:mediagate@10.99.1.1:5060".into(),
     };
     bye.set_header("CSeq", "2 BYE".into());
-    bye.set_header("Via", "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into());
+    bye.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
+    );
     let out = h.send(bye, h.pbx);
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
     let bye_b = only_to(&out, &h.itsp);
@@ -164,7 +191,7 @@ fn caller_hang_up_relays_bye_and_frees_ports() {
     assert_eq!(h.status()["active_calls"], 0, "ended call not listed");
     assert!(h.ports_all_free());
     h.send(answer(&bye_b, 200, "b1", None), h.itsp);
-    assert_eq!(h.status()["transactions"].as_u64().unwrap() > 0, true);
+    assert!(h.status()["transactions"].as_u64().unwrap() > 0);
     h.advance(Duration::from_secs(40));
     assert_eq!(h.status()["transactions"], 0, "all transactions ended");
 }
@@ -239,7 +266,10 @@ fn cancel_racing_a_200_hangs_up_the_callee() {
         .filter_map(|t| t.message.method().cloned())
         .collect();
     assert_eq!(methods, vec![Method::Ack, Method::Bye]);
-    assert!(out.iter().all(|t| t.target.remote != h.pbx.remote), "caller already got 487");
+    assert!(
+        out.iter().all(|t| t.target.remote != h.pbx.remote),
+        "caller already got 487"
+    );
 }
 
 #[test]
