@@ -251,7 +251,10 @@ impl<'a> Locator<'a> {
     }
 
     fn line_of_offset(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     /// The line of the value at `path`, or of its closest existing parent; 1 when unknown.
@@ -322,8 +325,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         key: path_string(path),
         message,
     };
-    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(
-        |e| {
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let line = inner.span().map_or(1, |s| loc.line_of_offset(s.start));
@@ -333,8 +336,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 key: if key == "." { "(document)".into() } else { key },
                 message: inner.message().to_string(),
             }
-        },
-    )?;
+        })?;
 
     let mut listen = Vec::new();
     for (i, l) in raw.sip.listen.iter().enumerate() {
@@ -357,7 +359,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
 
     let ports_path = [Seg::Key("media"), Seg::Key("ports")];
-    let (port_first, port_last) = parse_port_range(&raw.media.ports).map_err(|m| err(&ports_path, m))?;
+    let (port_first, port_last) =
+        parse_port_range(&raw.media.ports).map_err(|m| err(&ports_path, m))?;
     let dataplane = match raw.media.dataplane.as_str() {
         "auto" => Dataplane::Auto,
         "socket" => Dataplane::Socket,
@@ -395,7 +398,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for (i, t) in raw.trunk.iter().enumerate() {
         let at = |key| [Seg::Key("trunk"), Seg::Index(i), Seg::Key(key)];
         if t.name.is_empty() || trunks.iter().any(|o| o.name == t.name) {
-            return Err(err(&at("name"), format!("trunk name `{}` is empty or used twice", t.name)));
+            return Err(err(
+                &at("name"),
+                format!("trunk name `{}` is empty or used twice", t.name),
+            ));
         }
         if t.peers.is_empty() {
             return Err(err(&at("peers"), "a trunk needs at least one peer".into()));
@@ -403,7 +409,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let mut peers = Vec::new();
         for (j, p) in t.peers.iter().enumerate() {
             peers.push(p.parse::<Endpoint>().map_err(|m| {
-                err(&[Seg::Key("trunk"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)], m)
+                err(
+                    &[
+                        Seg::Key("trunk"),
+                        Seg::Index(i),
+                        Seg::Key("peers"),
+                        Seg::Index(j),
+                    ],
+                    m,
+                )
             })?);
         }
         let local: Endpoint = t.local.parse().map_err(|m| err(&at("local"), m))?;
@@ -436,7 +450,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .map(|(j, n)| {
                     trunks.iter().position(|t| &t.name == n).ok_or_else(|| {
                         err(
-                            &[Seg::Key("route"), Seg::Index(i), Seg::Key(key), Seg::Index(j)],
+                            &[
+                                Seg::Key("route"),
+                                Seg::Index(i),
+                                Seg::Key(key),
+                                Seg::Index(j),
+                            ],
                             format!("no trunk is named `{n}`"),
                         )
                     })
@@ -587,9 +606,15 @@ to = ["pbx"]
         let e = error_of(&GOOD.replace("30000-39999", "5-3"));
         assert_eq!((e.line, e.key.as_str()), (6, "media.ports"), "{e}");
 
-        let e = error_of(&GOOD.replace("local = \"udp:10.99.2.1:5060\"", "local = \"udp:10.99.9.1:5060\""));
+        let e = error_of(&GOOD.replace(
+            "local = \"udp:10.99.2.1:5060\"",
+            "local = \"udp:10.99.9.1:5060\"",
+        ));
         assert_eq!((e.line, e.key.as_str()), (23, "trunk[1].local"), "{e}");
-        assert_eq!(e.to_string(), format!("f.toml:23: trunk[1].local: {}", e.message));
+        assert_eq!(
+            e.to_string(),
+            format!("f.toml:23: trunk[1].local: {}", e.message)
+        );
     }
 
     #[test]

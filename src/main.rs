@@ -23,7 +23,12 @@ enum Mode {
 
 fn parse_args() -> Result<Mode, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => Ok(Mode::Run(None)),
         ["--config", f] => Ok(Mode::Run(Some(f.into()))),
         ["--check-config", f] => Ok(Mode::Check(f.into())),
@@ -102,7 +107,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     };
     match dataplane::reserve_ports(config.media.port_first, config.media.port_last) {
         Ok(v) => tracing::info!(ip_local_reserved_ports = %v, "media port range reserved"),
-        Err(e) => tracing::warn!(error = %e, "cannot reserve the media port range; the kernel may hand its ports to other sockets"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reserve the media port range; the kernel may hand its ports to other sockets")
+        }
     }
     let core = B2bua::new(config.clone(), tier);
     let relay = SocketRelay::start(config.media.threads, core.stream_capacity())
@@ -119,8 +126,9 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("binding the status endpoint {addr}"))?;
         }
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: stopping"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),

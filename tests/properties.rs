@@ -22,10 +22,8 @@ fn start_line() -> impl Strategy<Value = StartLine> {
             method: Method::parse(&m.to_ascii_uppercase()),
             uri,
         }),
-        (100u16..700, "[A-Za-z ]{0,20}[A-Za-z]").prop_map(|(code, reason)| StartLine::Response {
-            code,
-            reason,
-        }),
+        (100u16..700, "[A-Za-z ]{0,20}[A-Za-z]")
+            .prop_map(|(code, reason)| StartLine::Response { code, reason }),
     ]
 }
 

@@ -325,11 +325,18 @@ impl Relay {
                 stream.stats.record_rx(accepted, rx_bytes, now);
             }
             if out > 0 {
-                let sent = send_batch(peer_fd.expect("destination implies peer"), &mut self.batch, out);
+                let sent = send_batch(
+                    peer_fd.expect("destination implies peer"),
+                    &mut self.batch,
+                    out,
+                );
                 let peer = peer_slot
                     .and_then(|p| self.slots[p].as_ref())
                     .expect("peer checked above");
-                let bytes: u64 = self.batch.out_iovecs[..sent].iter().map(|v| v.iov_len as u64).sum();
+                let bytes: u64 = self.batch.out_iovecs[..sent]
+                    .iter()
+                    .map(|v| v.iov_len as u64)
+                    .sum();
                 peer.stats.record_tx(sent as u64, bytes);
                 for _ in sent..out {
                     peer.stats.record_drop(DropReason::SendFailed);

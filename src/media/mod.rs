@@ -144,7 +144,10 @@ mod tests {
 
     #[test]
     fn no_destination_without_usable_sdp() {
-        assert_eq!(Latch::new(None, "1.1.1.1".parse().unwrap()).destination(), None);
+        assert_eq!(
+            Latch::new(None, "1.1.1.1".parse().unwrap()).destination(),
+            None
+        );
         assert_eq!(
             Latch::new(Some(sa("0.0.0.0:6000")), "1.1.1.1".parse().unwrap()).destination(),
             None

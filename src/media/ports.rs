@@ -28,7 +28,10 @@ impl PortPool {
 
     /// Returns a pair taken by [`Self::allocate`].
     pub fn release(&mut self, rtp_port: u16) {
-        debug_assert!(!self.free.contains(&rtp_port), "port {rtp_port} freed twice");
+        debug_assert!(
+            !self.free.contains(&rtp_port),
+            "port {rtp_port} freed twice"
+        );
         self.free.push_back(rtp_port);
     }
 

@@ -165,7 +165,9 @@ impl Sdp {
                             Some(m) => m.direction = Some(d),
                             None => session_dir = d,
                         }
-                    } else if let (Some(rest), Some(m)) = (value.strip_prefix("rtcp:"), media.last_mut()) {
+                    } else if let (Some(rest), Some(m)) =
+                        (value.strip_prefix("rtcp:"), media.last_mut())
+                    {
                         let mut it = rest.split_whitespace();
                         let port: u16 = it
                             .next()
@@ -189,13 +191,14 @@ impl Sdp {
             .enumerate()
             .map(|(i, m)| {
                 let ip = m.conn.or(session_conn).ok_or(SdpError::NoConnection(i))?;
-                let (rtcp_port, rtcp_ip) = m
-                    .rtcp
-                    .unwrap_or((m.port.wrapping_add(1), None));
+                let (rtcp_port, rtcp_ip) = m.rtcp.unwrap_or((m.port.wrapping_add(1), None));
                 Ok(Media {
                     kind: m.kind,
                     rtp: SocketAddr::new(ip, m.port),
-                    rtcp: SocketAddr::new(rtcp_ip.unwrap_or(ip), if m.port == 0 { 0 } else { rtcp_port }),
+                    rtcp: SocketAddr::new(
+                        rtcp_ip.unwrap_or(ip),
+                        if m.port == 0 { 0 } else { rtcp_port },
+                    ),
                     direction: m.direction.unwrap_or(session_dir),
                 })
             })
@@ -212,7 +215,11 @@ impl Sdp {
     /// with the anchor address, each enabled `m=` port and `a=rtcp:` with the anchor's ports.
     /// Disabled streams (port 0) stay disabled. ICE candidates are dropped.
     pub fn anchored(&self, anchor: &Anchor) -> Vec<u8> {
-        let fam = if anchor.address.is_ipv4() { "IP4" } else { "IP6" };
+        let fam = if anchor.address.is_ipv4() {
+            "IP4"
+        } else {
+            "IP6"
+        };
         let mut out = String::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum());
         let mut media_index: Option<usize> = None;
         let port_of = |m: Option<usize>| -> Option<u16> {
@@ -245,11 +252,11 @@ impl Sdp {
                         None => None,
                     }
                 }
-                ("a=", value) if value.starts_with("rtcp:") => {
-                    port_of(media_index).map(|p| format!("a=rtcp:{} IN {fam} {}", p + 1, anchor.address))
-                }
+                ("a=", value) if value.starts_with("rtcp:") => port_of(media_index)
+                    .map(|p| format!("a=rtcp:{} IN {fam} {}", p + 1, anchor.address)),
                 ("a=", value)
-                    if value.starts_with("candidate:") || value.starts_with("remote-candidates:") =>
+                    if value.starts_with("candidate:")
+                        || value.starts_with("remote-candidates:") =>
                 {
                     continue
                 }
@@ -304,7 +311,10 @@ m=video 0 RTP/AVP 96\r\n";
         assert!(out.contains("m=audio 30000 RTP/AVP 8 101\r\n"));
         assert!(out.contains("a=rtcp:30001 IN IP4 10.99.2.1\r\n"));
         assert!(out.contains("a=x-unknown: keep  me\r\n"));
-        assert!(out.contains("m=video 0 RTP/AVP 96\r\n"), "disabled stream stays disabled");
+        assert!(
+            out.contains("m=video 0 RTP/AVP 96\r\n"),
+            "disabled stream stays disabled"
+        );
         assert!(!out.contains("10.99.1.2") && !out.contains("192.168.0.9"));
         // Re-parsing the output finds the anchor.
         let again = Sdp::parse(out.as_bytes()).unwrap();

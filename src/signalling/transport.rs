@@ -80,7 +80,12 @@ impl Transports {
                 }
             }
             Transport::Tcp => {
-                let existing = self.tcp.lock().expect("tcp map").get(&target.remote).cloned();
+                let existing = self
+                    .tcp
+                    .lock()
+                    .expect("tcp map")
+                    .get(&target.remote)
+                    .cloned();
                 match existing {
                     Some(tx) => {
                         if tx.try_send(bytes).is_err() {
@@ -203,7 +208,9 @@ async fn read_udp(socket: Arc<UdpSocket>, local: SocketAddr, inbound: mpsc::Send
                     return;
                 }
             }
-            Err(e) => tracing::debug!(error = %e, from = %remote, "unparseable SIP datagram dropped"),
+            Err(e) => {
+                tracing::debug!(error = %e, from = %remote, "unparseable SIP datagram dropped")
+            }
         }
     }
 }

@@ -129,7 +129,10 @@ impl B2bua {
 
     /// Calls not yet ended.
     pub fn active_calls(&self) -> usize {
-        self.calls.values().filter(|c| c.phase != Phase::Ending).count()
+        self.calls
+            .values()
+            .filter(|c| c.phase != Phase::Ending)
+            .count()
     }
 
     /// Queued wire output, in the order it was produced.
@@ -299,14 +302,24 @@ impl B2bua {
             remote_target: req
                 .header("Contact")
                 .map(|c| header::uri_of(c).to_string())
-                .unwrap_or_else(|| header::uri_of(req.header("From").unwrap_or_default()).to_string()),
-            route_set: req.headers_named("Record-Route").map(str::to_string).collect(),
+                .unwrap_or_else(|| {
+                    header::uri_of(req.header("From").unwrap_or_default()).to_string()
+                }),
+            route_set: req
+                .headers_named("Record-Route")
+                .map(str::to_string)
+                .collect(),
             local_cseq: 0,
             signalling_ip: source.remote.ip(),
         };
         let b = self.new_b_dialog(&req, b_trunk);
         let a_local = source.local.ip();
-        let media = CallMedia::new(a_local, a.signalling_ip, b.target.local.ip(), b.signalling_ip);
+        let media = CallMedia::new(
+            a_local,
+            a.signalling_ip,
+            b.target.local.ip(),
+            b.signalling_ip,
+        );
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
@@ -316,7 +329,10 @@ impl B2bua {
             phase: Phase::Setup,
             a,
             a_trunk: trunk,
-            a_invite: Message { body: Vec::new(), ..req },
+            a_invite: Message {
+                body: Vec::new(),
+                ..req
+            },
             a_txn: txn,
             a_offer: offer,
             b,
@@ -331,7 +347,8 @@ impl B2bua {
             open_txns: Vec::new(),
             media,
         };
-        self.by_call_id.insert(call.a.call_id.clone(), (key, Side::A));
+        self.by_call_id
+            .insert(call.a.call_id.clone(), (key, Side::A));
         self.by_server_invite.insert(txn, key);
         self.calls.insert(key, call);
         tracing::info!(call = %now_label(key), from = %self.config.trunks[trunk].name,
@@ -352,7 +369,11 @@ impl B2bua {
         let called = header::uri_user(a_invite.uri().unwrap_or_default());
         let from = a_invite.header("From").unwrap_or_default();
         let calling = header::uri_user(header::uri_of(from));
-        let calling = if calling.is_empty() { "anonymous" } else { calling };
+        let calling = if calling.is_empty() {
+            "anonymous"
+        } else {
+            calling
+        };
         let display = header::display_name(from)
             .map(|d| format!("\"{}\" ", d.replace('"', "")))
             .unwrap_or_default();
@@ -422,7 +443,8 @@ impl B2bua {
         call.b_txn = txn;
         call.open_txns.push(txn);
         self.by_client_txn.insert(txn, (key, Purpose::Invite));
-        self.by_call_id.insert(call.b.call_id.clone(), (key, Side::B));
+        self.by_call_id
+            .insert(call.b.call_id.clone(), (key, Side::B));
         self.calls.insert(key, call);
     }
 
@@ -524,8 +546,17 @@ impl B2bua {
         }
     }
 
-    fn on_invite_response(&mut self, key: CallKey, txn: TxnId, resp: Message, code: u16, now: Instant) {
-        let Some(call) = self.calls.get_mut(&key) else { return };
+    fn on_invite_response(
+        &mut self,
+        key: CallKey,
+        txn: TxnId,
+        resp: Message,
+        code: u16,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         if txn != call.b_txn {
             return;
         }
@@ -651,7 +682,8 @@ impl B2bua {
             commands: &mut self.commands,
             now,
         };
-        call.media.reset_b(b.target.local.ip(), b.signalling_ip, &mut ctx);
+        call.media
+            .reset_b(b.target.local.ip(), b.signalling_ip, &mut ctx);
         call.b = b;
         call.b_trunk = next;
         self.send_b_invite(key, now);
@@ -675,9 +707,13 @@ impl B2bua {
             return;
         };
         self.txn_done(key, txn);
-        let Some(call) = self.calls.get(&key) else { return };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
         match purpose {
-            Purpose::Invite if call.phase == Phase::Setup && !call.cancelled && txn == call.b_txn => {
+            Purpose::Invite
+                if call.phase == Phase::Setup && !call.cancelled && txn == call.b_txn =>
+            {
                 if !self.fail_over(key, now) {
                     self.fail_call(key, 408, now);
                 }
@@ -726,7 +762,9 @@ impl B2bua {
 
     /// Forgets an ended call once no transaction of it is running.
     fn finish_if_idle(&mut self, key: CallKey) {
-        let Some(call) = self.calls.get(&key) else { return };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
         if call.phase != Phase::Ending || !call.open_txns.is_empty() {
             return;
         }
@@ -822,7 +860,6 @@ impl B2bua {
             "trunks": trunks,
         })
     }
-
 }
 
 /// RFC 3261 §8.2: the mandatory headers must be present and the CSeq method must match.

@@ -103,7 +103,10 @@ impl CallMedia {
         CallMedia {
             line_ids: Vec::new(),
             kinds: Vec::new(),
-            legs: [LegMedia::new(a_local, a_peer), LegMedia::new(b_local, b_peer)],
+            legs: [
+                LegMedia::new(a_local, a_peer),
+                LegMedia::new(b_local, b_peer),
+            ],
             enabled: Vec::new(),
         }
     }
@@ -118,7 +121,12 @@ impl CallMedia {
     /// Anchors a description received on `from`: makes sure every media line has ports on both
     /// legs, points `from`'s streams at the addresses in `sdp`, and returns the description to
     /// send on the other leg.
-    pub fn anchor(&mut self, from: Side, sdp: &Sdp, ctx: &mut MediaCtx) -> Result<Vec<u8>, AnchorError> {
+    pub fn anchor(
+        &mut self,
+        from: Side,
+        sdp: &Sdp,
+        ctx: &mut MediaCtx,
+    ) -> Result<Vec<u8>, AnchorError> {
         let to = from.other();
         for (i, m) in sdp.media().iter().enumerate() {
             if i == self.line_ids.len() {
@@ -146,14 +154,22 @@ impl CallMedia {
             let leg = &self.legs[from.index()];
             let pair = leg.pairs[i].as_ref().expect("ensured");
             for (id, stats, addr) in [(rtp, &pair.rtp, m.rtp), (rtcp, &pair.rtcp, m.rtcp)] {
-                ctx.commands.push(Command::Renegotiate { id, sdp: Some(addr) });
+                ctx.commands.push(Command::Renegotiate {
+                    id,
+                    sdp: Some(addr),
+                });
                 stats.set_remote(Some(addr), false);
             }
         }
         Ok(self.description_for(to, sdp))
     }
 
-    fn ensure_pair(&mut self, side: Side, line: usize, ctx: &mut MediaCtx) -> Result<(), AnchorError> {
+    fn ensure_pair(
+        &mut self,
+        side: Side,
+        line: usize,
+        ctx: &mut MediaCtx,
+    ) -> Result<(), AnchorError> {
         let leg = &mut self.legs[side.index()];
         if leg.pairs.len() <= line {
             leg.pairs.resize_with(line + 1, || None);
@@ -192,7 +208,12 @@ impl CallMedia {
     fn description_for(&mut self, side: Side, sdp: &Sdp) -> Vec<u8> {
         let leg = &mut self.legs[side.index()];
         let ports: Vec<u16> = (0..sdp.media().len())
-            .map(|i| leg.pairs.get(i).and_then(Option::as_ref).map_or(0, |p| p.port))
+            .map(|i| {
+                leg.pairs
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |p| p.port)
+            })
             .collect();
         let mut anchor = Anchor {
             address: leg.local_ip,
@@ -287,18 +308,30 @@ mod tests {
             now: Instant::now(),
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let mut m = CallMedia::new(ip("10.99.1.1"), ip("10.99.1.2"), ip("10.99.2.1"), ip("10.99.2.2"));
-        let to_b = m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx).unwrap();
+        let mut m = CallMedia::new(
+            ip("10.99.1.1"),
+            ip("10.99.1.2"),
+            ip("10.99.2.1"),
+            ip("10.99.2.2"),
+        );
+        let to_b = m
+            .anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx)
+            .unwrap();
         let to_b = Sdp::parse(&to_b).unwrap();
         assert_eq!(to_b.media()[0].rtp, "10.99.2.1:30002".parse().unwrap());
-        let to_a = m.anchor(Side::B, &Sdp::parse(ANSWER).unwrap(), &mut ctx).unwrap();
+        let to_a = m
+            .anchor(Side::B, &Sdp::parse(ANSWER).unwrap(), &mut ctx)
+            .unwrap();
         let to_a = Sdp::parse(&to_a).unwrap();
         assert_eq!(to_a.media()[0].rtp, "10.99.1.1:30000".parse().unwrap());
         assert_eq!(ctx.pool.free(), 3);
         m.release(&mut ctx);
         assert_eq!(ctx.pool.free(), 5);
         let adds = cmds.iter().filter(|c| matches!(c, Command::Add(_))).count();
-        let removes = cmds.iter().filter(|c| matches!(c, Command::Remove(_))).count();
+        let removes = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::Remove(_)))
+            .count();
         assert_eq!((adds, removes), (4, 4));
     }
 

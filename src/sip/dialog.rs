@@ -72,7 +72,12 @@ pub fn reason(code: u16) -> &'static str {
 
 /// A response to `request` (RFC 3261 §8.2.6): Via, From, To, Call-ID and CSeq copied, a To tag
 /// added when given and absent.
-pub fn response_to(request: &Message, code: u16, reason_phrase: &str, to_tag: Option<&str>) -> Message {
+pub fn response_to(
+    request: &Message,
+    code: u16,
+    reason_phrase: &str,
+    to_tag: Option<&str>,
+) -> Message {
     let mut r = Message {
         start: StartLine::Response {
             code,

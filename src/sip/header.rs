@@ -92,7 +92,10 @@ mod tests {
         assert_eq!(display_name(v), Some("Alice"));
         assert_eq!(uri_user(uri_of(v)), "+100");
         assert_eq!(uri_of("sip:bob@x;tag=1"), "sip:bob@x");
-        assert_eq!(param("SIP/2.0/UDP h:5060;branch=z9hG4bK1;rport", "branch"), Some("z9hG4bK1"));
+        assert_eq!(
+            param("SIP/2.0/UDP h:5060;branch=z9hG4bK1;rport", "branch"),
+            Some("z9hG4bK1")
+        );
         assert_eq!(uri_user("sip:host.example"), "");
     }
 }

@@ -157,7 +157,10 @@ impl Message {
     /// Parses the first message of a stream buffer (TCP); `Ok(None)` means more bytes are needed.
     /// Returns the message and the number of bytes it used. Leading CRLFs (keep-alives) are skipped.
     pub fn parse_stream(buf: &[u8]) -> Result<Option<(Message, usize)>, ParseError> {
-        let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+        let skip = buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
         let data = &buf[skip..];
         let (head_len, mut msg) = match parse_head(data) {
             Err(ParseError::Incomplete) if data.len() <= MAX_MESSAGE => return Ok(None),
@@ -319,7 +322,12 @@ fn parse_head(data: &[u8]) -> Result<(usize, Message), ParseError> {
             return Err(ParseError::TooManyHeaders);
         }
     }
-    let body_at = end + if data[end..].starts_with(b"\r\n\r\n") { 4 } else { 2 };
+    let body_at = end
+        + if data[end..].starts_with(b"\r\n\r\n") {
+            4
+        } else {
+            2
+        };
     Ok((
         body_at,
         Message {
@@ -381,7 +389,11 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     else {
         return Err(ParseError::BadStartLine);
     };
-    if method.is_empty() || !method.bytes().all(is_token_char) || uri.is_empty() || !uri.contains(':') {
+    if method.is_empty()
+        || !method.bytes().all(is_token_char)
+        || uri.is_empty()
+        || !uri.contains(':')
+    {
         return Err(ParseError::BadStartLine);
     }
     Ok(StartLine::Request {
@@ -447,7 +459,10 @@ v=0\n";
     #[test]
     fn stream_framing_waits_for_body() {
         let bytes = INVITE.as_bytes();
-        assert_eq!(Message::parse_stream(&bytes[..bytes.len() - 2]).unwrap(), None);
+        assert_eq!(
+            Message::parse_stream(&bytes[..bytes.len() - 2]).unwrap(),
+            None
+        );
         let mut two = b"\r\n\r\n".to_vec();
         two.extend_from_slice(bytes);
         two.extend_from_slice(bytes);
@@ -471,7 +486,10 @@ v=0\n";
             Message::parse_datagram(b"SIP/2.0 99 x\r\n\r\n"),
             Err(ParseError::BadStartLine)
         );
-        let bomb = format!("OPTIONS sip:a@b SIP/2.0\r\n{}\r\n", "Via: x\r\n".repeat(300));
+        let bomb = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\n{}\r\n",
+            "Via: x\r\n".repeat(300)
+        );
         assert_eq!(
             Message::parse_datagram(bomb.as_bytes()),
             Err(ParseError::TooManyHeaders)

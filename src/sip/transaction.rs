@@ -183,7 +183,10 @@ impl Transactions {
     fn schedule_server(&mut self, id: TxnId) {
         if let Some(t) = self.servers.get_mut(&id) {
             t.gen += 1;
-            let at = [t.retransmit.map(|r| r.0), t.end].into_iter().flatten().min();
+            let at = [t.retransmit.map(|r| r.0), t.end]
+                .into_iter()
+                .flatten()
+                .min();
             if let Some(at) = at {
                 self.timers.push(Reverse((at, id, t.gen)));
             }
@@ -219,11 +222,22 @@ impl Transactions {
         if method == Method::Ack {
             if let Some(&id) = self.server_index.get(&invite_key) {
                 let t = self.servers.get_mut(&id).expect("indexed server txn");
-                let absorbed = t.last_response.as_ref().and_then(Message::code).unwrap_or(0) >= 300;
+                let absorbed = t
+                    .last_response
+                    .as_ref()
+                    .and_then(Message::code)
+                    .unwrap_or(0)
+                    >= 300;
                 if t.state == State::Completed {
                     t.state = State::Confirmed;
                     t.retransmit = None;
-                    t.end = Some(now + if source.reliable() { Duration::ZERO } else { T4 });
+                    t.end = Some(
+                        now + if source.reliable() {
+                            Duration::ZERO
+                        } else {
+                            T4
+                        },
+                    );
                     self.schedule_server(id);
                 }
                 if absorbed {
@@ -458,7 +472,12 @@ impl Transactions {
                         message: ack.clone(),
                     });
                     t.ack = Some(ack);
-                    t.end = now + if reliable { Duration::ZERO } else { 32 * Duration::from_secs(1) };
+                    t.end = now
+                        + if reliable {
+                            Duration::ZERO
+                        } else {
+                            32 * Duration::from_secs(1)
+                        };
                 } else {
                     t.end = now + if reliable { Duration::ZERO } else { T4 };
                 }
@@ -529,7 +548,11 @@ impl Transactions {
         if t.end <= now {
             let timed_out = matches!(t.state, State::Initial | State::Proceeding);
             let t = self.clients.remove(&id).expect("checked");
-            let method = t.request.method().map(|m| m.as_str().to_string()).unwrap_or_default();
+            let method = t
+                .request
+                .method()
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default();
             self.client_index.remove(&(t.branch, method));
             return timed_out;
         }
@@ -674,7 +697,11 @@ mod tests {
             tx.handle_message(busy, target(Transport::Udp), t0),
             Event::Stray
         );
-        assert_eq!(sent_count(&mut tx), 1, "ACK repeated for the retransmitted 486");
+        assert_eq!(
+            sent_count(&mut tx),
+            1,
+            "ACK repeated for the retransmitted 486"
+        );
         tx.handle_timeout(t0 + Duration::from_secs(33));
         assert!(tx.is_empty(), "timer D ended the transaction");
     }
