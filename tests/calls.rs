@@ -1,0 +1,647 @@
+//! End-to-end calls through mediagate between real sipp peers, each test in
+//! its own three-namespace lab (see tests/common/mod.rs and scripts/lab).
+//!
+//!   gw (10.99.1.2, "pbx" trunk) -- 10.99.1.1 [mediagate] 10.99.2.1 -- it (10.99.2.2, "itsp")
+//!
+//! These tests need root; they fail (never skip) without it.
+//! Logs, sipp traces and captures of a failed test are kept under
+//! target/tmp/calls/<test>-<prefix>/.
+
+mod common;
+
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DIALLED: &str = "+4930123";
+
+/// Which side places the call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Origin {
+    Gw,
+    Itsp,
+}
+
+struct Side {
+    ns: String,
+    iface: String,
+    /// the sipp peer's address
+    peer_ip: &'static str,
+    /// mediagate's address facing that peer
+    mg_ip: &'static str,
+}
+
+fn sides(lab: &Lab, from: Origin) -> (Side, Side) {
+    let gw = Side {
+        ns: lab.gw(),
+        iface: lab.gw_if(),
+        peer_ip: GW_IP,
+        mg_ip: MG_GW_IP,
+    };
+    let it = Side {
+        ns: lab.it(),
+        iface: lab.it_if(),
+        peer_ip: IT_IP,
+        mg_ip: MG_IT_IP,
+    };
+    match from {
+        Origin::Gw => (gw, it),
+        Origin::Itsp => (it, gw),
+    }
+}
+
+fn tag_of(header: &str) -> Option<String> {
+    header
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag=").map(|t| t.to_string()))
+}
+
+/// The first received INVITE of a sipp run (panics with context if none).
+fn received_invite(s: &Sipp) -> SipMsg {
+    s.received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap_or_else(|| panic!("'{}' received no INVITE\n{}", s.name, s.describe()))
+}
+
+/// The first received 200 to the INVITE of a caller sipp.
+fn received_invite_200(s: &Sipp) -> SipMsg {
+    s.received()
+        .into_iter()
+        .find(|m| {
+            m.status_code() == Some(200) && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "'{}' received no 200 to its INVITE\n{}",
+                s.name,
+                s.describe()
+            )
+        })
+}
+
+/// SDP of a message must carry mediagate's address on that side and a port
+/// from its media range; returns the port.
+fn assert_sdp_is_mediagate(m: &SipMsg, mg_ip: &str, who: &str) -> u16 {
+    assert_eq!(
+        m.sdp_conn_addr().as_deref(),
+        Some(mg_ip),
+        "{who} must see c=IN IP4 {mg_ip} (mediagate), got:\n{}",
+        m.text
+    );
+    let port = m
+        .sdp_audio_port()
+        .unwrap_or_else(|| panic!("{who}: no m=audio in SDP:\n{}", m.text));
+    assert!(
+        MEDIA_PORTS.contains(&port),
+        "{who}: SDP audio port {port} not in mediagate's range {MEDIA_PORTS:?}:\n{}",
+        m.text
+    );
+    port
+}
+
+/// The INVITE the callee got is mediagate's own (B2BUA), not the caller's.
+fn assert_b2bua_invite(
+    caller_invite: &SipMsg,
+    callee_invite: &SipMsg,
+    caller: &Side,
+    callee: &Side,
+) {
+    let a = caller_invite.header("Call-ID").expect("caller Call-ID");
+    let b = callee_invite.header("Call-ID").expect("callee Call-ID");
+    assert_ne!(a, b, "mediagate must use a new Call-ID on the outgoing leg");
+    let vias = callee_invite.headers("Via");
+    assert!(
+        vias.first().is_some_and(|v| v.contains(callee.mg_ip))
+            && vias.iter().all(|v| !v.contains(caller.peer_ip)),
+        "the callee's INVITE must carry only mediagate's Via ({}):\n{}",
+        callee.mg_ip,
+        callee_invite.text
+    );
+    let contact = callee_invite.header("Contact").unwrap_or_default();
+    assert!(
+        contact.contains(callee.mg_ip),
+        "the callee's INVITE must carry mediagate's Contact ({}):\n{}",
+        callee.mg_ip,
+        callee_invite.text
+    );
+    let ta = caller_invite.header("From").and_then(|f| tag_of(&f));
+    let tb = callee_invite.header("From").and_then(|f| tag_of(&f));
+    assert!(
+        tb.is_some(),
+        "outgoing INVITE has no From tag:\n{}",
+        callee_invite.text
+    );
+    assert_ne!(
+        ta, tb,
+        "mediagate must use its own From tag on the outgoing leg"
+    );
+}
+
+/// RTP relayed both ways through mediagate, seen at both far ends.
+/// `caller_port`/`callee_port`: mediagate's ports from the SDP each side saw.
+fn assert_rtp_relayed(
+    caller: &Side,
+    callee: &Side,
+    caller_cap: &mut Capture,
+    callee_cap: &mut Capture,
+    caller_port: u16,
+    callee_port: u16,
+    min_packets: u64,
+) {
+    let desc = format!("{}\n{}", caller_cap.describe(), callee_cap.describe());
+    let callee_flows = callee_cap.flows().clone();
+    let caller_flows = caller_cap.flows().clone();
+    let sipp_rtp = |ip: &str| sa(ip, SIPP_MEDIA_PORT);
+
+    // Callee side: mediagate -> callee, from the port it advertised there.
+    let to_callee = flows_from(
+        &callee_flows,
+        callee.mg_ip,
+        MEDIA_PORTS,
+        sipp_rtp(callee.peer_ip),
+    );
+    assert_eq!(
+        to_callee.len(),
+        1,
+        "expected RTP toward the callee from exactly one mediagate port on {}\n{desc}",
+        callee.mg_ip
+    );
+    assert_eq!(
+        to_callee[0].0,
+        sa(callee.mg_ip, callee_port),
+        "RTP toward the callee must come from the port mediagate put in the callee's SDP (symmetric RTP)\n{desc}"
+    );
+    assert!(
+        to_callee[0].1 > min_packets,
+        "too little RTP reached the callee\n{desc}"
+    );
+    // callee's echo -> mediagate
+    let echo = callee_flows
+        .get(&(sipp_rtp(callee.peer_ip), sa(callee.mg_ip, callee_port)))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        echo > min_packets,
+        "callee's echo toward mediagate missing\n{desc}"
+    );
+
+    // Caller side: caller -> mediagate, and the relayed echo back.
+    let from_caller = caller_flows
+        .get(&(sipp_rtp(caller.peer_ip), sa(caller.mg_ip, caller_port)))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        from_caller > min_packets,
+        "caller's RTP toward mediagate missing\n{desc}"
+    );
+    let to_caller = flows_from(
+        &caller_flows,
+        caller.mg_ip,
+        MEDIA_PORTS,
+        sipp_rtp(caller.peer_ip),
+    );
+    assert_eq!(
+        to_caller.len(),
+        1,
+        "expected RTP toward the caller from exactly one mediagate port on {}\n{desc}",
+        caller.mg_ip
+    );
+    assert_eq!(
+        to_caller[0].0,
+        sa(caller.mg_ip, caller_port),
+        "RTP toward the caller must come from the port mediagate put in the caller's SDP\n{desc}"
+    );
+    assert!(
+        to_caller[0].1 > min_packets,
+        "too little RTP relayed back to the caller\n{desc}"
+    );
+
+    // Nothing bypasses mediagate: no packet from the other side's address.
+    assert_eq!(
+        packets_from_ip(&callee_flows, caller.peer_ip),
+        0,
+        "caller packets leaked to the callee side\n{desc}"
+    );
+    assert_eq!(
+        packets_from_ip(&caller_flows, callee.peer_ip),
+        0,
+        "callee packets leaked to the caller side\n{desc}"
+    );
+    // And every RTP packet reaching a peer came from mediagate.
+    for (flows, side) in [(&callee_flows, callee), (&caller_flows, caller)] {
+        for ((src, dst), n) in flows.iter() {
+            if *dst == sipp_rtp(side.peer_ip) {
+                assert_eq!(
+                    src.ip().to_string(),
+                    side.mg_ip,
+                    "{n} packets reached {dst} from {src}, not from mediagate\n{desc}"
+                );
+            }
+        }
+    }
+}
+
+/// A full call with RTP both ways, hung up by the caller after the pcap.
+fn rtp_call(test: &str, from: Origin, tcp: bool) {
+    let lab = Lab::new(test);
+    let (caller, callee) = sides(&lab, from);
+
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_echo", callee.peer_ip)
+            .args(&["-rtp_echo"])
+            .timeout(45),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(30));
+    let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
+    let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
+
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut extra = vec!["-m", "1"];
+    if tcp {
+        extra.extend_from_slice(&["-t", "t1"]);
+    }
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_rtp", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&extra)
+            .timeout(30),
+    );
+
+    // Mid-call: one call, two legs, socket tier, latched, packets received.
+    let (_, st) = mg.wait_status(Duration::from_secs(8), |st| rtp_flowing(st, 1));
+    assert_rtp_call_status(&st, 1);
+    let legs = st["calls"][0]["legs"].as_array().unwrap();
+    let caller_trunk = if from == Origin::Gw { "pbx" } else { "itsp" };
+    let caller_leg = legs
+        .iter()
+        .find(|l| l["trunk"] == caller_trunk)
+        .expect("caller leg");
+    assert_eq!(
+        caller_leg["peer"]
+            .as_str()
+            .map(|p| p.starts_with(caller.peer_ip)),
+        Some(true),
+        "caller leg peer: {st:#}"
+    );
+
+    uac.assert_ok(Some(&mg));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    mg.assert_idle(Duration::from_secs(5));
+
+    // Signalling: each side saw only mediagate.
+    let callee_invite = received_invite(&uas);
+    let caller_invite = uac
+        .messages()
+        .into_iter()
+        .find(|m| !m.received && m.is_request("INVITE"))
+        .expect("caller sent an INVITE");
+    assert_b2bua_invite(&caller_invite, &callee_invite, &caller, &callee);
+    let callee_port = assert_sdp_is_mediagate(&callee_invite, callee.mg_ip, "callee (INVITE)");
+    let caller_port =
+        assert_sdp_is_mediagate(&received_invite_200(&uac), caller.mg_ip, "caller (200 OK)");
+    assert!(
+        uas.received().iter().any(|m| m.is_request("BYE")),
+        "caller's BYE was not relayed to the callee\n{}",
+        uas.describe()
+    );
+
+    // Media: full pcap (236 packets) relayed both ways.
+    assert_rtp_relayed(
+        &caller,
+        &callee,
+        &mut caller_cap,
+        &mut callee_cap,
+        caller_port,
+        callee_port,
+        100,
+    );
+}
+
+#[test]
+fn gw_to_itsp_call_with_rtp_caller_hangs_up() {
+    rtp_call("gw_to_itsp", Origin::Gw, false);
+}
+
+#[test]
+fn itsp_to_gw_call_with_rtp() {
+    rtp_call("itsp_to_gw", Origin::Itsp, false);
+}
+
+#[test]
+fn itsp_to_gw_call_over_tcp() {
+    rtp_call("itsp_tcp", Origin::Itsp, true);
+}
+
+#[test]
+fn callee_hangs_up_bye_is_relayed() {
+    let lab = Lab::new("callee_hangup");
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_hangup", callee.peer_ip).timeout(40),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(30));
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_wait_bye", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"]),
+    );
+    uac.assert_ok(Some(&mg));
+    let bye = uac
+        .received()
+        .into_iter()
+        .find(|m| m.is_request("BYE"))
+        .unwrap_or_else(|| panic!("caller got no BYE\n{}", uac.describe()));
+    assert!(
+        !bye.text.contains(callee.peer_ip),
+        "relayed BYE leaks the callee's address:\n{}",
+        bye.text
+    );
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    assert!(
+        uas.received().iter().any(|m| m.status_code() == Some(200)
+            && m.header("CSeq").is_some_and(|c| c.ends_with("BYE"))),
+        "callee got no 200 to its BYE\n{}",
+        uas.describe()
+    );
+    mg.assert_idle(Duration::from_secs(5));
+}
+
+#[test]
+fn cancel_before_answer() {
+    let lab = Lab::new("cancel");
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_ring_cancel", callee.peer_ip).timeout(40),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(30));
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_cancel", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"]),
+    );
+    uac.assert_ok(Some(&mg));
+    let got = uac.received();
+    assert!(
+        got.iter().any(|m| m.status_code() == Some(487)),
+        "caller got no 487\n{}",
+        uac.describe()
+    );
+    assert!(
+        got.iter().any(|m| m.status_code() == Some(200)
+            && m.header("CSeq").is_some_and(|c| c.ends_with("CANCEL"))),
+        "caller got no 200 to its CANCEL\n{}",
+        uac.describe()
+    );
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    assert!(
+        uas.received().iter().any(|m| m.is_request("CANCEL")),
+        "callee got no CANCEL\n{}",
+        uas.describe()
+    );
+    mg.assert_idle(Duration::from_secs(5));
+}
+
+#[test]
+fn busy_486_is_relayed() {
+    let lab = Lab::new("busy");
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_busy", callee.peer_ip).timeout(40),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(30));
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_expect_486", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"]),
+    );
+    uac.assert_ok(Some(&mg));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    assert!(
+        uas.received().iter().any(|m| m.is_request("ACK")),
+        "mediagate did not ACK the callee's 486\n{}",
+        uas.describe()
+    );
+    mg.assert_idle(Duration::from_secs(5));
+}
+
+/// A caller that must get `code` without the callee seeing any INVITE.
+fn rejected_call(test: &str, code: u16, user: &str, caller_ip: &'static str) {
+    let lab = Lab::new(test);
+    if caller_ip != GW_IP {
+        lab.add_gw_addr(&format!("{caller_ip}/24"));
+    }
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_echo", callee.peer_ip)
+            .args(&["-rtp_echo"])
+            .timeout(40),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(30));
+    let remote = format!("{}:5060", caller.mg_ip);
+    let scen = format!("uac_expect_{code}");
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), &scen, caller_ip)
+            .caller(user, &remote)
+            .args(&["-m", "1"]),
+    );
+    uac.assert_ok(Some(&mg));
+    // Let a (wrongly) forwarded INVITE arrive before looking.
+    sleep(Duration::from_millis(500));
+    let _ = uas.stop();
+    assert!(
+        !uas.received().iter().any(|m| m.is_request("INVITE")),
+        "the callee must not receive an INVITE for a rejected call\n{}",
+        uas.describe()
+    );
+    mg.assert_idle(Duration::from_secs(5));
+}
+
+#[test]
+fn non_numeric_user_gets_404() {
+    rejected_call("no_route", 404, "alice", GW_IP);
+}
+
+#[test]
+fn unknown_source_gets_403() {
+    rejected_call("unknown_peer", 403, DIALLED, GW_STRANGER_IP);
+}
+
+#[test]
+fn media_timeout_sends_bye_to_both_legs() {
+    const TIMEOUT_S: u64 = 3;
+    let lab = Lab::new("media_timeout");
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_wait_bye", callee.peer_ip).timeout(40),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(TIMEOUT_S as u32));
+    let remote = format!("{}:5060", caller.mg_ip);
+    let t0 = Instant::now();
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_wait_bye", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"]),
+    );
+
+    // Both sides must get a BYE from mediagate; nobody sends RTP.
+    let bound = Duration::from_secs(TIMEOUT_S + 7);
+    let mut caller_bye = None;
+    let mut callee_bye = None;
+    while (caller_bye.is_none() || callee_bye.is_none())
+        && t0.elapsed() < bound + Duration::from_secs(5)
+    {
+        if caller_bye.is_none() && uac.received().iter().any(|m| m.is_request("BYE")) {
+            caller_bye = Some(t0.elapsed());
+        }
+        if callee_bye.is_none() && uas.received().iter().any(|m| m.is_request("BYE")) {
+            callee_bye = Some(t0.elapsed());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let caller_bye = caller_bye
+        .unwrap_or_else(|| panic!("caller got no BYE within {bound:?}\n{}", uac.describe()));
+    let callee_bye = callee_bye
+        .unwrap_or_else(|| panic!("callee got no BYE within {bound:?}\n{}", uas.describe()));
+    for (who, t) in [("caller", caller_bye), ("callee", callee_bye)] {
+        assert!(
+            t >= Duration::from_millis(TIMEOUT_S * 1000 - 500),
+            "{who} got BYE after {t:?}, before the {TIMEOUT_S} s media timeout could elapse"
+        );
+        assert!(
+            t <= bound,
+            "{who} got BYE only after {t:?} (bound {bound:?})"
+        );
+    }
+    uac.assert_ok(Some(&mg));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    mg.assert_idle(Duration::from_secs(5));
+}
+
+#[test]
+fn five_concurrent_calls_with_rtp() {
+    const CALLS: usize = 5;
+    let lab = Lab::new("concurrent");
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_echo", callee.peer_ip)
+            .args(&["-rtp_echo"])
+            .timeout(50),
+    );
+    uas.settle();
+    let mg = Mediagate::start(&lab, &config(30));
+    let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
+    let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_rtp", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-l", "5", "-m", "5", "-r", "5"])
+            .timeout(35),
+    );
+
+    let (_, st) = mg.wait_status(Duration::from_secs(8), |st| rtp_flowing(st, CALLS));
+    assert_rtp_call_status(&st, CALLS);
+
+    uac.assert_ok(Some(&mg));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    mg.assert_idle(Duration::from_secs(5));
+
+    let invites: Vec<SipMsg> = uas
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("INVITE"))
+        .collect();
+    assert_eq!(
+        invites.len(),
+        CALLS,
+        "INVITEs at the callee\n{}",
+        uas.describe()
+    );
+    for inv in &invites {
+        assert_sdp_is_mediagate(inv, callee.mg_ip, "callee (INVITE)");
+    }
+
+    let desc = format!("{}\n{}", caller_cap.describe(), callee_cap.describe());
+    let callee_flows = callee_cap.flows().clone();
+    let caller_flows = caller_cap.flows().clone();
+    let to_callee = flows_from(
+        &callee_flows,
+        callee.mg_ip,
+        MEDIA_PORTS,
+        sa(callee.peer_ip, SIPP_MEDIA_PORT),
+    );
+    let to_caller = flows_from(
+        &caller_flows,
+        caller.mg_ip,
+        MEDIA_PORTS,
+        sa(caller.peer_ip, SIPP_MEDIA_PORT),
+    );
+    assert_eq!(
+        to_callee.len(),
+        CALLS,
+        "one relayed RTP flow per call toward the callee\n{desc}"
+    );
+    assert_eq!(
+        to_caller.len(),
+        CALLS,
+        "one relayed RTP flow per call toward the caller\n{desc}"
+    );
+    for (src, n) in to_callee.iter().chain(to_caller.iter()) {
+        assert!(*n > 100, "flow from {src} carried only {n} packets\n{desc}");
+    }
+    assert_eq!(
+        packets_from_ip(&callee_flows, caller.peer_ip),
+        0,
+        "caller packets leaked\n{desc}"
+    );
+    assert_eq!(
+        packets_from_ip(&caller_flows, callee.peer_ip),
+        0,
+        "callee packets leaked\n{desc}"
+    );
+}

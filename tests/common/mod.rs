@@ -1,0 +1,1110 @@
+//! Integration-test harness: network-namespace lab, the mediagate process,
+//! sipp peers and tcpdump captures.
+//!
+//! Every test builds its own three namespaces (`<prefix>gw`, `<prefix>mg`,
+//! `<prefix>it`, see `scripts/lab`) with a unique prefix, so tests run in
+//! parallel with identical addresses. Guards tear everything down on drop,
+//! including while unwinding from a failed assertion, and print the
+//! mediagate log and the sipp output when the test failed.
+//!
+//! Drop order matters: declare the `Lab` first so it is dropped last, after
+//! the processes that live in its namespaces.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// Addresses of the lab (fixed; namespaces keep them apart).
+pub const GW_IP: &str = "10.99.1.2";
+pub const MG_GW_IP: &str = "10.99.1.1";
+pub const MG_IT_IP: &str = "10.99.2.1";
+pub const IT_IP: &str = "10.99.2.2";
+/// Extra address on the gw side that is no configured peer (403 test).
+pub const GW_STRANGER_IP: &str = "10.99.1.3";
+/// Media port range given to mediagate by `config()`.
+pub const MEDIA_PORTS: std::ops::RangeInclusive<u16> = 30000..=30999;
+/// RTP port of sipp on either side (`-mp`).
+pub const SIPP_MEDIA_PORT: u16 = 6000;
+/// Control HTTP address inside the mg namespace.
+pub const STATUS_URL: &str = "http://127.0.0.1:9100/status";
+
+// ---------------------------------------------------------------------------
+// Environment checks and paths
+// ---------------------------------------------------------------------------
+
+/// Fail loudly (never skip) when the tests cannot run here.
+pub fn require_root_and_tools() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        panic!(
+            "mediagate integration tests need root (they create network namespaces, \
+             veth links and run tcpdump). Run them as root, e.g. \
+             `sudo -E cargo test --test calls`; euid is {euid}"
+        );
+    }
+    for tool in ["ip", "sipp", "tcpdump", "curl", "timeout"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            panic!(
+                "`{tool}` not found in PATH; install with \
+                 `apt-get install -y sip-tester tcpdump curl iproute2 coreutils`"
+            );
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn lab_script() -> PathBuf {
+    repo_root().join("scripts/lab")
+}
+
+pub fn scenario(name: &str) -> PathBuf {
+    let p = repo_root()
+        .join("tests/data/sipp")
+        .join(format!("{name}.xml"));
+    assert!(p.is_file(), "missing sipp scenario {}", p.display());
+    p
+}
+
+pub fn mediagate_bin() -> PathBuf {
+    match std::env::var_os("MEDIAGATE_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_mediagate")),
+    }
+}
+
+/// The lab config of the tests, with the media timeout to use.
+pub fn config(timeout_s: u32) -> String {
+    format!(
+        r#"[sip]
+listen = ["udp:10.99.1.1:5060", "udp:10.99.2.1:5060", "tcp:10.99.2.1:5060"]
+max_calls = 100
+
+[media]
+ports = "30000-30999"
+dataplane = "socket"
+timeout_s = {timeout_s}
+
+[control]
+http = "127.0.0.1:9100"
+
+[[trunk]]
+name = "pbx"
+kind = "lan"
+peers = ["udp:10.99.1.2:5060"]
+local = "udp:10.99.1.1:5060"
+
+[[trunk]]
+name = "itsp"
+kind = "itsp"
+peers = ["udp:10.99.2.2:5060"]
+local = "udp:10.99.2.1:5060"
+
+[[route]]
+from = ["pbx"]
+match = "^\\+?[0-9]+$"
+to = ["itsp"]
+
+[[route]]
+from = ["itsp"]
+match = ".*"
+to = ["pbx"]
+"#
+    )
+}
+
+fn tail_of(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            all[start..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill() on a pid we spawned (or its process group, negative).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+fn signal_group(pgid: u32, sig: libc::c_int) {
+    // SAFETY: kill() on the process group we created for our own child.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), sig);
+    }
+}
+
+/// Wait for a child with a deadline; `None` if it is still running.
+fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for child {}: {e}", child.id()),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run a command to completion, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Lab
+// ---------------------------------------------------------------------------
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn candidate_prefix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u64;
+    let pid = std::process::id() as u64;
+    // splitmix64 over pid, counter and clock
+    let mut x = nanos ^ (pid << 32) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    format!("m{:04x}", x & 0xffff)
+}
+
+/// Three namespaces joined by veths (`scripts/lab up PREFIX`), removed on drop.
+pub struct Lab {
+    pub prefix: String,
+    pub name: String,
+    /// Per-test directory for configs, logs, captures and sipp traces.
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(test_name: &str) -> Lab {
+        require_root_and_tools();
+        let mut last_err = String::new();
+        for _ in 0..8 {
+            let prefix = candidate_prefix();
+            if Path::new(&format!("/run/netns/{prefix}gw")).exists()
+                || Path::new(&format!("/run/netns/{prefix}mg")).exists()
+                || Path::new(&format!("/run/netns/{prefix}it")).exists()
+            {
+                continue;
+            }
+            let out = Command::new(lab_script())
+                .args(["up", &prefix])
+                .stdin(Stdio::null())
+                .output()
+                .expect("cannot run scripts/lab");
+            if out.status.success() {
+                let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                    .join("calls")
+                    .join(format!("{test_name}-{prefix}"));
+                let _ = fs::remove_dir_all(&dir);
+                fs::create_dir_all(&dir).expect("create test dir");
+                return Lab {
+                    prefix,
+                    name: test_name.to_string(),
+                    dir,
+                };
+            }
+            last_err = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("scripts/lab up failed repeatedly: {last_err}");
+    }
+
+    pub fn gw(&self) -> String {
+        format!("{}gw", self.prefix)
+    }
+    pub fn mg(&self) -> String {
+        format!("{}mg", self.prefix)
+    }
+    pub fn it(&self) -> String {
+        format!("{}it", self.prefix)
+    }
+    /// veth of the gw namespace (toward mg).
+    pub fn gw_if(&self) -> String {
+        format!("{}g0", self.prefix)
+    }
+    /// veth of the it namespace (toward mg).
+    pub fn it_if(&self) -> String {
+        format!("{}i0", self.prefix)
+    }
+
+    /// Run a command inside a namespace, panicking on failure.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> String {
+        run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+    }
+
+    /// Add an extra address to gw's veth (e.g. an unknown peer for 403).
+    pub fn add_gw_addr(&self, cidr: &str) {
+        run(Command::new("ip").args(["-n", &self.gw(), "addr", "add", cidr, "dev", &self.gw_if()]));
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(lab_script())
+            .args(["down", &self.prefix])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if std::thread::panicking() {
+            eprintln!(
+                "[{}] test failed; logs, traces and captures kept in {}",
+                self.name,
+                self.dir.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// mediagate
+// ---------------------------------------------------------------------------
+
+/// mediagate running in the mg namespace; SIGTERM (then SIGKILL) on drop.
+pub struct Mediagate {
+    child: Option<Child>,
+    ns: String,
+    pub log: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Mediagate {
+    pub fn start(lab: &Lab, config_text: &str) -> Mediagate {
+        let config_path = lab.path("mediagate.toml");
+        fs::write(&config_path, config_text).expect("write config");
+        let log = lab.path("mediagate.log");
+        let log_file = fs::File::create(&log).expect("create mediagate log");
+        let bin = mediagate_bin();
+        assert!(
+            bin.is_file(),
+            "mediagate binary {} not found (set MEDIAGATE_BIN or build it)",
+            bin.display()
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.mg()])
+            .arg(&bin)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
+        let mut mg = Mediagate {
+            child: Some(child),
+            ns: lab.mg(),
+            log,
+            config_path,
+        };
+        mg.wait_ready(Duration::from_secs(10));
+        mg
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!(
+                    "mediagate exited during start-up ({st}); log {}:\n{}",
+                    self.log.display(),
+                    tail_of(&self.log, 60)
+                );
+            }
+            let last = match self.try_status() {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "mediagate /status did not answer within {limit:?} (last error: {last}); log {}:\n{}",
+                    self.log.display(),
+                    tail_of(&self.log, 60)
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn try_status(&self) -> Result<Value, String> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "curl", "-s", "-m", "2", "--fail", STATUS_URL,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("curl exited {}", out.status));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "/status is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status().unwrap_or_else(|e| {
+            panic!(
+                "GET /status failed: {e}; log {}:\n{}",
+                self.log.display(),
+                tail_of(&self.log, 40)
+            )
+        })
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail_of(&self.log, lines)
+    }
+
+    /// Poll /status until no call is left (bounded), then assert it strictly:
+    /// `active_calls == 0`, `calls == []`, `ports.free == ports.total`.
+    pub fn assert_idle(&self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status();
+            if is_idle(&st) || Instant::now() >= deadline {
+                assert_idle_status(&st);
+                return st;
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Poll /status until `pred` holds (bounded); returns the last snapshot.
+    pub fn wait_status<F: Fn(&Value) -> bool>(&self, within: Duration, pred: F) -> (bool, Value) {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status();
+            if pred(&st) {
+                return (true, st);
+            }
+            if Instant::now() >= deadline {
+                return (false, st);
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop with SIGTERM and return the exit status (SIGKILL after 5 s).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), libc::SIGTERM);
+        match wait_deadline(&mut child, Duration::from_secs(5)) {
+            Some(st) => Some(st),
+            None => {
+                eprintln!("mediagate did not exit 5 s after SIGTERM; killing it");
+                let _ = child.kill();
+                child.wait().ok()
+            }
+        }
+    }
+}
+
+impl Drop for Mediagate {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- mediagate log {} (last 80 lines) ----\n{}\n---- end of mediagate log ----",
+                self.log.display(),
+                tail_of(&self.log, 80)
+            );
+        }
+    }
+}
+
+pub fn is_idle(st: &Value) -> bool {
+    st["active_calls"].as_u64() == Some(0)
+        && st["calls"]
+            .as_array()
+            .map(|a| a.is_empty())
+            .unwrap_or(false)
+        && st["ports"]["total"].as_u64().is_some()
+        && st["ports"]["free"].as_u64() == st["ports"]["total"].as_u64()
+}
+
+pub fn assert_idle_status(st: &Value) {
+    assert_eq!(st["version"].as_u64(), Some(1), "/status version: {st:#}");
+    assert_eq!(
+        st["active_calls"].as_u64(),
+        Some(0),
+        "active_calls after the calls ended: {st:#}"
+    );
+    assert_eq!(
+        st["calls"].as_array().map(|a| a.len()),
+        Some(0),
+        "calls after the calls ended: {st:#}"
+    );
+    let total = st["ports"]["total"].as_u64();
+    assert!(total.unwrap_or(0) > 0, "ports.total missing or 0: {st:#}");
+    assert_eq!(
+        st["ports"]["free"].as_u64(),
+        total,
+        "ports leaked (free != total): {st:#}"
+    );
+}
+
+/// Check the /status snapshot of an established RTP call: two legs on the
+/// expected trunks, every stream on the socket tier, latched, and having
+/// received packets.
+pub fn assert_rtp_call_status(st: &Value, calls: usize) {
+    let arr = st["calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no calls array: {st:#}"));
+    assert_eq!(arr.len(), calls, "calls in /status mid-call: {st:#}");
+    assert_eq!(
+        st["active_calls"].as_u64(),
+        Some(calls as u64),
+        "active_calls mid-call: {st:#}"
+    );
+    for call in arr {
+        let legs = call["legs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no legs: {call:#}"));
+        assert_eq!(legs.len(), 2, "legs of a call: {call:#}");
+        let mut trunks: Vec<&str> = legs.iter().filter_map(|l| l["trunk"].as_str()).collect();
+        trunks.sort_unstable();
+        assert_eq!(trunks, ["itsp", "pbx"], "trunks of the legs: {call:#}");
+        for leg in legs {
+            let streams = leg["streams"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no streams on leg: {leg:#}"));
+            assert!(!streams.is_empty(), "leg has no streams: {leg:#}");
+            // Every stream on the socket tier; at least one (the RTP one)
+            // latched and receiving (RTCP may stay silent with sipp).
+            for stream in streams {
+                assert_eq!(
+                    stream["tier"].as_str(),
+                    Some("socket"),
+                    "stream tier: {leg:#}"
+                );
+                let local: SocketAddrV4 = stream["local"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("stream local address: {leg:#}"));
+                assert!(
+                    MEDIA_PORTS.contains(&local.port()),
+                    "stream local port out of range: {leg:#}"
+                );
+            }
+            assert!(
+                streams.iter().any(|s| s["latched"].as_bool() == Some(true)
+                    && s["rx_packets"].as_u64().unwrap_or(0) > 0),
+                "no stream of this leg is latched with rx_packets > 0 mid-call: {leg:#}"
+            );
+        }
+    }
+}
+
+/// True once the snapshot shows `calls` calls whose every leg's first stream
+/// has received packets.
+pub fn rtp_flowing(st: &Value, calls: usize) -> bool {
+    let Some(arr) = st["calls"].as_array() else {
+        return false;
+    };
+    arr.len() == calls
+        && arr.iter().all(|c| {
+            c["legs"].as_array().is_some_and(|legs| {
+                legs.len() == 2
+                    && legs.iter().all(|l| {
+                        l["streams"].as_array().is_some_and(|ss| {
+                            ss.iter().any(|s| {
+                                s["rx_packets"].as_u64().unwrap_or(0) > 0
+                                    && s["latched"].as_bool() == Some(true)
+                            })
+                        })
+                    })
+            })
+        })
+}
+
+// ---------------------------------------------------------------------------
+// sipp
+// ---------------------------------------------------------------------------
+
+/// A sipp process in one namespace, inside an outer `timeout` (which puts
+/// itself and sipp in their own process group and forwards SIGUSR1).
+pub struct Sipp {
+    pub name: String,
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    pub started: Instant,
+    pub msg_file: PathBuf,
+    pub err_file: PathBuf,
+    pub out_file: PathBuf,
+    pub cmdline: String,
+}
+
+pub struct SippOpts<'a> {
+    /// namespace
+    pub ns: String,
+    /// scenario name in tests/data/sipp (without .xml)
+    pub scenario: &'a str,
+    /// `-i` local address
+    pub local_ip: &'a str,
+    /// `-s` dialled user (callers)
+    pub service: Option<&'a str>,
+    /// remote host:port (callers)
+    pub remote: Option<&'a str>,
+    /// other sipp arguments (`-m 1`, `-rtp_echo`, `-t t1`, `-l 5` ...)
+    pub extra: Vec<&'a str>,
+    /// sipp `-timeout` in seconds (the outer timeout adds 10 s)
+    pub timeout_s: u32,
+}
+
+impl<'a> SippOpts<'a> {
+    pub fn new(ns: String, scenario: &'a str, local_ip: &'a str) -> Self {
+        SippOpts {
+            ns,
+            scenario,
+            local_ip,
+            service: None,
+            remote: None,
+            extra: Vec::new(),
+            timeout_s: 20,
+        }
+    }
+    pub fn caller(mut self, service: &'a str, remote: &'a str) -> Self {
+        self.service = Some(service);
+        self.remote = Some(remote);
+        self
+    }
+    pub fn args(mut self, a: &[&'a str]) -> Self {
+        self.extra.extend_from_slice(a);
+        self
+    }
+    pub fn timeout(mut self, s: u32) -> Self {
+        self.timeout_s = s;
+        self
+    }
+}
+
+impl Sipp {
+    pub fn spawn(lab: &Lab, name: &str, o: SippOpts<'_>) -> Sipp {
+        let msg_file = lab.path(&format!("sipp-{name}.msg"));
+        let err_file = lab.path(&format!("sipp-{name}.err"));
+        let out_file = lab.path(&format!("sipp-{name}.out"));
+        let out = fs::File::create(&out_file).expect("create sipp out");
+        let sc = scenario(o.scenario);
+        let outer = (o.timeout_s + 10).to_string();
+        let sipp_timeout = format!("{}s", o.timeout_s);
+        let mp = SIPP_MEDIA_PORT.to_string();
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            o.ns.clone(),
+            "timeout".into(),
+            "-s".into(),
+            "USR1".into(),
+            "-k".into(),
+            "5".into(),
+            outer,
+            "sipp".into(),
+            "-sf".into(),
+            sc.display().to_string(),
+            "-i".into(),
+            o.local_ip.into(),
+            "-p".into(),
+            "5060".into(),
+            "-mp".into(),
+            mp,
+            "-timeout".into(),
+            sipp_timeout,
+            "-timeout_error".into(),
+            "-trace_msg".into(),
+            "-message_file".into(),
+            msg_file.display().to_string(),
+            "-trace_err".into(),
+            "-error_file".into(),
+            err_file.display().to_string(),
+        ];
+        if let Some(s) = o.service {
+            args.push("-s".into());
+            args.push(s.into());
+        }
+        if o.remote.is_some() {
+            // Callers sit on the trunk peer's address: answer mediagate's
+            // OPTIONS probes instead of discarding them.
+            args.push("-oocsf".into());
+            args.push(scenario("ooc_options").display().to_string());
+        }
+        args.extend(o.extra.iter().map(|s| s.to_string()));
+        if let Some(r) = o.remote {
+            args.push(r.into());
+        }
+        let cmdline = format!("ip {}", args.join(" "));
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn sipp: {e}"));
+        Sipp {
+            name: name.to_string(),
+            child: Some(child),
+            status: None,
+            started: Instant::now(),
+            msg_file,
+            err_file,
+            out_file,
+            cmdline,
+        }
+    }
+
+    /// Give a freshly started answering sipp time to bind its sockets.
+    pub fn settle(&self) {
+        sleep(Duration::from_millis(400));
+    }
+
+    /// Wait for sipp to end on its own (bounded by its outer timeout).
+    pub fn wait(&mut self) -> ExitStatus {
+        if let Some(st) = self.status {
+            return st;
+        }
+        let mut child = self.child.take().expect("sipp child");
+        let st = match wait_deadline(&mut child, Duration::from_secs(120)) {
+            Some(st) => st,
+            None => {
+                signal_group(child.id(), libc::SIGKILL);
+                child.wait().expect("wait sipp")
+            }
+        };
+        self.status = Some(st);
+        st
+    }
+
+    /// Whether sipp has already exited (without blocking).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if let Some(st) = self.status {
+            return Some(st);
+        }
+        let st = self.child.as_mut()?.try_wait().ok().flatten();
+        if let Some(st) = st {
+            self.child = None;
+            self.status = Some(st);
+        }
+        st
+    }
+
+    /// SIGUSR1: sipp lets running calls finish and exits.
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(st) = self.exited() {
+            return st;
+        }
+        let mut child = self.child.take().expect("sipp child");
+        // `timeout -s USR1` forwards SIGUSR1 to sipp.
+        signal(child.id(), libc::SIGUSR1);
+        let st = match wait_deadline(&mut child, Duration::from_secs(15)) {
+            Some(st) => st,
+            None => {
+                signal_group(child.id(), libc::SIGKILL);
+                child.wait().expect("wait sipp")
+            }
+        };
+        self.status = Some(st);
+        st
+    }
+
+    /// Human-readable diagnostics for assertion messages.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "sipp '{}': {}", self.name, self.cmdline);
+        let _ = writeln!(
+            s,
+            "--- {} (tail) ---\n{}",
+            self.out_file.display(),
+            tail_of(&self.out_file, 40)
+        );
+        if self.err_file.exists() {
+            let _ = writeln!(
+                s,
+                "--- {} (tail) ---\n{}",
+                self.err_file.display(),
+                tail_of(&self.err_file, 20)
+            );
+        }
+        let _ = writeln!(s, "--- messages: {} ---", self.msg_file.display());
+        for m in self.messages() {
+            let _ = writeln!(
+                s,
+                "  {} {}",
+                if m.received { "<-" } else { "->" },
+                m.start_line()
+            );
+        }
+        s
+    }
+
+    /// Assert that the sipp run ended successfully (all its calls passed).
+    pub fn assert_ok(&mut self, mg: Option<&Mediagate>) {
+        let st = self.wait();
+        if !st.success() {
+            let log = mg.map(|m| m.log_tail(60)).unwrap_or_default();
+            panic!(
+                "sipp '{}' failed: {st}\n{}\n--- mediagate log tail ---\n{log}",
+                self.name,
+                self.describe()
+            );
+        }
+    }
+
+    /// Messages from `-trace_msg`, in order.
+    pub fn messages(&self) -> Vec<SipMsg> {
+        let text = match fs::read(&self.msg_file) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(_) => return Vec::new(),
+        };
+        parse_trace(&text)
+    }
+
+    pub fn received(&self) -> Vec<SipMsg> {
+        self.messages().into_iter().filter(|m| m.received).collect()
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                signal_group(child.id(), libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.describe());
+        }
+    }
+}
+
+/// One SIP message from a sipp `-trace_msg` file.
+#[derive(Debug, Clone)]
+pub struct SipMsg {
+    pub received: bool,
+    pub text: String,
+}
+
+impl SipMsg {
+    pub fn start_line(&self) -> &str {
+        self.text.lines().next().unwrap_or("").trim_end()
+    }
+    pub fn is_request(&self, method: &str) -> bool {
+        self.start_line().starts_with(&format!("{method} "))
+    }
+    pub fn status_code(&self) -> Option<u16> {
+        let l = self.start_line();
+        l.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+    }
+    /// First value of a header (full or compact name), trimmed.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers(name).into_iter().next()
+    }
+    /// All values of a header (full or compact name), in order.
+    pub fn headers(&self, name: &str) -> Vec<String> {
+        let want = name.to_ascii_lowercase();
+        let compact = match want.as_str() {
+            "via" => "v",
+            "contact" => "m",
+            "from" => "f",
+            "to" => "t",
+            "call-id" => "i",
+            "content-length" => "l",
+            "content-type" => "c",
+            _ => "",
+        };
+        let mut out = Vec::new();
+        for line in self.text.lines().skip(1) {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == want || (!compact.is_empty() && k == compact) {
+                    out.push(v.trim().to_string());
+                }
+            }
+        }
+        out
+    }
+    pub fn body(&self) -> String {
+        let t = self.text.replace("\r\n", "\n");
+        match t.split_once("\n\n") {
+            Some((_, b)) => b.to_string(),
+            None => String::new(),
+        }
+    }
+    /// SDP `c=` address (session or first media level).
+    pub fn sdp_conn_addr(&self) -> Option<String> {
+        self.body().lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("c=IN IP4 ")
+                .map(|a| a.trim().to_string())
+        })
+    }
+    /// Port of the first `m=audio` line.
+    pub fn sdp_audio_port(&self) -> Option<u16> {
+        self.body().lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("m=audio ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+        })
+    }
+}
+
+pub fn parse_trace(text: &str) -> Vec<SipMsg> {
+    let mut msgs = Vec::new();
+    for block in text.split("-----------------------------------------------") {
+        // block: " <timestamp>\n<TRANSPORT> message received [N] bytes :\n\n<message>"
+        let mut lines = block.splitn(3, '\n');
+        let _stamp = lines.next();
+        let Some(kind) = lines.next() else { continue };
+        let Some(rest) = lines.next() else { continue };
+        let received = if kind.contains("message received") {
+            true
+        } else if kind.contains("message sent") {
+            false
+        } else {
+            continue;
+        };
+        let msg = rest.trim_start_matches(['\n', '\r']).to_string();
+        if msg.is_empty() {
+            continue;
+        }
+        msgs.push(SipMsg {
+            received,
+            text: msg,
+        });
+    }
+    msgs
+}
+
+// ---------------------------------------------------------------------------
+// tcpdump
+// ---------------------------------------------------------------------------
+
+/// tcpdump on a namespace's veth, counting UDP packets per flow.
+pub struct Capture {
+    child: Option<Child>,
+    pub out: PathBuf,
+    pub err: PathBuf,
+    flows: Option<HashMap<(SocketAddrV4, SocketAddrV4), u64>>,
+}
+
+pub type Flows = HashMap<(SocketAddrV4, SocketAddrV4), u64>;
+
+impl Capture {
+    /// Capture UDP except SIP on `iface` in `ns`; returns once tcpdump listens.
+    pub fn start(lab: &Lab, ns: &str, iface: &str, name: &str) -> Capture {
+        let out = lab.path(&format!("tcpdump-{name}.txt"));
+        let err = lab.path(&format!("tcpdump-{name}.err"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-U",
+                "-nn",
+                "-l",
+                "-i",
+                iface,
+                "udp and not port 5060",
+            ])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).expect("create capture file"))
+            .stderr(fs::File::create(&err).expect("create capture err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn tcpdump: {e}"));
+        let mut cap = Capture {
+            child: Some(child),
+            out,
+            err,
+            flows: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&cap.err).unwrap_or_default();
+            if text.contains("listening on") {
+                break;
+            }
+            if let Some(st) = cap.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("tcpdump exited ({st}): {text}");
+            }
+            if Instant::now() >= deadline {
+                panic!("tcpdump did not start listening within 10 s: {text}");
+            }
+            sleep(Duration::from_millis(20));
+        }
+        cap
+    }
+
+    /// Drain briefly, SIGINT tcpdump and parse what it saw.
+    pub fn stop(&mut self) -> &Flows {
+        if self.flows.is_none() {
+            if let Some(mut child) = self.child.take() {
+                sleep(Duration::from_millis(500));
+                signal(child.id(), libc::SIGINT);
+                if wait_deadline(&mut child, Duration::from_secs(5)).is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            let mut text = String::new();
+            if let Ok(mut f) = fs::File::open(&self.out) {
+                let _ = f.read_to_string(&mut text);
+            }
+            self.flows = Some(parse_tcpdump(&text));
+        }
+        self.flows.as_ref().unwrap()
+    }
+
+    pub fn flows(&mut self) -> &Flows {
+        self.stop()
+    }
+
+    /// Human-readable flow table for assertion messages.
+    pub fn describe(&mut self) -> String {
+        let path = self.out.display().to_string();
+        let flows = self.stop();
+        let mut v: Vec<_> = flows.iter().collect();
+        v.sort();
+        let mut s = format!("capture {path}:\n");
+        for ((src, dst), n) in v {
+            let _ = writeln!(s, "  {src} -> {dst}: {n}");
+        }
+        s
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGINT);
+            if wait_deadline(&mut child, Duration::from_secs(3)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn parse_endpoint(s: &str) -> Option<SocketAddrV4> {
+    let s = s.trim_end_matches(':');
+    let (ip, port) = s.rsplit_once('.')?;
+    Some(SocketAddrV4::new(
+        ip.parse::<Ipv4Addr>().ok()?,
+        port.parse().ok()?,
+    ))
+}
+
+/// Parse `tcpdump -nn` text lines such as
+/// `12:00:00.000000 IP 10.99.2.1.30000 > 10.99.2.2.6000: UDP, length 172`
+/// (also with the interface/direction columns of `-i any`).
+pub fn parse_tcpdump(text: &str) -> Flows {
+    let mut flows = Flows::new();
+    for line in text.lines() {
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        let Some(i) = toks.iter().position(|t| *t == "IP") else {
+            continue;
+        };
+        if toks.len() < i + 4 || toks[i + 2] != ">" {
+            continue;
+        }
+        if let (Some(src), Some(dst)) = (parse_endpoint(toks[i + 1]), parse_endpoint(toks[i + 3])) {
+            *flows.entry((src, dst)).or_insert(0) += 1;
+        }
+    }
+    flows
+}
+
+/// Packets per flow matching source IP, destination and a source-port range.
+pub fn flows_from(
+    flows: &Flows,
+    src_ip: &str,
+    src_ports: std::ops::RangeInclusive<u16>,
+    dst: SocketAddrV4,
+) -> Vec<(SocketAddrV4, u64)> {
+    let ip: Ipv4Addr = src_ip.parse().unwrap();
+    let mut v: Vec<_> = flows
+        .iter()
+        .filter(|((s, d), _)| *s.ip() == ip && src_ports.contains(&s.port()) && *d == dst)
+        .map(|((s, _), n)| (*s, *n))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Total packets whose source IP is `ip`.
+pub fn packets_from_ip(flows: &Flows, ip: &str) -> u64 {
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    flows
+        .iter()
+        .filter(|((s, _), _)| *s.ip() == ip)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+pub fn sa(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse().unwrap(), port)
+}
