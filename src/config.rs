@@ -81,10 +81,12 @@ impl fmt::Display for Endpoint {
 /// Which media forwarding tier to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dataplane {
-    /// Pick the best tier this machine offers (today: always `socket`).
+    /// Pick the best tier this machine offers: kernel, else socket.
     Auto,
     /// Plain UDP sockets with batched `recvmmsg`/`sendmmsg`.
     Socket,
+    /// The in-kernel XDP tier (with the socket tier as its slow path).
+    Kernel,
 }
 
 /// Whether a trunk faces the LAN (IP-PBX, PSTN gateway) or an Internet telephony provider.
@@ -361,16 +363,18 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let ports_path = [Seg::Key("media"), Seg::Key("ports")];
     let (port_first, port_last) =
         parse_port_range(&raw.media.ports).map_err(|m| err(&ports_path, m))?;
-    let dataplane = match raw.media.dataplane.as_str() {
-        "auto" => Dataplane::Auto,
-        "socket" => Dataplane::Socket,
-        other => {
-            return Err(err(
+    let dataplane =
+        match raw.media.dataplane.as_str() {
+            "auto" => Dataplane::Auto,
+            "socket" => Dataplane::Socket,
+            "kernel" => Dataplane::Kernel,
+            other => return Err(err(
                 &[Seg::Key("media"), Seg::Key("dataplane")],
-                format!("unknown data plane `{other}` (this build offers \"auto\" and \"socket\")"),
-            ))
-        }
-    };
+                format!(
+                    "unknown data plane `{other}` (expected \"auto\", \"socket\" or \"kernel\")"
+                ),
+            )),
+        };
     if raw.media.timeout_s == 0 {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("timeout_s")],

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use mediagate::config::{self, Config, Dataplane};
-use mediagate::dataplane::{self, socket::SocketRelay};
+use mediagate::config::{self, Config};
+use mediagate::dataplane::{self, Dataplane};
 use mediagate::sip::b2bua::B2bua;
 use tokio::sync::mpsc;
 
@@ -98,22 +98,17 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let tier = match config.media.dataplane {
-        Dataplane::Auto => {
-            tracing::info!("data plane auto: socket (this build has no XDP tiers)");
-            "socket"
-        }
-        Dataplane::Socket => "socket",
-    };
     match dataplane::reserve_ports(config.media.port_first, config.media.port_last) {
         Ok(v) => tracing::info!(ip_local_reserved_ports = %v, "media port range reserved"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot reserve the media port range; the kernel may hand its ports to other sockets")
         }
     }
-    let core = B2bua::new(config.clone(), tier);
-    let relay = SocketRelay::start(config.media.threads, core.stream_capacity())
-        .context("starting media relay threads")?;
+    let core = B2bua::new(config.clone());
+    let mut media_addresses: Vec<_> = config.trunks.iter().map(|t| t.local.addr.ip()).collect();
+    media_addresses.dedup();
+    let relay = Dataplane::start(&config.media, &media_addresses, core.stream_capacity())
+        .context("starting the data plane")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,7 +1,78 @@
-//! Media forwarding tiers. Today: the socket tier ([`socket::SocketRelay`]); the XDP and AF_XDP
-//! tiers plug in beside it and take the same [`crate::media::Command`]s.
+//! Media forwarding tiers behind one facade: the socket tier ([`socket::SocketRelay`]) always
+//! runs (it is also the slow path of the kernel tier), the in-kernel XDP tier
+//! ([`kernel::KernelTier`]) mirrors IPv4 streams into its maps when selected.
 
+pub mod kernel;
 pub mod socket;
+
+use std::io;
+use std::net::IpAddr;
+
+use crate::config::{Dataplane as Choice, MediaConfig};
+use crate::media::Command;
+
+/// The running data plane.
+pub struct Dataplane {
+    // Drop order: detach XDP before the sockets close.
+    kernel: Option<kernel::KernelTier>,
+    socket: socket::SocketRelay,
+}
+
+impl Dataplane {
+    /// Starts the configured tier. `media_addresses` are mediagate's media IPs (the trunks'
+    /// local addresses): XDP attaches to the devices holding them. `auto` takes the kernel tier
+    /// when it can start and says why when it cannot; `kernel` fails instead.
+    pub fn start(
+        config: &MediaConfig,
+        media_addresses: &[IpAddr],
+        capacity: usize,
+    ) -> anyhow::Result<Self> {
+        let socket = socket::SocketRelay::start(config.threads, capacity)?;
+        let ports = (config.port_first, config.port_last);
+        let kernel = match config.dataplane {
+            Choice::Socket => {
+                tracing::info!("data plane: socket (configured)");
+                None
+            }
+            Choice::Kernel => {
+                let k = kernel::KernelTier::start(media_addresses, ports)?;
+                tracing::info!("data plane: kernel (configured)");
+                Some(k)
+            }
+            Choice::Auto => match kernel::KernelTier::start(media_addresses, ports) {
+                Ok(k) => {
+                    tracing::info!("data plane auto: kernel (XDP program loaded and attached)");
+                    Some(k)
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "data plane auto: socket (kernel tier unavailable)");
+                    None
+                }
+            },
+        };
+        Ok(Dataplane { kernel, socket })
+    }
+
+    /// Applies a session change to every running tier.
+    pub fn apply(&mut self, cmd: Command) -> io::Result<()> {
+        if let Some(k) = &mut self.kernel {
+            k.apply(&cmd)?;
+        }
+        self.socket.apply(cmd)
+    }
+
+    /// The `dataplane` object of `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        match &self.kernel {
+            Some(k) => {
+                let mut v = k.status();
+                v["tier"] = "kernel".into();
+                v
+            }
+            None => serde_json::json!({ "tier": "socket" }),
+        }
+    }
+}
 
 /// Adds the media port range to `net.ipv4.ip_local_reserved_ports` of the current network
 /// namespace, so the kernel never hands one of mediagate's ports to another socket as an

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 pub use ports::PortPool;
-pub use stats::{DropReason, StreamStats};
+pub use stats::{DropReason, KernelTotals, StreamStats, Tier};
 
 /// Identifies one relayed socket (one RTP or RTCP port of one call leg).
 pub type StreamId = u64;

@@ -2,7 +2,7 @@
 //! control thread for `/status` and media timeouts. Single writer, so relaxed atomics suffice.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -38,18 +38,49 @@ impl DropReason {
     }
 }
 
-/// Counters and state of one stream.
+/// Which forwarding tier carries a stream's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tier {
+    Socket = 0,
+    Kernel = 1,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Socket => "socket",
+            Tier::Kernel => "kernel",
+        }
+    }
+}
+
+/// Totals the in-kernel tier keeps for a stream, copied in by the kernel tier's collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+}
+
+/// Counters and state of one stream. User-space counters are written by the one relay thread
+/// that owns the stream; kernel-tier totals by the kernel tier's collector; both are read by the
+/// control thread for `/status` and media timeouts. Single writers, so relaxed atomics suffice.
 #[derive(Debug)]
 pub struct StreamStats {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
     /// Packets sent *out of* this stream's socket (the other leg's traffic toward this peer).
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub drops: [AtomicU64; DropReason::ALL.len()],
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    kernel: [AtomicU64; 5],
     /// Milliseconds since [`StreamStats::epoch`] of the last accepted packet, 0 = never.
     last_rx_ms: AtomicU64,
     latched: AtomicBool,
+    tier: AtomicU8,
     /// Current destination as seen by the data plane; written only on latch or renegotiation.
     remote: Mutex<Option<SocketAddr>>,
     epoch: Instant,
@@ -64,8 +95,10 @@ impl StreamStats {
             tx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             drops: Default::default(),
+            kernel: Default::default(),
             last_rx_ms: AtomicU64::new(0),
             latched: AtomicBool::new(false),
+            tier: AtomicU8::new(Tier::Socket as u8),
             remote: Mutex::new(remote),
             epoch,
         }
@@ -75,8 +108,13 @@ impl StreamStats {
     pub fn record_rx(&self, packets: u64, bytes: u64, now: Instant) {
         self.rx_packets.fetch_add(packets, Relaxed);
         self.rx_bytes.fetch_add(bytes, Relaxed);
+        self.record_activity(now);
+    }
+
+    /// Notes that a packet was accepted at `now` (keeps the latest of all writers).
+    pub fn record_activity(&self, now: Instant) {
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.last_rx_ms.store(ms.max(1), Relaxed);
+        self.last_rx_ms.fetch_max(ms.max(1), Relaxed);
     }
 
     pub fn record_tx(&self, packets: u64, bytes: u64) {
@@ -86,6 +124,40 @@ impl StreamStats {
 
     pub fn record_drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Stores the kernel tier's latest totals for this stream.
+    pub fn store_kernel(&self, t: KernelTotals) {
+        for (slot, v) in
+            self.kernel
+                .iter()
+                .zip([t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.drops])
+        {
+            slot.store(v, Relaxed);
+        }
+    }
+
+    fn total(&self, user: &AtomicU64, kernel: usize) -> u64 {
+        user.load(Relaxed) + self.kernel[kernel].load(Relaxed)
+    }
+
+    pub fn rx_packets(&self) -> u64 {
+        self.total(&self.rx_packets, 0)
+    }
+    pub fn rx_bytes(&self) -> u64 {
+        self.total(&self.rx_bytes, 1)
+    }
+    pub fn tx_packets(&self) -> u64 {
+        self.total(&self.tx_packets, 2)
+    }
+    pub fn tx_bytes(&self) -> u64 {
+        self.total(&self.tx_bytes, 3)
+    }
+
+    /// Packets handled by the kernel tier (received and sent), to show which tier carried a
+    /// stream.
+    pub fn kernel_packets(&self) -> u64 {
+        self.kernel[0].load(Relaxed) + self.kernel[2].load(Relaxed)
     }
 
     /// Called off the per-packet path: on latching or renegotiation only.
@@ -102,8 +174,20 @@ impl StreamStats {
         self.latched.load(Relaxed)
     }
 
+    pub fn set_tier(&self, tier: Tier) {
+        self.tier.store(tier as u8, Relaxed);
+    }
+
+    pub fn tier(&self) -> Tier {
+        if self.tier.load(Relaxed) == Tier::Kernel as u8 {
+            Tier::Kernel
+        } else {
+            Tier::Socket
+        }
+    }
+
     pub fn total_drops(&self) -> u64 {
-        self.drops.iter().map(|d| d.load(Relaxed)).sum()
+        self.drops.iter().map(|d| d.load(Relaxed)).sum::<u64>() + self.kernel[4].load(Relaxed)
     }
 
     /// When the last packet was accepted, or the creation instant if none was.

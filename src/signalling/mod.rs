@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::dataplane::socket::SocketRelay;
+use crate::dataplane::Dataplane;
 use crate::sip::b2bua::B2bua;
 use transport::Transports;
 
@@ -24,7 +24,7 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 /// Runs the control loop until `shutdown` completes.
 pub async fn run(
     config: Arc<Config>,
-    mut relay: SocketRelay,
+    mut relay: Dataplane,
     mut core: B2bua,
     mut status: mpsc::Receiver<StatusRequest>,
     shutdown: impl Future<Output = ()>,
@@ -49,7 +49,9 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
             Some(reply) = status.recv() => {
-                let _ = reply.send(core.status(Instant::now(), SystemTime::now()));
+                let mut status = core.status(Instant::now(), SystemTime::now());
+                status["dataplane"] = relay.status();
+                let _ = reply.send(status);
             }
             _ = &mut shutdown => break,
         }

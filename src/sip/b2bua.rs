@@ -95,7 +95,6 @@ pub struct B2bua {
     next_stream: StreamId,
     commands: Vec<Command>,
     next_sweep: Option<Instant>,
-    tier: &'static str,
 }
 
 fn now_label(n: u64) -> String {
@@ -103,8 +102,8 @@ fn now_label(n: u64) -> String {
 }
 
 impl B2bua {
-    /// A B2BUA for `config`; `tier` names the data plane in `/status`.
-    pub fn new(config: Arc<Config>, tier: &'static str) -> Self {
+    /// A B2BUA for `config`.
+    pub fn new(config: Arc<Config>) -> Self {
         let pool = PortPool::new(config.media.port_first, config.media.port_last);
         B2bua {
             config,
@@ -118,7 +117,6 @@ impl B2bua {
             next_stream: 1,
             commands: Vec::new(),
             next_sweep: None,
-            tier,
         }
     }
 
@@ -813,7 +811,7 @@ impl B2bua {
                 "peer": d.target.remote.to_string(),
                 "transport": d.target.transport.to_string(),
                 "call_id": d.call_id,
-                "streams": c.media.status(side, self.tier),
+                "streams": c.media.status(side),
             })
         };
         let calls: Vec<Value> = calls

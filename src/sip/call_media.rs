@@ -259,20 +259,20 @@ impl CallMedia {
     }
 
     /// `/status` entries for the streams of one leg.
-    pub fn status(&self, side: Side, tier: &str) -> Vec<Value> {
+    pub fn status(&self, side: Side) -> Vec<Value> {
         let leg = &self.legs[side.index()];
         let stream = |local: SocketAddr, s: &StreamStats| {
-            use std::sync::atomic::Ordering::Relaxed;
             json!({
                 "local": local.to_string(),
                 "remote": s.remote().map(|r| r.to_string()),
-                "tier": tier,
+                "tier": s.tier().name(),
                 "latched": s.latched(),
-                "rx_packets": s.rx_packets.load(Relaxed),
-                "rx_bytes": s.rx_bytes.load(Relaxed),
-                "tx_packets": s.tx_packets.load(Relaxed),
-                "tx_bytes": s.tx_bytes.load(Relaxed),
+                "rx_packets": s.rx_packets(),
+                "rx_bytes": s.rx_bytes(),
+                "tx_packets": s.tx_packets(),
+                "tx_bytes": s.tx_bytes(),
                 "drops": s.total_drops(),
+                "kernel_packets": s.kernel_packets(),
             })
         };
         leg.pairs

@@ -1,0 +1,345 @@
+//! The in-kernel XDP tier: loads `bpf/relay.bpf.c`, attaches it to the devices that carry the
+//! media addresses, mirrors every IPv4 stream into its maps, and copies its per-stream counters
+//! back into [`StreamStats`] for `/status` and media timeouts.
+//!
+//! The socket tier keeps running beside it with every stream's socket bound: packets the program
+//! passes (an unresolved next hop, IPv6 streams) are relayed there by the same latching rule.
+
+pub mod abi;
+pub mod netdev;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::{Xdp, XdpFlags};
+use aya::Ebpf;
+
+use crate::media::{Command, KernelTotals, StreamId, StreamStats, Tier};
+use abi::{Config, Key, Settings, State, COUNTERS, FLAG_KERNEL};
+use netdev::ForwardingGuard;
+
+/// The compiled XDP program, embedded at build time.
+#[cfg(mediagate_bpf)]
+pub static PROGRAM: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/relay.bpf.o"
+)));
+/// This build has no XDP program (clang was missing at build time).
+#[cfg(not(mediagate_bpf))]
+pub static PROGRAM: Option<&[u8]> = None;
+
+/// How often kernel counters are copied into the streams' stats.
+const COLLECT_EVERY: Duration = Duration::from_millis(250);
+
+/// Why the kernel tier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("this build has no XDP program (clang was missing when it was built)")]
+    NotBuilt,
+    #[error("no network device holds the media address {0}")]
+    NoDevice(IpAddr),
+    #[error("loading the XDP program: {0}")]
+    Load(String),
+    #[error("attaching the XDP program to {device}: {reason}")]
+    Attach { device: String, reason: String },
+    #[error("host set-up: {0}")]
+    Host(io::Error),
+}
+
+impl From<io::Error> for KernelError {
+    fn from(e: io::Error) -> Self {
+        KernelError::Host(e)
+    }
+}
+
+fn load_err(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Load(e.to_string())
+}
+
+/// What the kernel tier knows of one stream.
+struct Entry {
+    key: Key,
+    local: SocketAddr,
+    peer: StreamId,
+    config: Config,
+    stats: Arc<StreamStats>,
+}
+
+type States = Arc<Mutex<BpfHashMap<MapData, Key, State>>>;
+
+/// The loaded, attached program and its maps.
+pub struct KernelTier {
+    // Field order is drop order: stop the collector, then detach (Ebpf owns the links), then
+    // restore forwarding.
+    collector: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    configs: BpfHashMap<MapData, Key, Config>,
+    states: States,
+    counters: PerCpuArray<MapData, u64>,
+    streams: Arc<Mutex<HashMap<StreamId, Entry>>>,
+    devices: Vec<(String, &'static str)>,
+    _ebpf: Ebpf,
+    _forwarding: ForwardingGuard,
+}
+
+impl KernelTier {
+    /// Loads the program and attaches it to the devices holding `addresses`; `ports` is the
+    /// media port range.
+    pub fn start(addresses: &[IpAddr], ports: (u16, u16)) -> Result<Self, KernelError> {
+        let bytes = PROGRAM.ok_or(KernelError::NotBuilt)?;
+        let mut devices: Vec<String> = Vec::new();
+        for ip in addresses {
+            let dev = netdev::device_of(*ip)?.ok_or(KernelError::NoDevice(*ip))?;
+            if !devices.contains(&dev) {
+                devices.push(dev);
+            }
+        }
+        let forwarding = ForwardingGuard::enable()?;
+        let mut ebpf = Ebpf::load(bytes).map_err(load_err)?;
+        let mut settings: Array<MapData, Settings> = Array::try_from(
+            ebpf.take_map("mg_settings")
+                .ok_or_else(|| load_err("no mg_settings map"))?,
+        )
+        .map_err(load_err)?;
+        settings
+            .set(
+                0,
+                Settings {
+                    port_first: ports.0,
+                    port_last: ports.1,
+                    pad: 0,
+                },
+                0,
+            )
+            .map_err(load_err)?;
+        let configs = BpfHashMap::try_from(
+            ebpf.take_map("mg_configs")
+                .ok_or_else(|| load_err("no mg_configs map"))?,
+        )
+        .map_err(load_err)?;
+        let states: States = Arc::new(Mutex::new(
+            BpfHashMap::try_from(
+                ebpf.take_map("mg_states")
+                    .ok_or_else(|| load_err("no mg_states map"))?,
+            )
+            .map_err(load_err)?,
+        ));
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("mg_counters")
+                .ok_or_else(|| load_err("no mg_counters map"))?,
+        )
+        .map_err(load_err)?;
+        let program: &mut Xdp = ebpf
+            .program_mut("mg_relay")
+            .ok_or_else(|| load_err("no mg_relay program"))?
+            .try_into()
+            .map_err(load_err)?;
+        program.load().map_err(load_err)?;
+        let mut attached = Vec::new();
+        for dev in devices {
+            let mode = match program.attach(&dev, XdpFlags::DRV_MODE) {
+                Ok(_) => "native",
+                Err(native) => {
+                    tracing::warn!(device = %dev, error = %native, "native XDP unavailable; using generic mode");
+                    program
+                        .attach(&dev, XdpFlags::SKB_MODE)
+                        .map_err(|e| KernelError::Attach {
+                            device: dev.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    "generic"
+                }
+            };
+            tracing::info!(device = %dev, mode, "XDP program attached");
+            attached.push((dev, mode));
+        }
+        let streams: Arc<Mutex<HashMap<StreamId, Entry>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let collector = {
+            let (states, streams, stop) = (states.clone(), streams.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("xdp-stats".into())
+                .spawn(move || collect(&states, &streams, &stop))?
+        };
+        Ok(KernelTier {
+            collector: Some(collector),
+            stop,
+            configs,
+            states,
+            counters,
+            streams,
+            devices: attached,
+            _ebpf: ebpf,
+            _forwarding: forwarding,
+        })
+    }
+
+    /// Mirrors a session change into the maps. Streams whose local address is not IPv4 stay
+    /// with the socket tier.
+    pub fn apply(&mut self, cmd: &Command) -> io::Result<()> {
+        let mut streams = self.streams.lock().expect("streams");
+        match cmd {
+            Command::Add(spec) => {
+                let SocketAddr::V4(local) = spec.local else {
+                    return Ok(());
+                };
+                let key = Key::new(local);
+                self.states
+                    .lock()
+                    .expect("states")
+                    .insert(key, State::default(), 0)
+                    .map_err(io::Error::other)?;
+                let mut config = Config {
+                    signalling_ip: ipv4_be(spec.latch.signalling_ip),
+                    flags: FLAG_KERNEL,
+                    ..Config::default()
+                };
+                set_sdp(&mut config, spec.latch.sdp);
+                spec.stats.set_tier(Tier::Kernel);
+                streams.insert(
+                    spec.id,
+                    Entry {
+                        key,
+                        local: spec.local,
+                        peer: spec.peer,
+                        config,
+                        stats: spec.stats.clone(),
+                    },
+                );
+                // A stream forwards once its peer is known; both are written when the second
+                // of the pair arrives.
+                for id in [spec.id, spec.peer] {
+                    write_config(&mut self.configs, &mut streams, id)?;
+                }
+            }
+            Command::Renegotiate { id, sdp } => {
+                if let Some(e) = streams.get_mut(id) {
+                    set_sdp(&mut e.config, *sdp);
+                    e.config.generation = e.config.generation.wrapping_add(1);
+                    write_config(&mut self.configs, &mut streams, *id)?;
+                }
+            }
+            Command::Remove(id) => {
+                if let Some(e) = streams.remove(id) {
+                    let _ = self.configs.remove(&e.key);
+                    let _ = self.states.lock().expect("states").remove(&e.key);
+                    tracing::trace!(local = %e.local, "kernel stream removed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Program-wide counters summed over CPUs, and the attached devices, for `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let mut counters = serde_json::Map::new();
+        for (i, name) in COUNTERS.iter().enumerate() {
+            let total: u64 = self
+                .counters
+                .get(&(i as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            counters.insert((*name).to_string(), total.into());
+        }
+        serde_json::json!({
+            "devices": self.devices.iter().map(|(d, m)| serde_json::json!({"device": d, "mode": m})).collect::<Vec<_>>(),
+            "counters": counters,
+        })
+    }
+}
+
+impl Drop for KernelTier {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.collector.take() {
+            let _ = c.join();
+        }
+        for (dev, _) in &self.devices {
+            tracing::info!(device = %dev, "XDP program detached");
+        }
+    }
+}
+
+/// Writes a stream's config once its peer is known (the peer's endpoint is the config's source).
+fn write_config(
+    configs: &mut BpfHashMap<MapData, Key, Config>,
+    streams: &mut HashMap<StreamId, Entry>,
+    id: StreamId,
+) -> io::Result<()> {
+    let Some(peer_key) = streams
+        .get(&id)
+        .and_then(|e| streams.get(&e.peer))
+        .map(|p| p.key)
+    else {
+        return Ok(());
+    };
+    let e = streams.get_mut(&id).expect("checked");
+    e.config.peer = peer_key;
+    configs.insert(e.key, e.config, 0).map_err(io::Error::other)
+}
+
+fn ipv4_be(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).to_be(),
+        IpAddr::V6(_) => 0,
+    }
+}
+
+fn set_sdp(config: &mut Config, sdp: Option<SocketAddr>) {
+    let (ip, port) = match sdp {
+        Some(SocketAddr::V4(a)) => (u32::from(*a.ip()).to_be(), a.port().to_be()),
+        _ => (0, 0),
+    };
+    config.sdp_ip = ip;
+    config.sdp_port = port;
+}
+
+/// The monotonic clock the program's `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Copies kernel counters, latching and activity into the streams' stats until `stop`.
+fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(COLLECT_EVERY);
+        let streams = streams.lock().expect("streams");
+        let states = states.lock().expect("states");
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        for e in streams.values() {
+            let Ok(s) = states.get(&e.key, 0) else {
+                continue;
+            };
+            e.stats.store_kernel(KernelTotals {
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                drops: s.drops,
+            });
+            if s.last_seen_ns != 0 {
+                let age = Duration::from_nanos(now_ns.saturating_sub(s.last_seen_ns));
+                e.stats.record_activity(now - age);
+            }
+            if s.generation == e.config.generation {
+                if let Some(src) = s.latched_source() {
+                    if !e.stats.latched() {
+                        e.stats.set_remote(Some(SocketAddr::V4(src)), true);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Host network facts the kernel tier needs: which device holds an address, and the sysctl and
+//! nftables settings that let `bpf_fib_lookup` work without turning the box into a router.
+
+use std::io;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+/// The name of the network device holding `ip`, from `getifaddrs`.
+pub fn device_of(ip: IpAddr) -> io::Result<Option<String>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and its family tells the concrete type.
+        let addr: Option<IpAddr> = unsafe {
+            match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()))
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(a.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        if addr == Some(ip) {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+            found = Some(name.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const NFT_TABLE: &str = "mediagate_noforward";
+
+/// Forwarding enabled for `bpf_fib_lookup`, with an nftables rule set that drops every forwarded
+/// packet so the box routes nothing but its own media (which XDP moves without netfilter).
+/// Restores the previous state on drop.
+pub struct ForwardingGuard {
+    previous: String,
+}
+
+impl ForwardingGuard {
+    pub fn enable() -> io::Result<Self> {
+        let previous = std::fs::read_to_string(IP_FORWARD)?.trim().to_string();
+        let rules = format!(
+            "table inet {NFT_TABLE} {{\n  chain forward {{\n    type filter hook forward priority -100; policy drop;\n  }}\n}}\n"
+        );
+        run_nft(&["-f", "-"], Some(&rules)).map_err(|e| {
+            io::Error::other(format!(
+                "cannot install the nftables rule set that blocks forwarding: {e}"
+            ))
+        })?;
+        if let Err(e) = std::fs::write(IP_FORWARD, "1") {
+            let _ = run_nft(&["delete", "table", "inet", NFT_TABLE], None);
+            return Err(e);
+        }
+        Ok(ForwardingGuard { previous })
+    }
+}
+
+impl Drop for ForwardingGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(IP_FORWARD, &self.previous);
+        let _ = run_nft(&["delete", "table", "inet", NFT_TABLE], None);
+    }
+}
+
+fn run_nft(args: &[&str], stdin: Option<&str>) -> io::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
