@@ -44,6 +44,21 @@ struct {
 } mg_settings SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MG_MAX_DEVICES * MG_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} mg_xsks SEC(".maps");
+
+/* ifindex -> device slot for XSKMAP keys (one map, no collisions across devices). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MG_MAX_DEVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} mg_ifslots SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MG_C_MAX);
 	__type(key, __u32);
@@ -124,6 +139,15 @@ int mg_relay(struct xdp_md *ctx)
 	struct mg_state *st = bpf_map_lookup_elem(&mg_states, &key);
 	if (!cfg || !st)
 		return count(MG_C_DROP_MISS, XDP_DROP);
+	if (cfg->flags & MG_F_XSK) {
+		/* The AF_XDP workers latch and forward; a queue without a socket passes. */
+		__u32 ifindex = ctx->ingress_ifindex;
+		__u32 *slot = bpf_map_lookup_elem(&mg_ifslots, &ifindex);
+		if (!slot || ctx->rx_queue_index >= MG_MAX_QUEUES)
+			return count(MG_C_PASS_USERSPACE, XDP_PASS);
+		__u32 xsk = *slot * MG_MAX_QUEUES + ctx->rx_queue_index;
+		return count(MG_C_TO_XSK, bpf_redirect_map(&mg_xsks, xsk, XDP_PASS));
+	}
 	if (!(cfg->flags & MG_F_KERNEL))
 		return count(MG_C_PASS_USERSPACE, XDP_PASS);
 

@@ -87,6 +87,8 @@ pub enum Dataplane {
     Socket,
     /// The in-kernel XDP tier (with the socket tier as its slow path).
     Kernel,
+    /// The XDP program hands every stream packet to pinned AF_XDP relay loops.
+    Afxdp,
 }
 
 /// Whether a trunk faces the LAN (IP-PBX, PSTN gateway) or an Internet telephony provider.
@@ -124,6 +126,10 @@ pub struct MediaConfig {
     pub timeout: Duration,
     /// Socket relay threads.
     pub threads: usize,
+    /// CPUs of the AF_XDP workers, one pinned worker each.
+    pub cores: Vec<usize>,
+    /// AF_XDP workers spin without sleeping (`busy`) or sleep in `poll` when idle (`wakeup`).
+    pub busy_poll: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +202,17 @@ struct RawMedia {
     timeout_s: u64,
     #[serde(default = "default_threads")]
     threads: usize,
+    #[serde(default = "default_cores")]
+    cores: Vec<usize>,
+    #[serde(default = "default_poll")]
+    poll: String,
+}
+
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+fn default_poll() -> String {
+    "wakeup".into()
 }
 
 fn default_dataplane() -> String {
@@ -363,18 +380,36 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let ports_path = [Seg::Key("media"), Seg::Key("ports")];
     let (port_first, port_last) =
         parse_port_range(&raw.media.ports).map_err(|m| err(&ports_path, m))?;
-    let dataplane =
-        match raw.media.dataplane.as_str() {
-            "auto" => Dataplane::Auto,
-            "socket" => Dataplane::Socket,
-            "kernel" => Dataplane::Kernel,
-            other => return Err(err(
+    let dataplane = match raw.media.dataplane.as_str() {
+        "auto" => Dataplane::Auto,
+        "socket" => Dataplane::Socket,
+        "kernel" => Dataplane::Kernel,
+        "afxdp" => Dataplane::Afxdp,
+        other => {
+            return Err(err(
                 &[Seg::Key("media"), Seg::Key("dataplane")],
                 format!(
-                    "unknown data plane `{other}` (expected \"auto\", \"socket\" or \"kernel\")"
+                    "unknown data plane `{other}` (expected \"auto\", \"socket\", \"kernel\" or \"afxdp\")"
                 ),
-            )),
-        };
+            ))
+        }
+    };
+    if raw.media.cores.is_empty() || raw.media.cores.iter().any(|c| *c >= 1024) {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("cores")],
+            "must list at least one CPU number (0-1023)".into(),
+        ));
+    }
+    let busy_poll = match raw.media.poll.as_str() {
+        "busy" => true,
+        "wakeup" => false,
+        other => {
+            return Err(err(
+                &[Seg::Key("media"), Seg::Key("poll")],
+                format!("unknown poll mode `{other}` (expected \"busy\" or \"wakeup\")"),
+            ))
+        }
+    };
     if raw.media.timeout_s == 0 {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("timeout_s")],
@@ -488,6 +523,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             dataplane,
             timeout: Duration::from_secs(raw.media.timeout_s),
             threads: raw.media.threads,
+            cores: raw.media.cores.clone(),
+            busy_poll,
         },
         control: ControlConfig { http },
         trunks,

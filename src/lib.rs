@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod sdp;
 pub mod signalling;
 pub mod sip;
+pub mod wire;

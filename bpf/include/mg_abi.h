@@ -16,7 +16,13 @@ struct mg_key {
 };
 
 /* Flags of a stream. */
-#define MG_F_KERNEL 1 /* forward in the kernel; otherwise pass to the user-space tier */
+#define MG_F_KERNEL 1 /* forward in the kernel */
+#define MG_F_XSK 2    /* redirect to the AF_XDP socket of the ingress device and queue */
+/* Neither flag: pass to the kernel stack (the socket tier). */
+
+/* XSKMAP keys: device slot (from mg_ifslots) * MG_MAX_QUEUES + rx queue. */
+#define MG_MAX_QUEUES 64
+#define MG_MAX_DEVICES 16
 
 /* What the control plane says about a stream. Written only by user space. */
 struct mg_config {
@@ -63,6 +69,7 @@ enum mg_counter {
 	MG_C_DROP_NO_DESTINATION,
 	MG_C_DROP_TTL,
 	MG_C_DROP_REDIRECT,
+	MG_C_TO_XSK,          /* handed to an AF_XDP socket (or passed when the queue has none) */
 	MG_C_MAX,
 };
 

@@ -2,6 +2,7 @@
 //! runs (it is also the slow path of the kernel tier), the in-kernel XDP tier
 //! ([`kernel::KernelTier`]) mirrors IPv4 streams into its maps when selected.
 
+pub mod afxdp;
 pub mod kernel;
 pub mod socket;
 
@@ -10,10 +11,12 @@ use std::net::IpAddr;
 
 use crate::config::{Dataplane as Choice, MediaConfig};
 use crate::media::Command;
+use kernel::Mode;
 
 /// The running data plane.
 pub struct Dataplane {
-    // Drop order: detach XDP before the sockets close.
+    // Drop order: stop the AF_XDP workers, then detach XDP, then close the sockets.
+    afxdp: Option<afxdp::AfxdpTier>,
     kernel: Option<kernel::KernelTier>,
     socket: socket::SocketRelay,
 }
@@ -29,28 +32,50 @@ impl Dataplane {
     ) -> anyhow::Result<Self> {
         let socket = socket::SocketRelay::start(config.threads, capacity)?;
         let ports = (config.port_first, config.port_last);
-        let kernel = match config.dataplane {
+        let start_kernel = || kernel::KernelTier::start(media_addresses, ports, Mode::Kernel);
+        let start_afxdp = || -> anyhow::Result<_> {
+            let mut k = kernel::KernelTier::start(media_addresses, ports, Mode::Afxdp)?;
+            let a = afxdp::AfxdpTier::start(&mut k, &config.cores, config.busy_poll, capacity)?;
+            Ok((k, a))
+        };
+        let (kernel, afxdp) = match config.dataplane {
             Choice::Socket => {
                 tracing::info!("data plane: socket (configured)");
-                None
+                (None, None)
             }
             Choice::Kernel => {
-                let k = kernel::KernelTier::start(media_addresses, ports)?;
+                let k = start_kernel()?;
                 tracing::info!("data plane: kernel (configured)");
-                Some(k)
+                (Some(k), None)
             }
-            Choice::Auto => match kernel::KernelTier::start(media_addresses, ports) {
+            Choice::Afxdp => {
+                let (k, a) = start_afxdp()?;
+                tracing::info!("data plane: afxdp (configured)");
+                (Some(k), Some(a))
+            }
+            Choice::Auto => match start_kernel() {
                 Ok(k) => {
                     tracing::info!("data plane auto: kernel (XDP program loaded and attached)");
-                    Some(k)
+                    (Some(k), None)
                 }
-                Err(e) => {
-                    tracing::info!(reason = %e, "data plane auto: socket (kernel tier unavailable)");
-                    None
-                }
+                Err(kernel_err) => match start_afxdp() {
+                    Ok((k, a)) => {
+                        tracing::info!(kernel = %kernel_err, "data plane auto: afxdp (kernel tier unavailable)");
+                        (Some(k), Some(a))
+                    }
+                    Err(afxdp_err) => {
+                        tracing::info!(kernel = %kernel_err, afxdp = %afxdp_err,
+                            "data plane auto: socket (XDP tiers unavailable)");
+                        (None, None)
+                    }
+                },
             },
         };
-        Ok(Dataplane { kernel, socket })
+        Ok(Dataplane {
+            afxdp,
+            kernel,
+            socket,
+        })
     }
 
     /// Applies a session change to every running tier.
@@ -58,19 +83,28 @@ impl Dataplane {
         if let Some(k) = &mut self.kernel {
             k.apply(&cmd)?;
         }
+        if let Some(a) = &mut self.afxdp {
+            a.apply(&cmd)?;
+        }
         self.socket.apply(cmd)
     }
 
     /// The `dataplane` object of `/status`.
     pub fn status(&self) -> serde_json::Value {
-        match &self.kernel {
-            Some(k) => {
-                let mut v = k.status();
-                v["tier"] = "kernel".into();
-                v
+        let mut v = match &self.kernel {
+            Some(k) => k.status(),
+            None => serde_json::json!({}),
+        };
+        v["tier"] = match (&self.afxdp, &self.kernel) {
+            (Some(a), _) => {
+                v["afxdp"] = a.status();
+                "afxdp"
             }
-            None => serde_json::json!({ "tier": "socket" }),
+            (None, Some(_)) => "kernel",
+            (None, None) => "socket",
         }
+        .into();
+        v
     }
 }
 

@@ -233,7 +233,8 @@ impl Relay {
                     self.free_slots.push(slot);
                     return;
                 }
-                spec.stats.set_remote(spec.latch.destination(), false);
+                // The control thread publishes the SDP remote when it decides it; writing it
+                // here, later, could overwrite a latch another tier already learned.
                 self.index.insert(spec.id, slot);
                 self.slots[slot] = Some(Slot {
                     id: spec.id,
@@ -246,7 +247,6 @@ impl Relay {
             Op::Renegotiate(id, sdp) => {
                 if let Some(s) = self.index.get(&id).and_then(|&i| self.slots[i].as_mut()) {
                     s.latch.renegotiate(sdp);
-                    s.stats.set_remote(s.latch.destination(), false);
                 }
             }
             Op::Remove(id) => {

@@ -53,13 +53,22 @@ impl Latch {
 
     /// Decides on a packet from `source`, latching when the rule allows.
     pub fn admit(&mut self, source: SocketAddr) -> Admission {
-        match self.latched {
+        let decision = self.judge(self.latched, source);
+        if decision == Admission::Latch {
+            self.latched = Some(source);
+        }
+        decision
+    }
+
+    /// The rule itself, for a latched state kept elsewhere (an atomic shared by several
+    /// relay threads): the caller records the latch when the answer is [`Admission::Latch`].
+    pub fn judge(&self, latched: Option<SocketAddr>, source: SocketAddr) -> Admission {
+        match latched {
             Some(l) if l == source => Admission::Accept,
             Some(_) => Admission::Drop(DropReason::StrictSource),
             None => {
                 let ip = source.ip();
                 if Some(ip) == self.sdp.map(|s| s.ip()) || ip == self.signalling_ip {
-                    self.latched = Some(source);
                     Admission::Latch
                 } else {
                     Admission::Drop(DropReason::UnknownSource)

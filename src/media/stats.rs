@@ -44,6 +44,7 @@ impl DropReason {
 pub enum Tier {
     Socket = 0,
     Kernel = 1,
+    Afxdp = 2,
 }
 
 impl Tier {
@@ -51,6 +52,7 @@ impl Tier {
         match self {
             Tier::Socket => "socket",
             Tier::Kernel => "kernel",
+            Tier::Afxdp => "afxdp",
         }
     }
 }
@@ -179,10 +181,10 @@ impl StreamStats {
     }
 
     pub fn tier(&self) -> Tier {
-        if self.tier.load(Relaxed) == Tier::Kernel as u8 {
-            Tier::Kernel
-        } else {
-            Tier::Socket
+        match self.tier.load(Relaxed) {
+            1 => Tier::Kernel,
+            2 => Tier::Afxdp,
+            _ => Tier::Socket,
         }
     }
 

@@ -51,11 +51,17 @@ pub struct Settings {
 
 /// `MG_F_KERNEL`: forward this stream in the kernel.
 pub const FLAG_KERNEL: u16 = 1;
+/// `MG_F_XSK`: hand this stream's packets to the AF_XDP socket of their device and queue.
+pub const FLAG_XSK: u16 = 2;
+/// `MG_MAX_QUEUES`: queues per device slot in XSKMAP keys.
+pub const MAX_QUEUES: u32 = 64;
+/// `MG_MAX_DEVICES`.
+pub const MAX_DEVICES: u32 = 16;
 /// `MG_LATCHED`.
 pub const LATCHED: u64 = 1 << 48;
 
 /// Names of `enum mg_counter`, in index order.
-pub const COUNTERS: [&str; 10] = [
+pub const COUNTERS: [&str; 11] = [
     "forwarded",
     "pass_not_media",
     "pass_userspace",
@@ -66,6 +72,7 @@ pub const COUNTERS: [&str; 10] = [
     "drop_no_destination",
     "drop_ttl",
     "drop_redirect",
+    "to_afxdp",
 ];
 
 const _: () = {

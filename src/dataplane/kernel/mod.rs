@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpFlags};
 use aya::Ebpf;
 
 use crate::media::{Command, KernelTotals, StreamId, StreamStats, Tier};
-use abi::{Config, Key, Settings, State, COUNTERS, FLAG_KERNEL};
+use abi::{Config, Key, Settings, State, COUNTERS, FLAG_KERNEL, FLAG_XSK, MAX_QUEUES};
 use netdev::ForwardingGuard;
 
 /// The compiled XDP program, embedded at build time.
@@ -73,6 +73,15 @@ struct Entry {
 
 type States = Arc<Mutex<BpfHashMap<MapData, Key, State>>>;
 
+/// Who forwards the streams the program sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The program itself (in-kernel tier).
+    Kernel,
+    /// The AF_XDP workers: the program redirects every stream packet to their sockets.
+    Afxdp,
+}
+
 /// The loaded, attached program and its maps.
 pub struct KernelTier {
     // Field order is drop order: stop the collector, then detach (Ebpf owns the links), then
@@ -82,6 +91,9 @@ pub struct KernelTier {
     configs: BpfHashMap<MapData, Key, Config>,
     states: States,
     counters: PerCpuArray<MapData, u64>,
+    xsks: XskMap<MapData>,
+    ifslots: BpfHashMap<MapData, u32, u32>,
+    mode: Mode,
     streams: Arc<Mutex<HashMap<StreamId, Entry>>>,
     devices: Vec<(String, &'static str)>,
     _ebpf: Ebpf,
@@ -91,7 +103,7 @@ pub struct KernelTier {
 impl KernelTier {
     /// Loads the program and attaches it to the devices holding `addresses`; `ports` is the
     /// media port range.
-    pub fn start(addresses: &[IpAddr], ports: (u16, u16)) -> Result<Self, KernelError> {
+    pub fn start(addresses: &[IpAddr], ports: (u16, u16), mode: Mode) -> Result<Self, KernelError> {
         let bytes = PROGRAM.ok_or(KernelError::NotBuilt)?;
         let mut devices: Vec<String> = Vec::new();
         for ip in addresses {
@@ -135,6 +147,16 @@ impl KernelTier {
                 .ok_or_else(|| load_err("no mg_counters map"))?,
         )
         .map_err(load_err)?;
+        let xsks = XskMap::try_from(
+            ebpf.take_map("mg_xsks")
+                .ok_or_else(|| load_err("no mg_xsks map"))?,
+        )
+        .map_err(load_err)?;
+        let ifslots = BpfHashMap::try_from(
+            ebpf.take_map("mg_ifslots")
+                .ok_or_else(|| load_err("no mg_ifslots map"))?,
+        )
+        .map_err(load_err)?;
         let program: &mut Xdp = ebpf
             .program_mut("mg_relay")
             .ok_or_else(|| load_err("no mg_relay program"))?
@@ -173,6 +195,9 @@ impl KernelTier {
             configs,
             states,
             counters,
+            xsks,
+            ifslots,
+            mode,
             streams,
             devices: attached,
             _ebpf: ebpf,
@@ -195,13 +220,17 @@ impl KernelTier {
                     .expect("states")
                     .insert(key, State::default(), 0)
                     .map_err(io::Error::other)?;
+                let (flags, tier) = match self.mode {
+                    Mode::Kernel => (FLAG_KERNEL, Tier::Kernel),
+                    Mode::Afxdp => (FLAG_XSK, Tier::Afxdp),
+                };
                 let mut config = Config {
                     signalling_ip: ipv4_be(spec.latch.signalling_ip),
-                    flags: FLAG_KERNEL,
+                    flags,
                     ..Config::default()
                 };
                 set_sdp(&mut config, spec.latch.sdp);
-                spec.stats.set_tier(Tier::Kernel);
+                spec.stats.set_tier(tier);
                 streams.insert(
                     spec.id,
                     Entry {
@@ -234,6 +263,30 @@ impl KernelTier {
             }
         }
         Ok(())
+    }
+
+    /// The devices the program is attached to.
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|(d, _)| d.as_str())
+    }
+
+    /// Routes packets of device `slot`'s rx `queue` to an AF_XDP socket.
+    pub fn register_xsk(
+        &mut self,
+        ifindex: u32,
+        slot: u32,
+        queue: u32,
+        fd: std::os::fd::RawFd,
+    ) -> io::Result<()> {
+        self.ifslots
+            .insert(ifindex, slot, 0)
+            .map_err(io::Error::other)?;
+        // SAFETY: `fd` is a live AF_XDP socket owned by a worker that outlives the map entry
+        // (workers stop before the program is detached).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        self.xsks
+            .set(slot * MAX_QUEUES + queue, fd, 0)
+            .map_err(io::Error::other)
     }
 
     /// Program-wide counters summed over CPUs, and the attached devices, for `/status`.

@@ -5,14 +5,14 @@ use std::io;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-/// The name of the network device holding `ip`, from `getifaddrs`.
-pub fn device_of(ip: IpAddr) -> io::Result<Option<String>> {
+/// Every (device name, address) pair of this network namespace, from `getifaddrs`.
+fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list returned by getifaddrs.
@@ -35,16 +35,35 @@ pub fn device_of(ip: IpAddr) -> io::Result<Option<String>> {
                 _ => None,
             }
         };
-        if addr == Some(ip) {
+        if let Some(addr) = addr {
             // SAFETY: ifa_name is a NUL-terminated string owned by the list.
             let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-            found = Some(name.to_string_lossy().into_owned());
-            break;
+            found.push((name.to_string_lossy().into_owned(), addr));
         }
     }
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(found)
+}
+
+/// The name of the network device holding `ip`.
+pub fn device_of(ip: IpAddr) -> io::Result<Option<String>> {
+    Ok(interface_addresses()?
+        .into_iter()
+        .find(|(_, a)| *a == ip)
+        .map(|(name, _)| name))
+}
+
+/// The IPv4 addresses of device `name`.
+pub fn ipv4_addresses_of(name: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    Ok(interface_addresses()?
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .filter_map(|(_, a)| match a {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
