@@ -96,7 +96,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// A panic in any thread (a relay worker, say) turns into an orderly stop: the default report,
+/// then SIGTERM to ourselves, so the control loop detaches XDP programs and restores the host
+/// settings on its way out instead of leaving a half-working relay behind.
+fn stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("a thread panicked: stopping");
+        // SAFETY: sending a signal to our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    }));
+}
+
 fn run(config: Config) -> anyhow::Result<()> {
+    stop_on_panic();
     let config = Arc::new(config);
     match dataplane::reserve_ports(config.media.port_first, config.media.port_last) {
         Ok(v) => tracing::info!(ip_local_reserved_ports = %v, "media port range reserved"),
