@@ -5,6 +5,7 @@
 //! decides per packet with [`Latch::admit`] and counts into [`StreamStats`].
 
 pub mod ports;
+pub mod session;
 pub mod stats;
 
 use std::net::{IpAddr, SocketAddr};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::call_media::{AnchorError, CallMedia, MediaCtx, Side};
+use crate::media::session::{AnchorError, CallMedia, MediaCtx, Side};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
 use super::message::{Message, Method, StartLine};

@@ -2,7 +2,6 @@
 //! touches a socket or reads a clock; time is always an argument.
 
 pub mod b2bua;
-pub mod call_media;
 pub mod dialog;
 pub mod header;
 pub mod message;

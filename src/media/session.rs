@@ -1,6 +1,6 @@
-//! The media of one B2BUA call: a port pair per media line on each leg, the data-plane commands
-//! that relay between them, and the SDP rewrite that anchors each side's description on
-//! mediagate's ports for the other side.
+//! The media of one call, whichever front end created it (the B2BUA or the NG protocol): a port
+//! pair per media line on each side, the data-plane commands that relay between them, and the
+//! SDP rewrite that anchors each side's description on mediagate's ports for the other side.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::media::{Command, Latch, PortPool, StreamId, StreamSpec, StreamStats};
+use super::{Command, Latch, PortPool, StreamId, StreamSpec, StreamStats};
 use crate::sdp::{Anchor, Sdp};
 
 /// The two legs of a call: A is the caller's (inbound) leg, B the callee's (outbound) leg.
