@@ -24,12 +24,16 @@ fn sip(c: &mut Criterion) {
         b.iter(|| Message::parse_datagram(black_box(&bytes)).unwrap())
     });
     let msg = Message::parse_datagram(&bytes).unwrap();
-    c.bench_function("sip_print_invite", |b| b.iter(|| black_box(&msg).to_bytes()));
+    c.bench_function("sip_print_invite", |b| {
+        b.iter(|| black_box(&msg).to_bytes())
+    });
 }
 
 fn sdp(c: &mut Criterion) {
     let msg = Message::parse_datagram(&invite()).unwrap();
-    c.bench_function("sdp_parse", |b| b.iter(|| Sdp::parse(black_box(&msg.body)).unwrap()));
+    c.bench_function("sdp_parse", |b| {
+        b.iter(|| Sdp::parse(black_box(&msg.body)).unwrap())
+    });
     let sdp = Sdp::parse(&msg.body).unwrap();
     let anchor = Anchor {
         address: "10.99.2.1".parse().unwrap(),
@@ -37,14 +41,16 @@ fn sdp(c: &mut Criterion) {
         session_id: 1,
         session_version: 1,
     };
-    c.bench_function("sdp_anchor", |b| b.iter(|| black_box(&sdp).anchored(&anchor)));
+    c.bench_function("sdp_anchor", |b| {
+        b.iter(|| black_box(&sdp).anchored(&anchor))
+    });
 }
 
 /// One call set-up (INVITE in, 100 + INVITE out, 200 in, 200 out) and teardown by 486 of the
 /// next, measured through the sans-IO core without sockets.
 fn call_setup(c: &mut Criterion) {
     let config = config::parse("lab.toml", include_str!("../tests/data/lab.toml")).unwrap();
-    let mut core = B2bua::new(Arc::new(config), "socket");
+    let mut core = B2bua::new(Arc::new(config));
     let pbx = Target {
         transport: Transport::Udp,
         remote: "10.99.1.2:5060".parse().unwrap(),
@@ -61,7 +67,10 @@ fn call_setup(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let mut inv = template.clone();
-            inv.set_header("Via", format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK{n}"));
+            inv.set_header(
+                "Via",
+                format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK{n}"),
+            );
             inv.set_header("Call-ID", format!("bench-{n}"));
             let now = Instant::now();
             core.handle_message(inv, pbx, now);
@@ -70,7 +79,7 @@ fn call_setup(c: &mut Criterion) {
             let busy = response_to(&to_b, 486, "Busy Here", Some("t"));
             core.handle_message(busy, itsp, now);
             core.drain_transmits().for_each(drop);
-            core.drain_media_commands().for_each(drop);
+            drop(core.drain_media_commands());
         })
     });
 }

@@ -38,7 +38,7 @@ impl Harness {
     fn new() -> Self {
         let config = config::parse("lab.toml", CONFIG).unwrap();
         Harness {
-            core: B2bua::new(Arc::new(config), "socket"),
+            core: B2bua::new(Arc::new(config)),
             now: Instant::now(),
             pbx: target("10.99.1.2:5060", "10.99.1.1:5060"),
             itsp: target("10.99.2.2:5060", "10.99.2.1:5060"),
@@ -336,7 +336,7 @@ fn refusals_create_no_state() {
 
     assert_eq!(h.status()["active_calls"], 0);
     assert!(h.ports_all_free());
-    let media: Vec<Command> = h.core.drain_media_commands().collect();
+    let media: Vec<Command> = h.core.drain_media_commands();
     assert!(media.is_empty(), "a refused call touched the data plane");
 }
 
@@ -344,7 +344,7 @@ fn refusals_create_no_state() {
 fn call_cap_answers_503() {
     let text = CONFIG.replace("max_calls = 100", "max_calls = 1");
     let mut h = Harness::new();
-    h.core = B2bua::new(Arc::new(config::parse("x", &text).unwrap()), "socket");
+    h.core = B2bua::new(Arc::new(config::parse("x", &text).unwrap()));
     h.send(parse(INVITE), h.pbx);
     let mut second = parse(INVITE);
     second.set_header("Via", "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-5".into());

@@ -2,7 +2,9 @@
 //! pair per media line on each side, the data-plane commands that relay between them, and the
 //! SDP rewrite that anchors each side's description on mediagate's ports for the other side.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,6 +40,44 @@ pub enum AnchorError {
     NoPorts,
     #[error("answer has more media lines than the offer")]
     MediaMismatch,
+}
+
+/// Media resources shared by every front end of one control thread (the B2BUA and the NG
+/// server): one port pool, one stream id counter, one queue of data-plane commands.
+#[derive(Debug)]
+pub struct Resources {
+    pub pool: PortPool,
+    next_stream: StreamId,
+    commands: Vec<Command>,
+}
+
+/// [`Resources`] as the front ends hold them (single-threaded control plane).
+pub type SharedResources = Rc<RefCell<Resources>>;
+
+impl Resources {
+    /// Resources for the media port range `first..=last`.
+    pub fn shared(first: u16, last: u16) -> SharedResources {
+        Rc::new(RefCell::new(Resources {
+            pool: PortPool::new(first, last),
+            next_stream: 1,
+            commands: Vec::new(),
+        }))
+    }
+
+    /// The allocation context for changes made at `now`.
+    pub fn ctx(&mut self, now: Instant) -> MediaCtx<'_> {
+        MediaCtx {
+            pool: &mut self.pool,
+            next_stream: &mut self.next_stream,
+            commands: &mut self.commands,
+            now,
+        }
+    }
+
+    /// Takes the queued data-plane commands, in order.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.commands)
+    }
 }
 
 /// Shared context for allocating streams: the port pool, the stream id counter, the command

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::media::session::{AnchorError, CallMedia, MediaCtx, Side};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
 use super::message::{Message, Method, StartLine};
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
 use crate::config::Config;
-use crate::media::{Command, PortPool, StreamId};
+use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
+use crate::media::Command;
 use crate::sdp::Sdp;
 
 /// Responses from a trunk after which the next trunk of the route is tried.
@@ -90,10 +90,8 @@ pub struct B2bua {
     by_call_id: HashMap<String, (CallKey, Side)>,
     by_client_txn: HashMap<TxnId, (CallKey, Purpose)>,
     by_server_invite: HashMap<TxnId, CallKey>,
-    pool: PortPool,
+    media: SharedResources,
     next_call: CallKey,
-    next_stream: StreamId,
-    commands: Vec<Command>,
     next_sweep: Option<Instant>,
 }
 
@@ -102,9 +100,14 @@ fn now_label(n: u64) -> String {
 }
 
 impl B2bua {
-    /// A B2BUA for `config`.
+    /// A B2BUA for `config` with media resources of its own.
     pub fn new(config: Arc<Config>) -> Self {
-        let pool = PortPool::new(config.media.port_first, config.media.port_last);
+        let media = Resources::shared(config.media.port_first, config.media.port_last);
+        Self::with_resources(config, media)
+    }
+
+    /// A B2BUA sharing media resources with other front ends.
+    pub fn with_resources(config: Arc<Config>, media: SharedResources) -> Self {
         B2bua {
             config,
             txns: Transactions::new(),
@@ -112,17 +115,15 @@ impl B2bua {
             by_call_id: HashMap::new(),
             by_client_txn: HashMap::new(),
             by_server_invite: HashMap::new(),
-            pool,
+            media,
             next_call: 0,
-            next_stream: 1,
-            commands: Vec::new(),
             next_sweep: None,
         }
     }
 
     /// Number of streams the data plane must be able to hold (two per port pair).
     pub fn stream_capacity(&self) -> usize {
-        self.pool.total() * 2
+        self.media.borrow().pool.total() * 2
     }
 
     /// Calls not yet ended.
@@ -138,9 +139,9 @@ impl B2bua {
         self.txns.drain_transmits()
     }
 
-    /// Queued session changes for the data plane.
-    pub fn drain_media_commands(&mut self) -> std::vec::Drain<'_, Command> {
-        self.commands.drain(..)
+    /// Queued session changes for the data plane (of every front end sharing the resources).
+    pub fn drain_media_commands(&mut self) -> Vec<Command> {
+        self.media.borrow_mut().take_commands()
     }
 
     /// The next instant at which [`Self::handle_timeout`] has work.
@@ -389,26 +390,15 @@ impl B2bua {
         }
     }
 
-    fn media_ctx(&mut self, now: Instant) -> MediaCtx<'_> {
-        MediaCtx {
-            pool: &mut self.pool,
-            next_stream: &mut self.next_stream,
-            commands: &mut self.commands,
-            now,
-        }
-    }
-
     /// Sends (or re-sends, after failover) the INVITE toward the call's current B trunk.
     fn send_b_invite(&mut self, key: CallKey, now: Instant) {
         let mut call = self.calls.remove(&key).expect("live call");
-        let mut ctx = MediaCtx {
-            pool: &mut self.pool,
-            next_stream: &mut self.next_stream,
-            commands: &mut self.commands,
-            now,
-        };
-        let body = match &call.a_offer {
-            Some(offer) => match call.media.anchor(Side::A, offer, &mut ctx) {
+        let anchored = call.a_offer.as_ref().map(|offer| {
+            call.media
+                .anchor(Side::A, offer, &mut self.media.borrow_mut().ctx(now))
+        });
+        let body = match anchored {
+            Some(result) => match result {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::warn!(call = %call.label, error = %e, "cannot anchor media: 503");
@@ -501,13 +491,10 @@ impl B2bua {
         if header::has_sdp(&ack) {
             // Late offer: the caller's answer comes in the ACK.
             if let Ok(sdp) = Sdp::parse(&ack.body) {
-                let mut ctx = MediaCtx {
-                    pool: &mut self.pool,
-                    next_stream: &mut self.next_stream,
-                    commands: &mut self.commands,
-                    now,
-                };
-                if let Ok(body) = call.media.anchor(Side::A, &sdp, &mut ctx) {
+                let anchored =
+                    call.media
+                        .anchor(Side::A, &sdp, &mut self.media.borrow_mut().ctx(now));
+                if let Ok(body) = anchored {
                     ack_b = with_sdp(ack_b, Some(body));
                 }
             }
@@ -627,10 +614,10 @@ impl B2bua {
                 return None;
             }
         };
-        let mut call = self.calls.remove(&key).expect("live call");
-        let mut ctx = self.media_ctx(now);
-        let result = call.media.anchor(Side::B, &sdp, &mut ctx);
-        self.calls.insert(key, call);
+        let call = self.calls.get_mut(&key).expect("live call");
+        let result = call
+            .media
+            .anchor(Side::B, &sdp, &mut self.media.borrow_mut().ctx(now));
         match result {
             Ok(body) => Some(body),
             Err(e @ (AnchorError::NoPorts | AnchorError::MediaMismatch)) => {
@@ -674,14 +661,11 @@ impl B2bua {
         let b = self.new_b_dialog(&a_invite, next);
         let call = self.calls.get_mut(&key).expect("live");
         self.by_call_id.remove(&call.b.call_id);
-        let mut ctx = MediaCtx {
-            pool: &mut self.pool,
-            next_stream: &mut self.next_stream,
-            commands: &mut self.commands,
-            now,
-        };
-        call.media
-            .reset_b(b.target.local.ip(), b.signalling_ip, &mut ctx);
+        call.media.reset_b(
+            b.target.local.ip(),
+            b.signalling_ip,
+            &mut self.media.borrow_mut().ctx(now),
+        );
         call.b = b;
         call.b_trunk = next;
         self.send_b_invite(key, now);
@@ -743,12 +727,10 @@ impl B2bua {
     /// Ends the call's media and removes it from the live set; signalling state stays until its
     /// last transaction finishes.
     fn end_call(&mut self, key: CallKey, now: Instant) {
-        let mut call = self.calls.remove(&key).expect("live call");
+        let call = self.calls.get_mut(&key).expect("live call");
         call.phase = Phase::Ending;
         call.ok_to_a = None;
-        let mut ctx = self.media_ctx(now);
-        call.media.release(&mut ctx);
-        self.calls.insert(key, call);
+        call.media.release(&mut self.media.borrow_mut().ctx(now));
     }
 
     /// BYE on both legs (media timeout, missing ACK).
@@ -853,7 +835,7 @@ impl B2bua {
             "version": 1,
             "active_calls": calls.len(),
             "calls": calls,
-            "ports": { "total": self.pool.total(), "free": self.pool.free() },
+            "ports": { "total": self.media.borrow().pool.total(), "free": self.media.borrow().pool.free() },
             "transactions": self.txns.len(),
             "trunks": trunks,
         })
