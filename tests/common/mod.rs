@@ -53,14 +53,14 @@ pub fn require_root_and_tools() {
              `sudo -E cargo test --test calls`; euid is {euid}"
         );
     }
-    for tool in ["ip", "sipp", "tcpdump", "curl", "timeout"] {
+    for tool in ["ip", "sipp", "tcpdump", "curl", "timeout", "ethtool", "nft"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
         if !found {
             panic!(
                 "`{tool}` not found in PATH; install with \
-                 `apt-get install -y sip-tester tcpdump curl iproute2 coreutils`"
+                 `apt-get install -y sip-tester tcpdump curl iproute2 coreutils ethtool nftables`"
             );
         }
     }
@@ -89,8 +89,36 @@ pub fn mediagate_bin() -> PathBuf {
     }
 }
 
-/// The lab config of the tests, with the media timeout to use.
+/// mediagate's `media.dataplane` setting in a test config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataplane {
+    /// user-space sockets only
+    Socket,
+    /// the in-kernel XDP tier (socket path only for unresolved next hops)
+    Kernel,
+    /// AF_XDP relay workers fed by the XDP program
+    Afxdp,
+}
+
+impl Dataplane {
+    /// The config value, which is also the `tier` that /status reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataplane::Socket => "socket",
+            Dataplane::Kernel => "kernel",
+            Dataplane::Afxdp => "afxdp",
+        }
+    }
+}
+
+/// The lab config of the tests on the socket data plane.
 pub fn config(timeout_s: u32) -> String {
+    config_with(timeout_s, Dataplane::Socket)
+}
+
+/// The lab config of the tests, with the media timeout and data plane to use.
+pub fn config_with(timeout_s: u32, dataplane: Dataplane) -> String {
+    let dataplane = dataplane.as_str();
     format!(
         r#"[sip]
 listen = ["udp:10.99.1.1:5060", "udp:10.99.2.1:5060", "tcp:10.99.2.1:5060"]
@@ -98,7 +126,7 @@ max_calls = 100
 
 [media]
 ports = "30000-30999"
-dataplane = "socket"
+dataplane = "{dataplane}"
 timeout_s = {timeout_s}
 
 [control]
@@ -240,11 +268,12 @@ impl Lab {
                     .join(format!("{test_name}-{prefix}"));
                 let _ = fs::remove_dir_all(&dir);
                 fs::create_dir_all(&dir).expect("create test dir");
-                return Lab {
+                let lab = Lab {
                     prefix,
                     name: test_name.to_string(),
                     dir,
                 };
+                return lab;
             }
             last_err = format!(
                 "{}{}",
@@ -271,6 +300,37 @@ impl Lab {
     /// veth of the it namespace (toward mg).
     pub fn it_if(&self) -> String {
         format!("{}i0", self.prefix)
+    }
+    /// mg's veth toward gw.
+    pub fn mg_gw_if(&self) -> String {
+        format!("{}g1", self.prefix)
+    }
+    /// mg's veth toward it.
+    pub fn mg_it_if(&self) -> String {
+        format!("{}i1", self.prefix)
+    }
+
+    /// After mediagate stopped: nothing of the kernel tier is left in mg, i.e.
+    /// no XDP program on any interface, `net.ipv4.ip_forward` back to 0 and an
+    /// empty nftables rule set.
+    pub fn assert_mg_clean(&self) {
+        let mg = self.mg();
+        let links = run(Command::new("ip").args(["-n", &mg, "-d", "link", "show"]));
+        assert!(
+            !links.contains("xdp"),
+            "an XDP program is still attached in {mg} after mediagate stopped:\n{links}"
+        );
+        let fwd = self.exec(&mg, &["sysctl", "-n", "net.ipv4.ip_forward"]);
+        assert_eq!(
+            fwd.trim(),
+            "0",
+            "net.ipv4.ip_forward in {mg} after mediagate stopped"
+        );
+        let rules = self.exec(&mg, &["nft", "list", "ruleset"]);
+        assert!(
+            rules.trim().is_empty(),
+            "nftables rule set in {mg} not empty after mediagate stopped:\n{rules}"
+        );
     }
 
     /// Run a command inside a namespace, panicking on failure.
@@ -503,10 +563,38 @@ pub fn assert_idle_status(st: &Value) {
     );
 }
 
-/// Check the /status snapshot of an established RTP call: two legs on the
-/// expected trunks, every stream on the socket tier, latched, and having
-/// received packets.
-pub fn assert_rtp_call_status(st: &Value, calls: usize) {
+/// Check the /status snapshot of established RTP calls: two legs on the
+/// expected trunks, every stream (and its RTCP) on the tier of `dataplane`,
+/// latched, and having received packets. On the kernel tier, every RTP
+/// stream must also have moved packets in the kernel (`kernel_packets > 0`)
+/// and the XDP program must sit on both of mg's veths in native mode.
+pub fn assert_rtp_call_status(st: &Value, calls: usize, dataplane: Dataplane) {
+    let tier = dataplane.as_str();
+    assert_eq!(
+        st["dataplane"]["tier"].as_str(),
+        Some(tier),
+        "/status dataplane.tier: {:#}",
+        st["dataplane"]
+    );
+    if dataplane != Dataplane::Socket {
+        let devices = st["dataplane"]["devices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no dataplane.devices: {:#}", st["dataplane"]));
+        assert_eq!(
+            devices.len(),
+            2,
+            "XDP devices (mg's two veths): {:#}",
+            st["dataplane"]
+        );
+        for d in devices {
+            assert_eq!(
+                d["mode"].as_str(),
+                Some("native"),
+                "XDP attach mode: {:#}",
+                st["dataplane"]
+            );
+        }
+    }
     let arr = st["calls"]
         .as_array()
         .unwrap_or_else(|| panic!("no calls array: {st:#}"));
@@ -529,14 +617,25 @@ pub fn assert_rtp_call_status(st: &Value, calls: usize) {
                 .as_array()
                 .unwrap_or_else(|| panic!("no streams on leg: {leg:#}"));
             assert!(!streams.is_empty(), "leg has no streams: {leg:#}");
-            // Every stream on the socket tier; at least one (the RTP one)
+            // Every stream on the expected tier; at least one (the RTP one)
             // latched and receiving (RTCP may stay silent with sipp).
             for stream in streams {
-                assert_eq!(
-                    stream["tier"].as_str(),
-                    Some("socket"),
-                    "stream tier: {leg:#}"
-                );
+                assert_eq!(stream["tier"].as_str(), Some(tier), "stream tier: {leg:#}");
+                if !stream["rtcp"].is_null() {
+                    assert_eq!(
+                        stream["rtcp"]["tier"].as_str(),
+                        Some(tier),
+                        "RTCP tier: {leg:#}"
+                    );
+                }
+                if dataplane == Dataplane::Kernel {
+                    assert!(
+                        stream["kernel_packets"].as_u64().unwrap_or(0) > 0,
+                        "RTP stream moved no packets in the kernel tier mid-call \
+                         (silent fallback to the socket path?): {leg:#}\ndataplane: {:#}",
+                        st["dataplane"]
+                    );
+                }
                 let local: SocketAddrV4 = stream["local"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
@@ -553,6 +652,26 @@ pub fn assert_rtp_call_status(st: &Value, calls: usize) {
             );
         }
     }
+}
+
+/// `rtp_flowing`, and on the kernel tier also every RTP stream having moved
+/// packets in the kernel (the first packets may take the socket path while
+/// a neighbour resolves).
+pub fn media_flowing(st: &Value, calls: usize, dataplane: Dataplane) -> bool {
+    rtp_flowing(st, calls)
+        && (dataplane != Dataplane::Kernel
+            || st["calls"].as_array().is_some_and(|arr| {
+                arr.iter().all(|c| {
+                    c["legs"].as_array().is_some_and(|legs| {
+                        legs.iter().all(|l| {
+                            l["streams"].as_array().is_some_and(|ss| {
+                                ss.iter()
+                                    .all(|s| s["kernel_packets"].as_u64().unwrap_or(0) > 0)
+                            })
+                        })
+                    })
+                })
+            }))
 }
 
 /// True once the snapshot shows `calls` calls whose every leg's first stream
@@ -943,15 +1062,30 @@ pub fn parse_trace(text: &str) -> Vec<SipMsg> {
 // tcpdump
 // ---------------------------------------------------------------------------
 
-/// tcpdump on a namespace's veth, counting UDP packets per flow.
+/// tcpdump (`-vv`) on a namespace's veth, counting UDP packets per flow and
+/// the outcome of tcpdump's UDP checksum verification.
 pub struct Capture {
     child: Option<Child>,
     pub out: PathBuf,
     pub err: PathBuf,
-    flows: Option<HashMap<(SocketAddrV4, SocketAddrV4), u64>>,
+    flows: Option<Flows>,
+    sums: Option<UdpSums>,
 }
 
 pub type Flows = HashMap<(SocketAddrV4, SocketAddrV4), u64>;
+
+/// tcpdump's UDP checksum verdicts of one flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SumCount {
+    /// `[udp sum ok]`
+    pub ok: u64,
+    /// `[bad udp cksum ...]`
+    pub bad: u64,
+    /// neither (no checksum, or not verified)
+    pub unchecked: u64,
+}
+
+pub type UdpSums = HashMap<(SocketAddrV4, SocketAddrV4), SumCount>;
 
 impl Capture {
     /// Capture UDP except SIP on `iface` in `ns`; returns once tcpdump listens.
@@ -966,6 +1100,7 @@ impl Capture {
                 "tcpdump",
                 "-U",
                 "-nn",
+                "-vv",
                 "-l",
                 "-i",
                 iface,
@@ -981,6 +1116,7 @@ impl Capture {
             out,
             err,
             flows: None,
+            sums: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1014,7 +1150,9 @@ impl Capture {
             if let Ok(mut f) = fs::File::open(&self.out) {
                 let _ = f.read_to_string(&mut text);
             }
-            self.flows = Some(parse_tcpdump(&text));
+            let packets = parse_tcpdump_packets(&text);
+            self.flows = Some(count_flows(&packets));
+            self.sums = Some(count_sums(&packets));
         }
         self.flows.as_ref().unwrap()
     }
@@ -1023,15 +1161,28 @@ impl Capture {
         self.stop()
     }
 
+    /// UDP checksum verdicts per flow.
+    pub fn sums(&mut self) -> &UdpSums {
+        self.stop();
+        self.sums.as_ref().unwrap()
+    }
+
     /// Human-readable flow table for assertion messages.
     pub fn describe(&mut self) -> String {
         let path = self.out.display().to_string();
-        let flows = self.stop();
+        self.stop();
+        let flows = self.flows.as_ref().unwrap();
+        let sums = self.sums.as_ref().unwrap();
         let mut v: Vec<_> = flows.iter().collect();
         v.sort();
         let mut s = format!("capture {path}:\n");
-        for ((src, dst), n) in v {
-            let _ = writeln!(s, "  {src} -> {dst}: {n}");
+        for (key @ (src, dst), n) in v {
+            let c = sums.get(key).copied().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {src} -> {dst}: {n} (udp sum ok {}, bad {}, unchecked {})",
+                c.ok, c.bad, c.unchecked
+            );
         }
         s
     }
@@ -1058,24 +1209,90 @@ fn parse_endpoint(s: &str) -> Option<SocketAddrV4> {
     ))
 }
 
-/// Parse `tcpdump -nn` text lines such as
-/// `12:00:00.000000 IP 10.99.2.1.30000 > 10.99.2.2.6000: UDP, length 172`
+/// One UDP packet of a tcpdump text capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapturedPacket {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// `Some(true)` for `[udp sum ok]`, `Some(false)` for `[bad udp cksum ..]`,
+    /// `None` when tcpdump printed no verdict (no `-vv`, or no checksum).
+    pub sum_ok: Option<bool>,
+}
+
+/// Parse tcpdump `-nn` text. A packet starts on an unindented line; `-v`
+/// continues it on indented lines, e.g.
+/// ```text
+/// 12:00:00.000000 IP (tos 0x0, ttl 63, id 1, offset 0, flags [DF], proto UDP (17), length 280)
+///     10.99.2.1.30000 > 10.99.2.2.6000: [udp sum ok] UDP, length 252
+/// ```
+/// or, without `-v`, `12:00:00.000000 IP 10.99.2.1.30000 > 10.99.2.2.6000: UDP, length 172`
 /// (also with the interface/direction columns of `-i any`).
-pub fn parse_tcpdump(text: &str) -> Flows {
-    let mut flows = Flows::new();
+pub fn parse_tcpdump_packets(text: &str) -> Vec<CapturedPacket> {
+    let mut records: Vec<String> = Vec::new();
     for line in text.lines() {
-        let toks: Vec<&str> = line.split_whitespace().collect();
-        let Some(i) = toks.iter().position(|t| *t == "IP") else {
-            continue;
-        };
-        if toks.len() < i + 4 || toks[i + 2] != ">" {
-            continue;
-        }
-        if let (Some(src), Some(dst)) = (parse_endpoint(toks[i + 1]), parse_endpoint(toks[i + 3])) {
-            *flows.entry((src, dst)).or_insert(0) += 1;
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = records.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+        } else if !line.trim().is_empty() {
+            records.push(line.trim().to_string());
         }
     }
+    let mut packets = Vec::new();
+    for rec in &records {
+        let toks: Vec<&str> = rec.split_whitespace().collect();
+        let Some(ip) = toks.iter().position(|t| *t == "IP") else {
+            continue;
+        };
+        // the first `A > B` after `IP` with two endpoints (the outer header)
+        let endpoints = (ip + 2..toks.len().saturating_sub(1)).find_map(|i| {
+            if toks[i] != ">" {
+                return None;
+            }
+            Some((parse_endpoint(toks[i - 1])?, parse_endpoint(toks[i + 1])?))
+        });
+        let Some((src, dst)) = endpoints else {
+            continue;
+        };
+        let sum_ok = if rec.contains("[udp sum ok]") {
+            Some(true)
+        } else if rec.contains("[bad udp cksum") {
+            Some(false)
+        } else {
+            None
+        };
+        packets.push(CapturedPacket { src, dst, sum_ok });
+    }
+    packets
+}
+
+/// Packets per (source, destination).
+pub fn count_flows(packets: &[CapturedPacket]) -> Flows {
+    let mut flows = Flows::new();
+    for p in packets {
+        *flows.entry((p.src, p.dst)).or_insert(0) += 1;
+    }
     flows
+}
+
+/// UDP checksum verdicts per (source, destination).
+pub fn count_sums(packets: &[CapturedPacket]) -> UdpSums {
+    let mut sums = UdpSums::new();
+    for p in packets {
+        let c = sums.entry((p.src, p.dst)).or_default();
+        match p.sum_ok {
+            Some(true) => c.ok += 1,
+            Some(false) => c.bad += 1,
+            None => c.unchecked += 1,
+        }
+    }
+    sums
+}
+
+/// Packets per flow of a tcpdump text capture (see `parse_tcpdump_packets`).
+pub fn parse_tcpdump(text: &str) -> Flows {
+    count_flows(&parse_tcpdump_packets(text))
 }
 
 /// Packets per flow matching source IP, destination and a source-port range.
