@@ -130,12 +130,27 @@ pub struct MediaConfig {
     pub cores: Vec<usize>,
     /// AF_XDP workers spin without sleeping (`busy`) or sleep in `poll` when idle (`wakeup`).
     pub busy_poll: bool,
+    /// Named media addresses (`[[media.interface]]`).
+    pub interfaces: Vec<MediaInterface>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     /// Where `GET /status` is served; `None` disables the HTTP endpoint.
     pub http: Option<SocketAddr>,
+    /// UDP address of the rtpengine NG control protocol; `None` disables it.
+    pub ng: Option<SocketAddr>,
+    /// How long a deleted NG call keeps forwarding when the request names no `delete-delay`.
+    pub delete_delay: Duration,
+}
+
+/// A named media address, for NG `direction` / `from-interface` / `to-interface`.
+#[derive(Debug, Clone)]
+pub struct MediaInterface {
+    pub name: String,
+    pub address: std::net::IpAddr,
+    /// What SDP says for this interface (1:1 NAT); the address itself when absent.
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +221,16 @@ struct RawMedia {
     cores: Vec<usize>,
     #[serde(default = "default_poll")]
     poll: String,
+    #[serde(default)]
+    interface: Vec<RawInterface>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: String,
+    address: String,
+    advertise: Option<String>,
 }
 
 fn default_cores() -> Vec<usize> {
@@ -229,6 +254,9 @@ fn default_threads() -> usize {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     http: Option<String>,
+    ng: Option<String>,
+    #[serde(default)]
+    delete_delay_s: u64,
 }
 
 #[derive(Deserialize)]
@@ -433,6 +461,46 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         })?),
     };
 
+    let ng = match &raw.control.ng {
+        None => None,
+        Some(h) => Some(h.parse().map_err(|_| {
+            err(
+                &[Seg::Key("control"), Seg::Key("ng")],
+                format!("`{h}` is not an IP:PORT socket address"),
+            )
+        })?),
+    };
+    let mut interfaces: Vec<MediaInterface> = Vec::new();
+    for (i, m) in raw.media.interface.iter().enumerate() {
+        let at = |key| {
+            [
+                Seg::Key("media"),
+                Seg::Key("interface"),
+                Seg::Index(i),
+                Seg::Key(key),
+            ]
+        };
+        if m.name.is_empty() || interfaces.iter().any(|o| o.name == m.name) {
+            return Err(err(
+                &at("name"),
+                format!("interface name `{}` is empty or used twice", m.name),
+            ));
+        }
+        let ip = |key, v: &str| {
+            v.parse()
+                .map_err(|_| err(&at(key), format!("`{v}` is not an IP address")))
+        };
+        interfaces.push(MediaInterface {
+            name: m.name.clone(),
+            address: ip("address", &m.address)?,
+            advertise: m
+                .advertise
+                .as_deref()
+                .map(|a| ip("advertise", a))
+                .transpose()?,
+        });
+    }
+
     let mut trunks: Vec<Trunk> = Vec::new();
     for (i, t) in raw.trunk.iter().enumerate() {
         let at = |key| [Seg::Key("trunk"), Seg::Index(i), Seg::Key(key)];
@@ -525,8 +593,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             threads: raw.media.threads,
             cores: raw.media.cores.clone(),
             busy_poll,
+            interfaces,
         },
-        control: ControlConfig { http },
+        control: ControlConfig {
+            http,
+            ng,
+            delete_delay: Duration::from_secs(raw.control.delete_delay_s),
+        },
         trunks,
         routes,
     })

@@ -6,6 +6,7 @@
 //! tiers, [`signalling`] the I/O shell that drives the SIP core, [`metrics`] the status endpoint.
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod media;
 pub mod metrics;

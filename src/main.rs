@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mediagate::config::{self, Config};
+use mediagate::control::ng::NgServer;
 use mediagate::dataplane::{self, Dataplane};
+use mediagate::media::session::Resources;
+use mediagate::signalling::Frontends;
 use mediagate::sip::b2bua::B2bua;
 use tokio::sync::mpsc;
 
@@ -118,8 +121,16 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot reserve the media port range; the kernel may hand its ports to other sockets")
         }
     }
-    let core = B2bua::new(config.clone());
-    let mut media_addresses: Vec<_> = config.trunks.iter().map(|t| t.local.addr.ip()).collect();
+    let media = Resources::shared(config.media.port_first, config.media.port_last);
+    let core = B2bua::with_resources(config.clone(), media.clone());
+    let ng = NgServer::new(config.clone(), media.clone());
+    let mut media_addresses: Vec<_> = config
+        .trunks
+        .iter()
+        .map(|t| t.local.addr.ip())
+        .chain(config.media.interfaces.iter().map(|i| i.address))
+        .collect();
+    media_addresses.sort();
     media_addresses.dedup();
     let relay = Dataplane::start(&config.media, &media_addresses, core.stream_capacity())
         .context("starting the data plane")?;
@@ -143,6 +154,11 @@ fn run(config: Config) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             }
         };
-        mediagate::signalling::run(config.clone(), relay, core, status_rx, shutdown).await
+        let frontends = Frontends {
+            b2bua: core,
+            ng,
+            media,
+        };
+        mediagate::signalling::run(config.clone(), relay, frontends, status_rx, shutdown).await
     })
 }

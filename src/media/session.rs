@@ -99,6 +99,8 @@ struct Pair {
 #[derive(Debug)]
 struct LegMedia {
     local_ip: IpAddr,
+    /// What SDP says for `local_ip` (1:1 NAT); `local_ip` itself when `None`.
+    advertised: Option<IpAddr>,
     signalling_ip: IpAddr,
     session_id: u64,
     session_version: u64,
@@ -122,6 +124,7 @@ impl LegMedia {
     fn new(local_ip: IpAddr, signalling_ip: IpAddr) -> Self {
         LegMedia {
             local_ip,
+            advertised: None,
             signalling_ip,
             session_id: fastrand::u64(1..u32::MAX as u64),
             session_version: 1,
@@ -149,6 +152,11 @@ impl CallMedia {
             ],
             enabled: Vec::new(),
         }
+    }
+
+    /// Writes `address` instead of the local address into SDP sent toward `side`.
+    pub fn advertise(&mut self, side: Side, address: Option<IpAddr>) {
+        self.legs[side.index()].advertised = address;
     }
 
     /// Replaces the B leg (failover to another trunk): its streams are removed and its ports
@@ -256,7 +264,7 @@ impl CallMedia {
             })
             .collect();
         let mut anchor = Anchor {
-            address: leg.local_ip,
+            address: leg.advertised.unwrap_or(leg.local_ip),
             rtp_ports: &ports,
             session_id: leg.session_id,
             session_version: leg.session_version,

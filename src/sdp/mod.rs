@@ -2,7 +2,7 @@
 //! description so that every stream is anchored on mediagate (RFC 3264 offer/answer).
 //!
 //! The description is kept as its original lines; only `o=`, `c=`, `m=` ports and `a=rtcp:` are
-//! rewritten and ICE candidates (which would leak internal addresses) dropped. Every other line
+//! rewritten and ICE and rtcp-mux attributes dropped ([`DROPPED_ATTRIBUTES`]). Every other line
 //! passes through byte-exact, with the original line endings.
 
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +41,8 @@ pub enum Direction {
 pub struct Media {
     /// `audio`, `video`, `image`, ...
     pub kind: String,
+    /// The transport protocol of the `m=` line (`RTP/AVP`, `RTP/SAVP`, `udptl`, ...).
+    pub protocol: String,
     /// Where the peer wants RTP; port 0 means the stream is disabled.
     pub rtp: SocketAddr,
     /// Where the peer wants RTCP (`a=rtcp:` or RTP port + 1).
@@ -66,6 +68,20 @@ pub struct Anchor<'a> {
     pub session_id: u64,
     pub session_version: u64,
 }
+
+/// Attributes an anchored description leaves out: mediagate terminates the media path, so ICE
+/// (candidates would leak internal addresses, credentials without candidates mean nothing) and
+/// RTCP multiplexing (it relays RTCP on its own port) do not apply across it.
+const DROPPED_ATTRIBUTES: [&str; 8] = [
+    "candidate:",
+    "remote-candidates:",
+    "ice-ufrag:",
+    "ice-pwd:",
+    "ice-options:",
+    "ice-lite",
+    "end-of-candidates",
+    "rtcp-mux",
+];
 
 fn bad(line: usize, reason: &'static str) -> SdpError {
     SdpError::BadLine { line, reason }
@@ -107,6 +123,7 @@ impl Sdp {
         // Per media: (kind, port, conn, rtcp port, rtcp addr, direction, first line number)
         struct Partial {
             kind: String,
+            protocol: String,
             port: u16,
             conn: Option<IpAddr>,
             rtcp: Option<(u16, Option<IpAddr>)>,
@@ -141,11 +158,12 @@ impl Sdp {
                         .next()
                         .and_then(|p| p.parse().ok())
                         .ok_or_else(|| bad(n, "media port is not a number 0-65535"))?;
-                    if it.next().is_none() || it.next().is_none() {
+                    let (Some(protocol), Some(_)) = (it.next(), it.next()) else {
                         return Err(bad(n, "media line needs proto and formats"));
-                    }
+                    };
                     media.push(Partial {
                         kind: kind.to_string(),
+                        protocol: protocol.to_string(),
                         port,
                         conn: None,
                         rtcp: None,
@@ -194,6 +212,7 @@ impl Sdp {
                 let (rtcp_port, rtcp_ip) = m.rtcp.unwrap_or((m.port.wrapping_add(1), None));
                 Ok(Media {
                     kind: m.kind,
+                    protocol: m.protocol,
                     rtp: SocketAddr::new(ip, m.port),
                     rtcp: SocketAddr::new(
                         rtcp_ip.unwrap_or(ip),
@@ -206,6 +225,17 @@ impl Sdp {
         Ok(Sdp { lines, eol, media })
     }
 
+    /// The same description with every media address replaced by `ip` (ports kept): for peers
+    /// whose SDP cannot be trusted (NG `SIP-source-address`).
+    pub fn with_address(&self, ip: IpAddr) -> Sdp {
+        let mut copy = self.clone();
+        for m in &mut copy.media {
+            m.rtp.set_ip(ip);
+            m.rtcp.set_ip(ip);
+        }
+        copy
+    }
+
     /// The media streams, in `m=` line order.
     pub fn media(&self) -> &[Media] {
         &self.media
@@ -213,7 +243,7 @@ impl Sdp {
 
     /// Writes the description anchored on mediagate: `o=` with the leg's identity, every `c=`
     /// with the anchor address, each enabled `m=` port and `a=rtcp:` with the anchor's ports.
-    /// Disabled streams (port 0) stay disabled. ICE candidates are dropped.
+    /// Disabled streams (port 0) stay disabled. ICE and rtcp-mux attributes are dropped.
     pub fn anchored(&self, anchor: &Anchor) -> Vec<u8> {
         let fam = if anchor.address.is_ipv4() {
             "IP4"
@@ -254,10 +284,7 @@ impl Sdp {
                 }
                 ("a=", value) if value.starts_with("rtcp:") => port_of(media_index)
                     .map(|p| format!("a=rtcp:{} IN {fam} {}", p + 1, anchor.address)),
-                ("a=", value)
-                    if value.starts_with("candidate:")
-                        || value.starts_with("remote-candidates:") =>
-                {
+                ("a=", value) if DROPPED_ATTRIBUTES.iter().any(|a| value.starts_with(a)) => {
                     continue
                 }
                 _ => None,

@@ -8,10 +8,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::control::ng::NgServer;
 use crate::dataplane::Dataplane;
+use crate::media::session::SharedResources;
 use crate::sip::b2bua::B2bua;
 use transport::Transports;
 
@@ -21,25 +25,63 @@ pub type StatusRequest = oneshot::Sender<serde_json::Value>;
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
+/// The front ends the control loop drives, and the media resources they share.
+pub struct Frontends {
+    pub b2bua: B2bua,
+    pub ng: NgServer,
+    pub media: SharedResources,
+}
+
+/// Largest NG datagram accepted.
+const NG_MAX: usize = 65_535;
+
 /// Runs the control loop until `shutdown` completes.
 pub async fn run(
     config: Arc<Config>,
     mut relay: Dataplane,
-    mut core: B2bua,
+    frontends: Frontends,
     mut status: mpsc::Receiver<StatusRequest>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Frontends {
+        b2bua: mut core,
+        mut ng,
+        media,
+    } = frontends;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
     let transports = Transports::bind(&config.sip.listen, inbound_tx).await?;
     for l in &config.sip.listen {
         tracing::info!(listen = %l, "SIP listening");
     }
+    let ng_socket = match config.control.ng {
+        Some(addr) => {
+            let s = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding the NG control socket {addr}"))?;
+            tracing::info!(%addr, "NG control protocol listening");
+            Some(s)
+        }
+        None => None,
+    };
+    let mut ng_buf = vec![0u8; NG_MAX];
     tokio::pin!(shutdown);
     loop {
         let deadline = core
             .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + IDLE_TICK);
+            .unwrap_or_else(|| Instant::now() + IDLE_TICK)
+            .min(Instant::now() + IDLE_TICK);
         tokio::select! {
+            Ok((n, from)) = async {
+                match &ng_socket {
+                    Some(s) => s.recv_from(&mut ng_buf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let reply = ng.handle(&ng_buf[..n], core.active_calls(), Instant::now(), SystemTime::now());
+                if let (Some(reply), Some(s)) = (reply, &ng_socket) {
+                    let _ = s.try_send_to(&reply, from);
+                }
+            }
             Some((msg, source)) = inbound.recv() => {
                 core.handle_message(msg, source, Instant::now());
                 // Drain what is already queued before flushing, to batch under load.
@@ -47,9 +89,17 @@ pub async fn run(
                     core.handle_message(msg, source, Instant::now());
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                core.handle_timeout(Instant::now());
+                ng.handle_timeout(Instant::now());
+            }
             Some(reply) = status.recv() => {
-                let mut status = core.status(Instant::now(), SystemTime::now());
+                let (now, wall) = (Instant::now(), SystemTime::now());
+                let mut status = core.status(now, wall);
+                if let Some(calls) = status["calls"].as_array_mut() {
+                    calls.extend(ng.status_calls(now, wall));
+                    status["active_calls"] = calls.len().into();
+                }
                 status["dataplane"] = relay.status();
                 let _ = reply.send(status);
             }
@@ -58,7 +108,8 @@ pub async fn run(
         for t in core.drain_transmits() {
             transports.send(t.target, &t.message);
         }
-        for cmd in core.drain_media_commands() {
+        let commands = media.borrow_mut().take_commands();
+        for cmd in commands {
             if let Err(e) = relay.apply(cmd) {
                 tracing::warn!(error = %e, "media command failed");
             }
