@@ -287,7 +287,7 @@ fn bad_input_gets_error_replies_and_leaves_nothing_behind() {
             String::from_utf8_lossy(body)
         );
     }
-    let savp = offer("s", "").iter().map(|b| *b).collect::<Vec<u8>>();
+    let savp = offer("s", "");
     let savp = String::from_utf8(savp)
         .unwrap()
         .replace("RTP/AVP", "RTP/SAVP");
