@@ -133,7 +133,11 @@ fn decode_at(data: &[u8], at: usize, depth: usize) -> Result<(Value, usize), Dec
             let canonical = !(text.is_empty()
                 || text.starts_with("-0")
                 || (text.starts_with('0') && text.len() > 1));
-            let n = text.parse().ok().filter(|_| canonical).ok_or(DecodeError(at))?;
+            let n = text
+                .parse()
+                .ok()
+                .filter(|_| canonical)
+                .ok_or(DecodeError(at))?;
             Ok((Value::Int(n), end + 1))
         }
         Some(b'l') => {
