@@ -1,0 +1,18 @@
+//! SDP parsing never panics, and an anchored description parses again with the anchor's ports.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mediagate::sdp::{Anchor, Sdp};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(sdp) = Sdp::parse(data) {
+        let ports: Vec<u16> = (0..sdp.media().len()).map(|i| 30000 + 2 * i as u16).collect();
+        let out = sdp.anchored(&Anchor {
+            address: "10.99.2.1".parse().unwrap(),
+            rtp_ports: &ports,
+            session_id: 1,
+            session_version: 1,
+        });
+        let again = Sdp::parse(&out).expect("anchored SDP parses");
+        assert_eq!(again.media().len(), sdp.media().len());
+    }
+});
