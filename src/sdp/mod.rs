@@ -83,6 +83,12 @@ const DROPPED_ATTRIBUTES: [&str; 8] = [
     "rtcp-mux",
 ];
 
+/// The fields of an `m=` line: separated by spaces (RFC 4566 §5.14), runs of spaces tolerated.
+/// Parsing and rewriting split the same way, so a rewritten line always parses again.
+fn media_fields(value: &str) -> impl Iterator<Item = &str> {
+    value.split(' ').filter(|f| !f.is_empty())
+}
+
 fn bad(line: usize, reason: &'static str) -> SdpError {
     SdpError::BadLine { line, reason }
 }
@@ -149,7 +155,9 @@ impl Sdp {
                     if media.len() == MAX_MEDIA {
                         return Err(SdpError::TooManyMedia);
                     }
-                    let mut it = value.split_whitespace();
+                    // Fields are separated by single spaces (RFC 4566 §5.14); splitting on any
+                    // whitespace here but on spaces when rewriting would disagree on odd input.
+                    let mut it = media_fields(value);
                     let kind = it.next().ok_or_else(|| bad(n, "empty media line"))?;
                     let port = it.next().ok_or_else(|| bad(n, "media line without port"))?;
                     // `port/count` is allowed by RFC 4566; mediagate anchors the first port.
@@ -273,11 +281,9 @@ impl Sdp {
                     media_index = Some(media_index.map_or(0, |i| i + 1));
                     match port_of(media_index) {
                         Some(port) => {
-                            let mut parts = value.splitn(3, ' ');
-                            let kind = parts.next().unwrap_or("");
-                            let _old = parts.next();
-                            let rest = parts.next().unwrap_or("");
-                            Some(format!("m={kind} {port} {rest}"))
+                            let fields: Vec<&str> = media_fields(value).collect();
+                            let rest = fields.get(2..).unwrap_or_default().join(" ");
+                            Some(format!("m={} {port} {rest}", fields[0]))
                         }
                         None => None,
                     }
@@ -346,6 +352,22 @@ m=video 0 RTP/AVP 96\r\n";
         // Re-parsing the output finds the anchor.
         let again = Sdp::parse(out.as_bytes()).unwrap();
         assert_eq!(again.media()[0].rtp, "10.99.2.1:30000".parse().unwrap());
+    }
+
+    #[test]
+    fn media_line_fields_are_space_separated() {
+        // Found by the fuzzer: a port followed by control characters instead of a space.
+        let sdp = b"v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 601\r\r\x00 RTP/AVP 0\r\n";
+        assert!(Sdp::parse(sdp).is_err());
+        let ok = b"v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio  601 RTP/AVP 0\r\n";
+        let parsed = Sdp::parse(ok).unwrap();
+        let out = parsed.anchored(&Anchor {
+            address: "10.0.0.2".parse().unwrap(),
+            rtp_ports: &[30000],
+            session_id: 1,
+            session_version: 1,
+        });
+        assert_eq!(Sdp::parse(&out).unwrap().media()[0].rtp.port(), 30000);
     }
 
     #[test]

@@ -378,13 +378,21 @@ pub struct Mediagate {
     ns: String,
     pub log: PathBuf,
     pub config_path: PathBuf,
+    /// `GET /status` URL inside the mg namespace (`STATUS_URL` unless started by `start_named`).
+    pub status_url: String,
 }
 
 impl Mediagate {
     pub fn start(lab: &Lab, config_text: &str) -> Mediagate {
-        let config_path = lab.path("mediagate.toml");
+        Mediagate::start_named(lab, "mediagate", config_text, STATUS_URL)
+    }
+
+    /// Start an instance whose config, log and `/status` URL are its own, so that several
+    /// instances can run side by side in the mg namespace (`NAME.toml`, `NAME.log`).
+    pub fn start_named(lab: &Lab, name: &str, config_text: &str, status_url: &str) -> Mediagate {
+        let config_path = lab.path(&format!("{name}.toml"));
         fs::write(&config_path, config_text).expect("write config");
-        let log = lab.path("mediagate.log");
+        let log = lab.path(&format!("{name}.log"));
         let log_file = fs::File::create(&log).expect("create mediagate log");
         let bin = mediagate_bin();
         assert!(
@@ -408,6 +416,7 @@ impl Mediagate {
             ns: lab.mg(),
             log,
             config_path,
+            status_url: status_url.to_string(),
         };
         mg.wait_ready(Duration::from_secs(10));
         mg
@@ -445,7 +454,15 @@ impl Mediagate {
     pub fn try_status(&self) -> Result<Value, String> {
         let out = Command::new("ip")
             .args([
-                "netns", "exec", &self.ns, "curl", "-s", "-m", "2", "--fail", STATUS_URL,
+                "netns",
+                "exec",
+                &self.ns,
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "--fail",
+                &self.status_url,
             ])
             .stdin(Stdio::null())
             .output()
