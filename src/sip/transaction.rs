@@ -2,7 +2,7 @@
 //!
 //! Callers feed it parsed messages with [`Transactions::handle_message`] and the passage of time
 //! with [`Transactions::handle_timeout`]; it answers with [`Event`]s for the transaction user and
-//! queues wire output for [`Transactions::poll_transmit`]. It never reads a clock or touches a
+//! queues wire output for [`Transactions::drain_transmits`]. It never reads a clock or touches a
 //! socket, so unit tests drive it with a virtual clock.
 //!
 //! Timers: A/B/D (INVITE client), E/F/K (non-INVITE client), G/H/I (INVITE server), J (non-INVITE
@@ -146,15 +146,6 @@ impl Transactions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Next queued wire output.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(self.out.remove(0))
-        }
     }
 
     /// Drains all queued wire output.
@@ -675,7 +666,7 @@ mod tests {
         let mut tx = Transactions::new();
         let t0 = Instant::now();
         let id = tx.send_request(request("INVITE", "x"), target(Transport::Udp), t0);
-        let sent = tx.poll_transmit().unwrap().message;
+        let sent = tx.drain_transmits().next().unwrap().message;
         let ringing = response(&sent, 180);
         assert!(matches!(
             tx.handle_message(ringing, target(Transport::Udp), t0),
@@ -690,7 +681,7 @@ mod tests {
             tx.handle_message(busy.clone(), target(Transport::Udp), t0),
             Event::Response { .. }
         ));
-        let ack = tx.poll_transmit().unwrap().message;
+        let ack = tx.drain_transmits().next().unwrap().message;
         assert_eq!(ack.method(), Some(&Method::Ack));
         assert_eq!(header::top_branch(&ack), header::top_branch(&sent));
         assert_eq!(
@@ -711,7 +702,7 @@ mod tests {
         let mut tx = Transactions::new();
         let t0 = Instant::now();
         let id = tx.send_request(request("INVITE", "x"), target(Transport::Udp), t0);
-        let sent = tx.poll_transmit().unwrap().message;
+        let sent = tx.drain_transmits().next().unwrap().message;
         for _ in 0..2 {
             assert!(matches!(
                 tx.handle_message(response(&sent, 200), target(Transport::Udp), t0),
@@ -840,9 +831,9 @@ mod tests {
         let mut tx = Transactions::new();
         let t0 = Instant::now();
         let id = tx.send_request(request("INVITE", "x"), target(Transport::Udp), t0);
-        let sent = tx.poll_transmit().unwrap().message;
+        let sent = tx.drain_transmits().next().unwrap().message;
         assert_eq!(tx.send_cancel(id, t0), Some(id + 1));
-        let cancel = tx.poll_transmit().unwrap().message;
+        let cancel = tx.drain_transmits().next().unwrap().message;
         assert_eq!(cancel.method(), Some(&Method::Cancel));
         assert_eq!(cancel.header("Via"), sent.header("Via"));
         assert_eq!(cancel.header("CSeq"), Some("1 CANCEL"));
