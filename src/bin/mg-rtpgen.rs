@@ -2,8 +2,10 @@
 //!
 //! Sends 172-byte RTP packets (12-byte RTP header + 160-byte payload) for N streams, stream `i`
 //! from `SRC:(src-port-base + i)` to destination `i % len(destinations)`. The payload carries a
-//! magic, the stream index, a per-stream sequence number and the send time (CLOCK_MONOTONIC, ns)
-//! for `mg-rtpsink`.
+//! magic, the stream index, a per-stream sequence number, the send time (CLOCK_MONOTONIC, ns)
+//! and a run id (`--run-id`, so that a sink can tell this run's packets from stragglers of an
+//! earlier one still queued in a relay) for `mg-rtpsink`. Payload layout after the RTP header:
+//! magic "MGLT" | stream u32 LE | seq u64 LE | send time u64 LE | run id u32 LE | filler.
 //!
 //! To keep the per-packet cost low (the generator shares one core with the sink on the 2-core
 //! testbed), every stream goes out of ONE raw IPv4 socket (`IPPROTO_UDP`; the kernel adds the IP
@@ -50,6 +52,7 @@ struct Args {
     cpu_stat: bool,
     watch: Vec<u32>,
     sndbuf: i32,
+    run_id: u32,
 }
 
 fn usage(msg: &str) -> ! {
@@ -59,7 +62,7 @@ fn usage(msg: &str) -> ! {
          \x20         [--streams N (default: number of destinations)] [--src-port-base P (20000)]\n\
          \x20         [--pps R per stream, 0 = unpaced (50)] [--seconds S (5)] [--packets N (10000000)]\n\
          \x20         [--batch B (64)] [--cpu C (0; -1 = no pinning)] [--cpu-stat] [--watch-pid PID]...\n\
-         \x20         [--sndbuf BYTES (4194304)]"
+         \x20         [--sndbuf BYTES (4194304)] [--run-id N (0)]"
     );
     exit(2)
 }
@@ -84,6 +87,7 @@ fn parse_args() -> Args {
         cpu_stat: false,
         watch: Vec::new(),
         sndbuf: 4 << 20,
+        run_id: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -127,6 +131,7 @@ fn parse_args() -> Args {
             "--cpu" => a.cpu = num(&v) as i32,
             "--watch-pid" => a.watch.push(num(&v) as u32),
             "--sndbuf" => a.sndbuf = num(&v) as i32,
+            "--run-id" => a.run_id = num(&v) as u32,
             _ => usage(&format!("unknown option {k}")),
         }
     }
@@ -142,7 +147,7 @@ fn parse_args() -> Args {
     if a.src_port_base as usize + a.streams > 65536 {
         usage("--src-port-base + --streams exceeds 65535");
     }
-    if !(a.seconds > 0.0) {
+    if a.seconds.is_nan() || a.seconds <= 0.0 {
         usage("--seconds must be > 0");
     }
     a
@@ -237,7 +242,8 @@ fn build_streams(a: &Args) -> Vec<Stream> {
             t[UDP_HDR + 8..UDP_HDR + 12].copy_from_slice(&ssrc.to_be_bytes());
             t[UDP_HDR + 12..UDP_HDR + 16].copy_from_slice(MAGIC);
             t[UDP_HDR + 16..UDP_HDR + 20].copy_from_slice(&(i as u32).to_le_bytes());
-            for (k, b) in t[VAR_END..].iter_mut().enumerate() {
+            t[VAR_END..VAR_END + 4].copy_from_slice(&a.run_id.to_le_bytes());
+            for (k, b) in t[VAR_END + 4..].iter_mut().enumerate() {
                 *b = 0xd5 ^ (k as u8); // PCMA-ish filler, constant per packet
             }
             let mut pseudo = [0u8; 12];
@@ -497,6 +503,7 @@ fn main() {
         "send_errors": errors,
         "last_error": if last_err.is_empty() { Value::Null } else { json!(last_err) },
         "pin_error": pin_err,
+        "run_id": a.run_id,
         "t0_ns": t0,
         "t1_ns": t1,
         "cpu": match (before, after) {

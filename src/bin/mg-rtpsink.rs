@@ -18,8 +18,9 @@
 //! `RcvbufErrors`, `InErrors`, `NoPorts`) over its run, so a relay that corrupts checksums shows
 //! up as `udp.InCsumErrors > 0` rather than as unexplained loss.
 //!
-//! Stops on SIGTERM/SIGINT, after `--seconds`, or `--idle-ms` after the last packet (once at
-//! least one arrived); then prints one JSON object on stdout.
+//! Stops on SIGTERM/SIGINT, after `--seconds`, or `--idle-ms` after the last datagram of any
+//! kind (once at least one arrived; so a caller can use it to wait until a relay's queue has
+//! drained); then prints one JSON object on stdout.
 //!
 //! ```text
 //! mg-rtpsink --bind 10.99.2.2 --ports 40000 --streams 1000 --seconds 30 --cpu 0 --ready-file F
@@ -57,6 +58,7 @@ struct Args {
     rcvbuf: i32,
     ready_file: Option<String>,
     poll_us: u64,
+    run_id: Option<u32>,
 }
 
 fn usage(msg: &str) -> ! {
@@ -65,7 +67,8 @@ fn usage(msg: &str) -> ! {
          usage: mg-rtpsink --bind IP --ports P[,P2|A-B...] [--streams N (expected, for the zero-packet count)]\n\
          \x20         [--seconds S (60)] [--idle-ms MS (0 = off)] [--batch B (256)] [--cpu C (0; -1 = none)]\n\
          \x20         [--rcvbuf BYTES (33554432)] [--ready-file PATH (created once bound)]\n\
-         \x20         [--poll-us US (1000; 0 = block and wake per packet)]"
+         \x20         [--poll-us US (1000; 0 = block and wake per packet)]\n\
+         \x20         [--run-id N (count only packets of this generator run; others are `stale`)]"
     );
     exit(2)
 }
@@ -104,6 +107,7 @@ fn parse_args() -> Args {
         rcvbuf: 32 << 20,
         ready_file: None,
         poll_us: 1000,
+        run_id: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -132,6 +136,7 @@ fn parse_args() -> Args {
             "--rcvbuf" => a.rcvbuf = num(&v) as i32,
             "--ready-file" => a.ready_file = Some(v),
             "--poll-us" => a.poll_us = num(&v) as u64,
+            "--run-id" => a.run_id = Some(num(&v) as u32),
             _ => usage(&format!("unknown option {k}")),
         }
     }
@@ -379,8 +384,12 @@ struct Counts {
     packets: u64,
     bytes: u64,
     foreign: u64,
+    stale: u64,
+    run_id: Option<u32>,
     first_rx: u64,
     last_rx: u64,
+    /// receive time of the latest datagram of any kind (idle detection)
+    last_any: u64,
 }
 
 impl Counts {
@@ -388,15 +397,21 @@ impl Counts {
     fn packet(&mut self, p: &[u8], rx: u64) {
         let now = rx;
         self.packets += 1;
+        self.last_any = now;
         self.bytes += p.len() as u64;
+        if p.len() < 40 || &p[12..16] != MAGIC {
+            self.foreign += 1;
+            return;
+        }
+        let run = u32::from_le_bytes(p[36..40].try_into().expect("4 bytes"));
+        if self.run_id.is_some_and(|r| r != run) {
+            self.stale += 1;
+            return;
+        }
         if self.first_rx == 0 {
             self.first_rx = now;
         }
         self.last_rx = now;
-        if p.len() < 36 || &p[12..16] != MAGIC {
-            self.foreign += 1;
-            return;
-        }
         let sid = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
         let seq = u64::from_le_bytes(p[20..28].try_into().expect("8 bytes"));
         let ts = u64::from_le_bytes(p[28..36].try_into().expect("8 bytes"));
@@ -503,8 +518,11 @@ fn main() {
         packets: 0,
         bytes: 0,
         foreign: 0,
+        stale: 0,
+        run_id: a.run_id,
         first_rx: 0,
         last_rx: 0,
+        last_any: 0,
     };
     let offset = realtime_offset();
     let t0 = mono_ns();
@@ -544,8 +562,8 @@ fn main() {
         let now = mono_ns();
         if now >= deadline
             || (a.idle_ms > 0
-                && c.packets > 0
-                && now.saturating_sub(c.last_rx) > a.idle_ms * 1_000_000)
+                && c.last_any > 0
+                && now.saturating_sub(c.last_any) > a.idle_ms * 1_000_000)
         {
             break;
         }
@@ -630,6 +648,7 @@ fn main() {
         "gaps": gaps,
         "reordered": reordered,
         "foreign": c.foreign,
+        "stale": c.stale,
         "streams_seen": c.streams.iter().filter(|s| s.rx > 0).count(),
         "streams_silent": silent,
         "per_stream_unique_min": if expected_streams > 0 { json!(min_rx) } else { Value::Null },
