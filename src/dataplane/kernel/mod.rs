@@ -35,7 +35,7 @@ pub static PROGRAM: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
 pub static PROGRAM: Option<&[u8]> = None;
 
 /// How often kernel counters are copied into the streams' stats.
-const COLLECT_EVERY: Duration = Duration::from_millis(250);
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the kernel tier could not start.
 #[derive(Debug, thiserror::Error)]
