@@ -192,6 +192,10 @@ impl CallMedia {
                 self.enabled[i] = enabled;
             }
             if !self.enabled[i] {
+                // A line disabled by either side frees its ports at once.
+                for side in [Side::A, Side::B] {
+                    self.release_pair(side, i, ctx);
+                }
                 continue;
             }
             for side in [from, to] {
@@ -279,15 +283,24 @@ impl CallMedia {
         body
     }
 
+    /// Stops the streams of one media line on one side and frees their ports.
+    fn release_pair(&mut self, side: Side, line: usize, ctx: &mut MediaCtx) {
+        let Some(p) = self.legs[side.index()]
+            .pairs
+            .get_mut(line)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        let (rtp, rtcp) = stream_ids(self.line_ids[line], side);
+        ctx.commands.push(Command::Remove(rtp));
+        ctx.commands.push(Command::Remove(rtcp));
+        ctx.pool.release(p.port);
+    }
+
     fn release_leg(&mut self, side: Side, ctx: &mut MediaCtx) {
-        let leg = &mut self.legs[side.index()];
-        for (i, pair) in leg.pairs.iter_mut().enumerate() {
-            if let Some(p) = pair.take() {
-                let (rtp, rtcp) = stream_ids(self.line_ids[i], side);
-                ctx.commands.push(Command::Remove(rtp));
-                ctx.commands.push(Command::Remove(rtcp));
-                ctx.pool.release(p.port);
-            }
+        for line in 0..self.legs[side.index()].pairs.len() {
+            self.release_pair(side, line, ctx);
         }
     }
 
@@ -381,6 +394,32 @@ mod tests {
             .filter(|c| matches!(c, Command::Remove(_)))
             .count();
         assert_eq!((adds, removes), (4, 4));
+    }
+
+    #[test]
+    fn a_line_rejected_by_the_answer_frees_its_ports() {
+        let mut pool = PortPool::new(30000, 30009);
+        let mut next = 1;
+        let mut cmds = Vec::new();
+        let mut ctx = MediaCtx {
+            pool: &mut pool,
+            next_stream: &mut next,
+            commands: &mut cmds,
+            now: Instant::now(),
+        };
+        let ip = "10.0.0.1".parse().unwrap();
+        let mut m = CallMedia::new(ip, ip, ip, ip);
+        m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx)
+            .unwrap();
+        assert_eq!(ctx.pool.free(), 3);
+        let rejected = std::str::from_utf8(ANSWER)
+            .unwrap()
+            .replace("m=audio 7000", "m=audio 0");
+        let to_a = m
+            .anchor(Side::B, &Sdp::parse(rejected.as_bytes()).unwrap(), &mut ctx)
+            .unwrap();
+        assert_eq!(Sdp::parse(&to_a).unwrap().media()[0].rtp.port(), 0);
+        assert_eq!(ctx.pool.free(), 5);
     }
 
     #[test]

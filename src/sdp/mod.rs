@@ -83,6 +83,16 @@ const DROPPED_ATTRIBUTES: [&str; 8] = [
     "rtcp-mux",
 ];
 
+/// Whether a `c=` value is the unspecified address (`IN IP4 0.0.0.0`, old-style hold).
+fn is_hold(value: &str) -> bool {
+    value
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .is_some_and(|a| a.is_unspecified())
+}
+
 /// The fields of an `m=` line: separated by spaces (RFC 4566 §5.14), runs of spaces tolerated.
 /// Parsing and rewriting split the same way, so a rewritten line always parses again.
 fn media_fields(value: &str) -> impl Iterator<Item = &str> {
@@ -276,6 +286,8 @@ impl Sdp {
                         anchor.session_id, anchor.session_version, anchor.address
                     ))
                 }
+                // An unspecified address is an RFC 2543 hold: pass it on, do not anchor it.
+                ("c=", value) if is_hold(value) => None,
                 ("c=", _) => Some(format!("c=IN {fam} {}", anchor.address)),
                 ("m=", value) => {
                     media_index = Some(media_index.map_or(0, |i| i + 1));
@@ -352,6 +364,20 @@ m=video 0 RTP/AVP 96\r\n";
         // Re-parsing the output finds the anchor.
         let again = Sdp::parse(out.as_bytes()).unwrap();
         assert_eq!(again.media()[0].rtp, "10.99.2.1:30000".parse().unwrap());
+    }
+
+    #[test]
+    fn old_style_hold_passes_through() {
+        let hold = b"v=0\r\no=a 1 2 IN IP4 10.1.1.10\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
+        let out = Sdp::parse(hold).unwrap().anchored(&Anchor {
+            address: "10.99.2.1".parse().unwrap(),
+            rtp_ports: &[30000],
+            session_id: 1,
+            session_version: 3,
+        });
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("c=IN IP4 0.0.0.0\r\n"), "{text}");
+        assert!(text.contains("m=audio 30000 "), "{text}");
     }
 
     #[test]
