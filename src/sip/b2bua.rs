@@ -328,10 +328,7 @@ impl B2bua {
             phase: Phase::Setup,
             a,
             a_trunk: trunk,
-            a_invite: Message {
-                body: Vec::new(),
-                ..req
-            },
+            a_invite: essentials(req),
             a_txn: txn,
             a_offer: offer,
             b,
@@ -839,6 +836,21 @@ impl B2bua {
             "transactions": self.txns.len(),
             "trunks": trunks,
         })
+    }
+}
+
+/// What a call keeps of the caller's INVITE: the request line and the headers its responses
+/// copy (RFC 3261 §8.2.6), plus From and Max-Forwards for a failover's new INVITE.
+fn essentials(invite: Message) -> Message {
+    const KEPT: [&str; 6] = ["Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards"];
+    Message {
+        start: invite.start,
+        headers: invite
+            .headers
+            .into_iter()
+            .filter(|h| KEPT.contains(&h.name.as_str()))
+            .collect(),
+        body: Vec::new(),
     }
 }
 

@@ -110,6 +110,16 @@ struct ClientTxn {
     gen: u32,
 }
 
+impl ClientTxn {
+    /// Drops the request's headers and body once it is answered finally: nothing retransmits
+    /// or cancels it any more, and a held call should not pin a copy of its INVITE for 32 s.
+    /// The start line stays (the method keys the transaction).
+    fn forget_request(&mut self) {
+        self.request.headers = Vec::new();
+        self.request.body = Vec::new();
+    }
+}
+
 /// All transactions of one SIP endpoint.
 #[derive(Debug, Default)]
 pub struct Transactions {
@@ -449,6 +459,7 @@ impl Transactions {
             (State::Initial | State::Proceeding, 200..=299) if t.invite => {
                 t.state = State::Accepted;
                 t.retransmit = None;
+                t.forget_request();
                 t.end = now + 64 * T1;
                 self.schedule_client(id);
             }
@@ -463,6 +474,7 @@ impl Transactions {
                         message: ack.clone(),
                     });
                     t.ack = Some(ack);
+                    t.forget_request();
                     t.end = now
                         + if reliable {
                             Duration::ZERO
@@ -472,6 +484,7 @@ impl Transactions {
                 } else {
                     t.end = now + if reliable { Duration::ZERO } else { T4 };
                 }
+                t.forget_request();
                 self.schedule_client(id);
             }
             (State::Completed, _) => {
