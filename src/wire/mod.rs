@@ -75,6 +75,11 @@ impl<'a> UdpFrame<'a> {
         self.buf[self.ip + 8]
     }
 
+    /// The IPv4 packet (header onwards), for handing the frame to the kernel's IP layer.
+    pub fn ip_packet(&self) -> &[u8] {
+        &self.buf[self.ip..]
+    }
+
     /// Bytes of the UDP datagram (header + payload), as counted in stream statistics.
     pub fn udp_len(&self) -> usize {
         self.buf.len() - self.udp()

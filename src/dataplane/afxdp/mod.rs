@@ -137,6 +137,7 @@ impl AfxdpTier {
                 ports,
                 commands: rx,
                 neighbour_misses: miss_tx.clone(),
+                raw: raw_socket()?,
                 stats: Arc::new(WorkerStats::default()),
                 stop: stop.clone(),
             });
@@ -245,6 +246,24 @@ impl Drop for AfxdpTier {
             let _ = t.join();
         }
     }
+}
+
+/// A raw IPv4 socket that sends packets with their own IP header (the workers' slow path).
+fn raw_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the descriptor is owned by the returned value.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The kernel's IPv4 neighbour table (`/proc/net/arp` of this network namespace): complete

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,12 +91,49 @@ impl Stream {
     }
 }
 
+/// What became of one received frame.
+enum Outcome {
+    /// Rewritten in place; transmit it on this port.
+    Transmit(usize),
+    /// Handed to the kernel (next hop unknown); the frame is free again.
+    SlowPath,
+    /// Dropped and counted.
+    Drop,
+}
+
+/// Sends a complete IPv4 packet through a raw socket (`IPPROTO_RAW`, header included): the
+/// kernel routes it and resolves the next hop. Only for packets whose next hop the worker does
+/// not know yet, so a syscall here is off the fast path.
+fn send_raw(fd: RawFd, packet: &[u8], dest: SocketAddrV4) -> bool {
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*dest.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `packet` and `addr` are valid for the duration of the call.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            libc::MSG_DONTWAIT,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    n == packet.len() as isize
+}
+
 /// Per-worker counters read by the status endpoint.
 #[derive(Default)]
 pub struct WorkerStats {
     pub rx: AtomicU64,
     pub tx: AtomicU64,
     pub dropped: AtomicU64,
+    /// Packets sent through the kernel's slow path because their next hop was not known yet.
     pub no_neighbour: AtomicU64,
     pub iterations: AtomicU64,
 }
@@ -109,6 +147,8 @@ pub struct WorkerSetup {
     pub ports: Vec<Port>,
     pub commands: Receiver<WorkerCmd>,
     pub neighbour_misses: Sender<Ipv4Addr>,
+    /// Raw IPv4 socket for the slow path (packets whose next hop is not known yet).
+    pub raw: OwnedFd,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
 }
@@ -251,7 +291,7 @@ impl Worker {
         for i in 0..n {
             let desc = self.setup.ports[p].socket.rx.peek(i);
             match self.forward(desc.addr, desc.len, now) {
-                Some(egress) => {
+                Outcome::Transmit(egress) => {
                     let tx = &mut self.setup.ports[egress].socket.tx;
                     if tx.free(1) > 0 {
                         tx.push(desc);
@@ -262,7 +302,8 @@ impl Worker {
                         self.setup.stats.dropped.fetch_add(1, Relaxed);
                     }
                 }
-                None => {
+                Outcome::SlowPath => self.free.push(desc.addr),
+                Outcome::Drop => {
                     self.free.push(desc.addr);
                     self.setup.stats.dropped.fetch_add(1, Relaxed);
                 }
@@ -273,12 +314,16 @@ impl Worker {
         n
     }
 
-    /// Latches, rewrites and picks the egress port for one frame; `None` drops it.
-    fn forward(&mut self, addr: u64, len: u32, now: Instant) -> Option<usize> {
+    /// Latches, rewrites and picks the egress port for one frame.
+    fn forward(&mut self, addr: u64, len: u32, now: Instant) -> Outcome {
         let frame = self.setup.umem.frame_mut(addr, len);
-        let mut view = UdpFrame::parse(frame)?;
+        let Some(mut view) = UdpFrame::parse(frame) else {
+            return Outcome::Drop;
+        };
         let (src, dst) = (view.source(), view.destination());
-        let stream = self.streams.get(&dst)?;
+        let Some(stream) = self.streams.get(&dst) else {
+            return Outcome::Drop;
+        };
         let current = unpack(stream.shared.load(Relaxed));
         let admission = match stream
             .latch
@@ -303,7 +348,7 @@ impl Worker {
         };
         if let Admission::Drop(reason) = admission {
             stream.stats.record_drop(reason);
-            return None;
+            return Outcome::Drop;
         }
         let udp_len = view.udp_len() as u64;
         stream.stats.record_rx(1, udp_len, now);
@@ -313,27 +358,33 @@ impl Worker {
             .and_then(|l| self.streams.get(l))
         else {
             stream.stats.record_drop(DropReason::NoDestination);
-            return None;
+            return Outcome::Drop;
         };
         let Some(dest) = peer.destination() else {
             stream.stats.record_drop(DropReason::NoDestination);
-            return None;
+            return Outcome::Drop;
         };
         if view.ttl() <= 1 {
             stream.stats.record_drop(DropReason::SendFailed);
-            return None;
+            return Outcome::Drop;
         }
+        let egress = peer.egress;
         let Some(dmac) = self.neighbours.get(dest.ip()).copied() else {
-            // The refresher resolves it through the kernel and tells every worker.
+            // Slow path: the kernel routes the rewritten IP packet and resolves the next hop;
+            // the refresher learns the MAC from it and tells every worker.
             let _ = self.setup.neighbour_misses.try_send(*dest.ip());
             self.setup.stats.no_neighbour.fetch_add(1, Relaxed);
-            peer.stats.record_drop(DropReason::SendFailed);
-            return None;
+            view.rewrite(peer.local, dest, [0; 6], [0; 6]);
+            if send_raw(self.setup.raw.as_raw_fd(), view.ip_packet(), dest) {
+                peer.stats.record_tx(1, udp_len);
+            } else {
+                peer.stats.record_drop(DropReason::SendFailed);
+            }
+            return Outcome::SlowPath;
         };
-        let egress = peer.egress;
         view.rewrite(peer.local, dest, self.setup.ports[egress].mac, dmac);
         peer.stats.record_tx(1, udp_len);
-        Some(egress)
+        Outcome::Transmit(egress)
     }
 
     /// Publishes queued TX descriptors and kicks the kernel while any are outstanding
