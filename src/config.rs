@@ -151,6 +151,8 @@ pub struct MediaInterface {
     pub address: std::net::IpAddr,
     /// What SDP says for this interface (1:1 NAT); the address itself when absent.
     pub advertise: Option<std::net::IpAddr>,
+    /// The network device XDP attaches to for this address; the device holding it when absent.
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +233,7 @@ struct RawInterface {
     name: String,
     address: String,
     advertise: Option<String>,
+    device: Option<String>,
 }
 
 fn default_cores() -> Vec<usize> {
@@ -498,6 +501,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .as_deref()
                 .map(|a| ip("advertise", a))
                 .transpose()?,
+            device: m.device.clone(),
         });
     }
 
@@ -729,6 +733,24 @@ to = ["pbx"]
             e.to_string(),
             format!("f.toml:23: trunk[1].local: {}", e.message)
         );
+    }
+
+    #[test]
+    fn media_interfaces_with_advertise_and_device() {
+        let good = GOOD.replace(
+            "timeout_s = 30\n",
+            "timeout_s = 30\n[[media.interface]]\nname = \"ext\"\naddress = \"10.99.2.1\"\nadvertise = \"203.0.113.5\"\ndevice = \"eth1\"\n",
+        );
+        let c = parse("m.toml", &good).unwrap();
+        let i = &c.media.interfaces[0];
+        assert_eq!(i.device.as_deref(), Some("eth1"));
+        assert_eq!(i.advertise, Some("203.0.113.5".parse().unwrap()));
+        let dup = good.replace(
+            "timeout_s = 30\n",
+            "timeout_s = 30\n[[media.interface]]\nname = \"ext\"\naddress = \"10.99.1.1\"\n",
+        );
+        let e = parse("m.toml", &dup).unwrap_err();
+        assert_eq!(e.key, "media.interface[1].name", "{e}");
     }
 
     #[test]

@@ -125,13 +125,15 @@ fn run(config: Config) -> anyhow::Result<()> {
     let core = B2bua::with_resources(config.clone(), media.clone());
     let ng = NgServer::new(config.clone(), media.clone());
     let mut media_addresses: Vec<_> = config
-        .trunks
+        .media
+        .interfaces
         .iter()
-        .map(|t| t.local.addr.ip())
-        .chain(config.media.interfaces.iter().map(|i| i.address))
+        .map(|i| (i.address, i.device.clone()))
+        .chain(config.trunks.iter().map(|t| (t.local.addr.ip(), None)))
         .collect();
-    media_addresses.sort();
-    media_addresses.dedup();
+    // One entry per address, the one naming a device first.
+    media_addresses.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
+    media_addresses.dedup_by(|later, first| later.0 == first.0);
     let relay = Dataplane::start(&config.media, &media_addresses, core.stream_capacity())
         .context("starting the data plane")?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -22,19 +22,20 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Starts the configured tier. `media_addresses` are mediagate's media IPs (the trunks'
-    /// local addresses): XDP attaches to the devices holding them. `auto` takes the kernel tier
-    /// when it can start and says why when it cannot; `kernel` fails instead.
+    /// Starts the configured tier. `media` lists mediagate's media addresses (the trunks' local
+    /// addresses and the media interfaces), each with the device named for it in the config:
+    /// XDP attaches to those devices. `auto` takes the best tier that starts and says why the
+    /// others did not; a named tier fails instead.
     pub fn start(
         config: &MediaConfig,
-        media_addresses: &[IpAddr],
+        media: &[(IpAddr, Option<String>)],
         capacity: usize,
     ) -> anyhow::Result<Self> {
         let socket = socket::SocketRelay::start(config.threads, capacity)?;
         let ports = (config.port_first, config.port_last);
-        let start_kernel = || kernel::KernelTier::start(media_addresses, ports, Mode::Kernel);
+        let start_kernel = || kernel::KernelTier::start(media, ports, Mode::Kernel);
         let start_afxdp = || -> anyhow::Result<_> {
-            let mut k = kernel::KernelTier::start(media_addresses, ports, Mode::Afxdp)?;
+            let mut k = kernel::KernelTier::start(media, ports, Mode::Afxdp)?;
             let a = afxdp::AfxdpTier::start(&mut k, &config.cores, config.busy_poll, capacity)?;
             Ok((k, a))
         };

@@ -101,13 +101,20 @@ pub struct KernelTier {
 }
 
 impl KernelTier {
-    /// Loads the program and attaches it to the devices holding `addresses`; `ports` is the
-    /// media port range.
-    pub fn start(addresses: &[IpAddr], ports: (u16, u16), mode: Mode) -> Result<Self, KernelError> {
+    /// Loads the program and attaches it to the media devices: the named one of each
+    /// `(address, device)`, else the device holding the address; `ports` is the media port range.
+    pub fn start(
+        media: &[(IpAddr, Option<String>)],
+        ports: (u16, u16),
+        mode: Mode,
+    ) -> Result<Self, KernelError> {
         let bytes = PROGRAM.ok_or(KernelError::NotBuilt)?;
         let mut devices: Vec<String> = Vec::new();
-        for ip in addresses {
-            let dev = netdev::device_of(*ip)?.ok_or(KernelError::NoDevice(*ip))?;
+        for (ip, named) in media {
+            let dev = match named {
+                Some(d) => d.clone(),
+                None => netdev::device_of(*ip)?.ok_or(KernelError::NoDevice(*ip))?,
+            };
             if !devices.contains(&dev) {
                 devices.push(dev);
             }
