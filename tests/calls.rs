@@ -385,6 +385,14 @@ fn assert_afxdp_forwarded(
         sum("no_neighbour") <= 10,
         "too many packets took the slow path while a next hop resolved: {dp:#}"
     );
+    let samples: u64 = workers
+        .iter()
+        .map(|w| w["latency"]["samples"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        samples > 0 && workers.iter().all(|w| w["latency"]["p99_us"].is_number()),
+        "the workers published no relay-latency samples: {dp:#}"
+    );
 }
 
 /// Stop mediagate (SIGTERM): it must exit cleanly and leave nothing of the

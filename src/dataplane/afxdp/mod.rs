@@ -225,7 +225,18 @@ impl AfxdpTier {
             .stats
             .iter()
             .map(|(core, s)| {
+                let latency = s.latency.lock().map(|h| {
+                    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+                    serde_json::json!({
+                        "samples": h.len(),
+                        "p50_us": us(0.5),
+                        "p99_us": us(0.99),
+                        "p999_us": us(0.999),
+                        "max_us": h.max() as f64 / 1000.0,
+                    })
+                });
                 serde_json::json!({
+                    "latency": latency.unwrap_or_default(),
                     "core": core,
                     "rx": s.rx.load(Relaxed),
                     "tx": s.tx.load(Relaxed),

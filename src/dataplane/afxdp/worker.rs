@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
+use std::sync::Mutex;
 
 use super::xsk::{Umem, XskSocket};
 use crate::media::{Admission, DropReason, Latch, StreamId, StreamStats};
@@ -127,8 +129,16 @@ fn send_raw(fd: RawFd, packet: &[u8], dest: SocketAddrV4) -> bool {
     n == packet.len() as isize
 }
 
+/// How often a worker merges its latency samples into [`WorkerStats::latency`].
+const LATENCY_PUBLISH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A histogram of nanoseconds from 1 ns to 1 s at 2 significant digits, sized once (recording
+/// never allocates).
+pub fn new_latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1_000_000_000, 2).expect("valid histogram bounds")
+}
+
 /// Per-worker counters read by the status endpoint.
-#[derive(Default)]
 pub struct WorkerStats {
     pub rx: AtomicU64,
     pub tx: AtomicU64,
@@ -136,6 +146,21 @@ pub struct WorkerStats {
     /// Packets sent through the kernel's slow path because their next hop was not known yet.
     pub no_neighbour: AtomicU64,
     pub iterations: AtomicU64,
+    /// Relay-added latency (ns), merged from the worker once a second.
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            rx: AtomicU64::new(0),
+            tx: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            no_neighbour: AtomicU64::new(0),
+            iterations: AtomicU64::new(0),
+            latency: Mutex::new(new_latency_histogram()),
+        }
+    }
 }
 
 /// Settings of one worker.
@@ -161,6 +186,9 @@ pub struct Worker {
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
     /// Whether a port has TX descriptors the kernel has not consumed.
     tx_pending: Vec<bool>,
+    /// Relay-added latency samples since the last publication.
+    latency: Histogram<u64>,
+    last_publish: Instant,
 }
 
 impl Worker {
@@ -176,6 +204,8 @@ impl Worker {
             local_of: HashMap::with_capacity(capacity),
             neighbours: HashMap::with_capacity(4096),
             tx_pending: vec![false; ports],
+            latency: new_latency_histogram(),
+            last_publish: Instant::now(),
             setup,
         }
     }
@@ -191,11 +221,21 @@ impl Worker {
                 }
             }
             let mut work = 0;
+            let batch_start = Instant::now();
+            let tx_before = self.setup.stats.tx.load(Relaxed);
             for p in 0..self.setup.ports.len() {
                 self.reclaim_and_fill(p);
                 work += self.receive(p);
             }
             self.flush_tx();
+            let sent = self.setup.stats.tx.load(Relaxed) - tx_before;
+            if sent > 0 {
+                // One sample per batch, weighted by its packets: the time from taking the batch
+                // off the RX rings to handing it to the kernel for transmission.
+                let ns = batch_start.elapsed().as_nanos() as u64;
+                self.latency.saturating_record_n(ns, sent);
+            }
+            self.publish_latency();
             self.setup.stats.iterations.fetch_add(1, Relaxed);
             if work > 0 {
                 idle = 0;
@@ -385,6 +425,19 @@ impl Worker {
         view.rewrite(peer.local, dest, self.setup.ports[egress].mac, dmac);
         peer.stats.record_tx(1, udp_len);
         Outcome::Transmit(egress)
+    }
+
+    /// Merges this worker's samples into the shared histogram once a second (the only lock the
+    /// worker takes, and never per packet).
+    fn publish_latency(&mut self) {
+        if self.latency.is_empty() || self.last_publish.elapsed() < LATENCY_PUBLISH {
+            return;
+        }
+        self.last_publish = Instant::now();
+        if let Ok(mut shared) = self.setup.stats.latency.lock() {
+            let _ = shared.add(&self.latency);
+        }
+        self.latency.reset();
     }
 
     /// Publishes queued TX descriptors and kicks the kernel while any are outstanding
