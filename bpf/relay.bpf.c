@@ -158,7 +158,9 @@ int mg_relay(struct xdp_md *ctx)
 	}
 	__u64 src = pack(ip->saddr, udp->source);
 	__u64 latched = st->latched;
-	if (!latched) {
+	if (cfg->flags & MG_F_ASYMMETRIC) {
+		/* No learning, any source. */
+	} else if (!latched) {
 		if (ip->saddr != cfg->sdp_ip && ip->saddr != cfg->signalling_ip) {
 			__sync_fetch_and_add(&st->drops, 1);
 			return count(MG_C_DROP_UNKNOWN_SOURCE, XDP_DROP);
@@ -166,8 +168,12 @@ int mg_relay(struct xdp_md *ctx)
 		latched = __sync_val_compare_and_swap(&st->latched, 0, src);
 		if (!latched)
 			latched = src;
+	} else if (latched != src && (cfg->flags & MG_F_HANDOVER)) {
+		/* Follow the new source; a concurrent handover on another CPU may win instead. */
+		__sync_val_compare_and_swap(&st->latched, latched, src);
+		latched = src;
 	}
-	if (latched != src) {
+	if (!(cfg->flags & MG_F_ASYMMETRIC) && latched != src) {
 		__sync_fetch_and_add(&st->drops, 1);
 		return count(MG_C_DROP_STRICT_SOURCE, XDP_DROP);
 	}

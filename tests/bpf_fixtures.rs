@@ -10,7 +10,9 @@ use std::process::Command;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::Xdp;
 use aya::Ebpf;
-use mediagate::dataplane::kernel::abi::{Config, Key, Settings, State, FLAG_KERNEL};
+use mediagate::dataplane::kernel::abi::{
+    Config, Key, Settings, State, FLAG_ASYMMETRIC, FLAG_HANDOVER, FLAG_KERNEL,
+};
 use mediagate::dataplane::kernel::PROGRAM;
 
 const XDP_DROP: u32 = 1;
@@ -576,6 +578,52 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     assert_eq!(
         states.get(&a, 0).unwrap().latched_source(),
         Some("10.99.1.2:6010".parse().unwrap())
+    );
+
+    // media-handover: a new source of the latched stream is followed, not dropped.
+    configs
+        .insert(
+            a,
+            Config {
+                flags: FLAG_KERNEL | FLAG_HANDOVER,
+                generation: 1,
+                ..cfg(b, "10.99.1.2", "10.99.1.2", 6010)
+            },
+            0,
+        )
+        .unwrap();
+    let roamed = packet("198.51.100.7:4000", "10.99.1.1:30000", 64, true, false);
+    assert_eq!(
+        test_run(fd, &roamed, gw).0,
+        XDP_REDIRECT,
+        "handover follows"
+    );
+    assert_eq!(
+        states.get(&a, 0).unwrap().latched_source(),
+        Some("198.51.100.7:4000".parse().unwrap())
+    );
+    // asymmetric: any source is accepted and nothing is learned.
+    configs
+        .insert(
+            a,
+            Config {
+                flags: FLAG_KERNEL | FLAG_ASYMMETRIC,
+                generation: 2,
+                ..cfg(b, "10.99.1.2", "10.99.1.2", 6010)
+            },
+            0,
+        )
+        .unwrap();
+    let stranger = packet("192.0.2.99:5555", "10.99.1.1:30000", 64, true, false);
+    assert_eq!(
+        test_run(fd, &stranger, gw).0,
+        XDP_REDIRECT,
+        "asymmetric accepts"
+    );
+    assert_eq!(
+        states.get(&a, 0).unwrap().latched_source(),
+        None,
+        "and learns nothing"
     );
 
     // Unresolved next hop: passed to the kernel (the socket path relays it).

@@ -305,6 +305,28 @@ fn bad_input_gets_error_replies_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn latching_flags_reach_the_data_plane() {
+    use mediagate::media::LatchMode;
+    for (flag, mode) in [
+        ("", LatchMode::Symmetric),
+        ("5:flagsl10:asymmetrice", LatchMode::Asymmetric),
+        ("5:flagsl14:media-handovere", LatchMode::Handover),
+    ] {
+        let mut ng = Ng::new();
+        assert_eq!(result(&ng.send(&offer("f", flag))), "ok");
+        let commands = ng.media.borrow_mut().take_commands();
+        let modes: Vec<LatchMode> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Add(spec) => Some(spec.latch.mode),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(modes, vec![mode; 4], "flag {flag:?}");
+    }
+}
+
+#[test]
 fn statistics() {
     let mut ng = Ng::new();
     ng.send(&offer("x", ""));

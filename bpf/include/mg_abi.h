@@ -18,6 +18,8 @@ struct mg_key {
 /* Flags of a stream. */
 #define MG_F_KERNEL 1 /* forward in the kernel */
 #define MG_F_XSK 2    /* redirect to the AF_XDP socket of the ingress device and queue */
+#define MG_F_ASYMMETRIC 4 /* never learn: accept any source, send to the SDP address */
+#define MG_F_HANDOVER 8   /* after the first latch, follow any new source */
 /* Neither flag: pass to the kernel stack (the socket tier). */
 
 /* XSKMAP keys: device slot (from mg_ifslots) * MG_MAX_QUEUES + rx queue. */

@@ -13,6 +13,7 @@ use serde_json::{json, Value as Json};
 use super::bencode::{dict, Value};
 use crate::config::{Config, MediaInterface};
 use crate::media::session::{CallMedia, SharedResources, Side};
+use crate::media::LatchMode;
 use crate::sdp::Sdp;
 
 /// How long a reply is kept for retransmissions of its request.
@@ -210,8 +211,8 @@ impl NgServer {
         for f in &flags {
             if !KNOWN.contains(&f.as_str()) {
                 tracing::warn!(flag = %f, "unknown NG flag ignored");
-            } else if matches!(f.as_str(), "asymmetric" | "media-handover" | "record-call") {
-                tracing::warn!(flag = %f, "NG flag not supported: ignored (latching stays symmetric and strict)");
+            } else if f == "record-call" {
+                tracing::warn!("NG flag record-call is not supported: ignored");
             }
         }
         if msg.get("record call").and_then(Value::as_str) == Some("yes") {
@@ -273,6 +274,7 @@ impl NgServer {
             IpAddr::from([0u16; 8])
         };
         let mut call_media = CallMedia::new(a_if.address, a_peer, b_if.address, unknown);
+        call_media.set_latch_mode(latch_mode(&flags));
         call_media.advertise(Side::A, a_if.advertise);
         call_media.advertise(Side::B, b_if.advertise);
         let body = match call_media.anchor(Side::A, &sdp, &mut media.ctx(now)) {
@@ -532,6 +534,18 @@ fn media_sdp(sdp: &Sdp, flags: &[String], msg: &Value) -> Sdp {
     ) {
         (true, Some(ip)) => sdp.with_address(ip),
         _ => sdp.clone(),
+    }
+}
+
+/// The learning rule the flags ask for: `asymmetric`, `media-handover`, else symmetric and
+/// strict (`symmetric`, `strict-source` and `port-latching` all name the default).
+fn latch_mode(flags: &[String]) -> LatchMode {
+    if flags.iter().any(|f| f == "asymmetric") {
+        LatchMode::Asymmetric
+    } else if flags.iter().any(|f| f == "media-handover") {
+        LatchMode::Handover
+    } else {
+        LatchMode::Symmetric
     }
 }
 

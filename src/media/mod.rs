@@ -30,6 +30,20 @@ pub struct Latch {
     pub signalling_ip: IpAddr,
     /// The source learned from the first acceptable packet.
     pub latched: Option<SocketAddr>,
+    pub mode: LatchMode,
+}
+
+/// How a stream learns its peer's address (rtpengine's NG flags name the variants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatchMode {
+    /// Latch once on the SDP or signalling IP, then accept only that source (the default).
+    #[default]
+    Symmetric,
+    /// Never learn: send to the SDP address, accept any source (`asymmetric`).
+    Asymmetric,
+    /// Latch as symmetric, then follow any new source (`media-handover`: a phone moving between
+    /// networks).
+    Handover,
 }
 
 /// What to do with a received packet.
@@ -49,6 +63,7 @@ impl Latch {
             sdp,
             signalling_ip,
             latched: None,
+            mode: LatchMode::Symmetric,
         }
     }
 
@@ -64,8 +79,12 @@ impl Latch {
     /// The rule itself, for a latched state kept elsewhere (an atomic shared by several
     /// relay threads): the caller records the latch when the answer is [`Admission::Latch`].
     pub fn judge(&self, latched: Option<SocketAddr>, source: SocketAddr) -> Admission {
+        if self.mode == LatchMode::Asymmetric {
+            return Admission::Accept;
+        }
         match latched {
             Some(l) if l == source => Admission::Accept,
+            Some(_) if self.mode == LatchMode::Handover => Admission::Latch,
             Some(_) => Admission::Drop(DropReason::StrictSource),
             None => {
                 let ip = source.ip();
@@ -150,6 +169,26 @@ mod tests {
         let mut l = Latch::new(Some(sa("192.168.1.5:6000")), "203.0.113.7".parse().unwrap());
         assert_eq!(l.admit(sa("203.0.113.7:40000")), Admission::Latch);
         assert_eq!(l.destination(), Some(sa("203.0.113.7:40000")));
+    }
+
+    #[test]
+    fn asymmetric_never_learns_and_handover_follows_the_source() {
+        let sig = "10.0.0.9".parse().unwrap();
+        let mut asym = Latch::new(Some(sa("10.0.0.2:6000")), sig);
+        asym.mode = LatchMode::Asymmetric;
+        assert_eq!(asym.admit(sa("192.0.2.1:1234")), Admission::Accept);
+        assert_eq!(asym.destination(), Some(sa("10.0.0.2:6000")));
+
+        let mut handover = Latch::new(Some(sa("10.0.0.2:6000")), sig);
+        handover.mode = LatchMode::Handover;
+        assert_eq!(
+            handover.admit(sa("192.0.2.1:1234")),
+            Admission::Drop(DropReason::UnknownSource),
+            "the first latch follows the symmetric rule"
+        );
+        assert_eq!(handover.admit(sa("10.0.0.2:6000")), Admission::Latch);
+        assert_eq!(handover.admit(sa("198.51.100.7:4000")), Admission::Latch);
+        assert_eq!(handover.destination(), Some(sa("198.51.100.7:4000")));
     }
 
     #[test]

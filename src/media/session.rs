@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{Command, Latch, PortPool, StreamId, StreamSpec, StreamStats};
+use super::{Command, Latch, LatchMode, PortPool, StreamId, StreamSpec, StreamStats};
 use crate::sdp::{Anchor, Sdp};
 
 /// The two legs of a call: A is the caller's (inbound) leg, B the callee's (outbound) leg.
@@ -118,6 +118,8 @@ pub struct CallMedia {
     legs: [LegMedia; 2],
     /// Enabled state of each line, from the latest offer.
     enabled: Vec<bool>,
+    /// How new streams of this call learn their peers.
+    latch_mode: LatchMode,
 }
 
 impl LegMedia {
@@ -151,7 +153,13 @@ impl CallMedia {
                 LegMedia::new(b_local, b_peer),
             ],
             enabled: Vec::new(),
+            latch_mode: LatchMode::default(),
         }
+    }
+
+    /// How the streams this call creates from now on learn their peers.
+    pub fn set_latch_mode(&mut self, mode: LatchMode) {
+        self.latch_mode = mode;
     }
 
     /// Writes `address` instead of the local address into SDP sent toward `side`.
@@ -239,7 +247,10 @@ impl CallMedia {
                 id,
                 peer,
                 local: SocketAddr::new(leg.local_ip, port),
-                latch: Latch::new(None, leg.signalling_ip),
+                latch: Latch {
+                    mode: self.latch_mode,
+                    ..Latch::new(None, leg.signalling_ip)
+                },
                 stats: stats.clone(),
             };
             (spec, stats)

@@ -370,11 +370,14 @@ impl Worker {
             .judge(current.map(SocketAddr::V4), SocketAddr::V4(src))
         {
             Admission::Latch => {
-                // Several workers may race to latch the same stream: the first one wins.
-                match stream
-                    .shared
-                    .compare_exchange(0, pack(src), Relaxed, Relaxed)
-                {
+                // Several workers may race to latch (or, with handover, re-latch) the same
+                // stream: the first one wins.
+                match stream.shared.compare_exchange(
+                    current.map_or(0, pack),
+                    pack(src),
+                    Relaxed,
+                    Relaxed,
+                ) {
                     Ok(_) => {
                         stream.stats.set_remote(Some(SocketAddr::V4(src)), true);
                         Admission::Accept

@@ -53,6 +53,10 @@ pub struct Settings {
 pub const FLAG_KERNEL: u16 = 1;
 /// `MG_F_XSK`: hand this stream's packets to the AF_XDP socket of their device and queue.
 pub const FLAG_XSK: u16 = 2;
+/// `MG_F_ASYMMETRIC`: never learn; accept any source, send to the SDP address.
+pub const FLAG_ASYMMETRIC: u16 = 4;
+/// `MG_F_HANDOVER`: after the first latch, follow any new source.
+pub const FLAG_HANDOVER: u16 = 8;
 /// `MG_MAX_QUEUES`: queues per device slot in XSKMAP keys.
 pub const MAX_QUEUES: u32 = 64;
 /// `MG_MAX_DEVICES`.

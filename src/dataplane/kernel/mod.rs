@@ -20,8 +20,11 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpFlags};
 use aya::Ebpf;
 
-use crate::media::{Command, KernelTotals, StreamId, StreamStats, Tier};
-use abi::{Config, Key, Settings, State, COUNTERS, FLAG_KERNEL, FLAG_XSK, MAX_QUEUES};
+use crate::media::{Command, KernelTotals, LatchMode, StreamId, StreamStats, Tier};
+use abi::{
+    Config, Key, Settings, State, COUNTERS, FLAG_ASYMMETRIC, FLAG_HANDOVER, FLAG_KERNEL, FLAG_XSK,
+    MAX_QUEUES,
+};
 use netdev::ForwardingGuard;
 
 /// The compiled XDP program, embedded at build time.
@@ -231,9 +234,14 @@ impl KernelTier {
                     Mode::Kernel => (FLAG_KERNEL, Tier::Kernel),
                     Mode::Afxdp => (FLAG_XSK, Tier::Afxdp),
                 };
+                let learning = match spec.latch.mode {
+                    LatchMode::Symmetric => 0,
+                    LatchMode::Asymmetric => FLAG_ASYMMETRIC,
+                    LatchMode::Handover => FLAG_HANDOVER,
+                };
                 let mut config = Config {
                     signalling_ip: ipv4_be(spec.latch.signalling_ip),
-                    flags,
+                    flags: flags | learning,
                     ..Config::default()
                 };
                 set_sdp(&mut config, spec.latch.sdp);
