@@ -42,7 +42,7 @@ fn sdp(c: &mut Criterion) {
         session_version: 1,
     };
     c.bench_function("sdp_anchor", |b| {
-        b.iter(|| black_box(&sdp).anchored(&anchor))
+        b.iter(|| black_box(&sdp).anchored(&anchor).unwrap())
     });
 }
 

@@ -122,7 +122,7 @@ proptest! {
             rtp_ports: &anchors,
             session_id: 5,
             session_version: 2,
-        });
+        }).unwrap();
         let again = Sdp::parse(&out).unwrap();
         prop_assert_eq!(again.media().len(), ports.len());
         for (i, m) in again.media().iter().enumerate() {

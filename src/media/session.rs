@@ -40,6 +40,8 @@ pub enum AnchorError {
     NoPorts,
     #[error("answer has more media lines than the offer")]
     MediaMismatch,
+    #[error("the anchored description would exceed the SDP size limit")]
+    TooLarge,
 }
 
 /// Media resources shared by every front end of one control thread (the B2BUA and the NG
@@ -221,7 +223,7 @@ impl CallMedia {
                 stats.set_remote(Some(addr), false);
             }
         }
-        Ok(self.description_for(to, sdp))
+        self.description_for(to, sdp)
     }
 
     fn ensure_pair(
@@ -268,7 +270,7 @@ impl CallMedia {
     }
 
     /// The anchored description for `side`, with its `o=` version bumped when it changed.
-    fn description_for(&mut self, side: Side, sdp: &Sdp) -> Vec<u8> {
+    fn description_for(&mut self, side: Side, sdp: &Sdp) -> Result<Vec<u8>, AnchorError> {
         let leg = &mut self.legs[side.index()];
         let ports: Vec<u16> = (0..sdp.media().len())
             .map(|i| {
@@ -284,14 +286,14 @@ impl CallMedia {
             session_id: leg.session_id,
             session_version: leg.session_version,
         };
-        let mut body = sdp.anchored(&anchor);
+        let mut body = sdp.anchored(&anchor).map_err(|_| AnchorError::TooLarge)?;
         if leg.last_sdp.as_ref().is_some_and(|last| *last != body) {
             leg.session_version += 1;
             anchor.session_version = leg.session_version;
-            body = sdp.anchored(&anchor);
+            body = sdp.anchored(&anchor).map_err(|_| AnchorError::TooLarge)?;
         }
         leg.last_sdp = Some(body.clone());
-        body
+        Ok(body)
     }
 
     /// Stops the streams of one media line on one side and frees their ports.

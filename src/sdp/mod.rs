@@ -15,8 +15,10 @@ pub const MAX_MEDIA: usize = 16;
 /// Why a body is not usable SDP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
-    #[error("SDP is not UTF-8 text or is too large")]
+    #[error("SDP is not UTF-8 text")]
     NotText,
+    #[error("SDP is larger than {MAX_SDP} bytes")]
+    TooLarge,
     #[error("SDP does not start with v=0")]
     NoVersion,
     #[error("bad line {line}: {reason}")]
@@ -123,7 +125,7 @@ impl Sdp {
     /// Parses an SDP body.
     pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
         if body.len() > MAX_SDP {
-            return Err(SdpError::NotText);
+            return Err(SdpError::TooLarge);
         }
         let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
         let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
@@ -262,7 +264,9 @@ impl Sdp {
     /// Writes the description anchored on mediagate: `o=` with the leg's identity, every `c=`
     /// with the anchor address, each enabled `m=` port and `a=rtcp:` with the anchor's ports.
     /// Disabled streams (port 0) stay disabled. ICE and rtcp-mux attributes are dropped.
-    pub fn anchored(&self, anchor: &Anchor) -> Vec<u8> {
+    /// Fails when the result would outgrow [`MAX_SDP`] (rewritten lines can be longer than the
+    /// originals), so that mediagate never sends a description it would refuse itself.
+    pub fn anchored(&self, anchor: &Anchor) -> Result<Vec<u8>, SdpError> {
         let fam = if anchor.address.is_ipv4() {
             "IP4"
         } else {
@@ -310,7 +314,10 @@ impl Sdp {
             out.push_str(rewritten.as_deref().unwrap_or(line));
             out.push_str(self.eol);
         }
-        out.into_bytes()
+        if out.len() > MAX_SDP {
+            return Err(SdpError::TooLarge);
+        }
+        Ok(out.into_bytes())
     }
 }
 
@@ -344,12 +351,14 @@ m=video 0 RTP/AVP 96\r\n";
     #[test]
     fn anchors_and_keeps_unknown_lines() {
         let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
-        let out = sdp.anchored(&Anchor {
-            address: "10.99.2.1".parse().unwrap(),
-            rtp_ports: &[30000, 30002],
-            session_id: 7,
-            session_version: 1,
-        });
+        let out = sdp
+            .anchored(&Anchor {
+                address: "10.99.2.1".parse().unwrap(),
+                rtp_ports: &[30000, 30002],
+                session_id: 7,
+                session_version: 1,
+            })
+            .unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("o=user1 7 1 IN IP4 10.99.2.1\r\n"));
         assert!(out.contains("c=IN IP4 10.99.2.1\r\n"));
@@ -367,14 +376,34 @@ m=video 0 RTP/AVP 96\r\n";
     }
 
     #[test]
-    fn old_style_hold_passes_through() {
-        let hold = b"v=0\r\no=a 1 2 IN IP4 10.1.1.10\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
-        let out = Sdp::parse(hold).unwrap().anchored(&Anchor {
+    fn anchoring_refuses_to_outgrow_the_size_limit() {
+        // Found by the fuzzer: short lines that the rewrite lengthens.
+        let mut text = String::from("v=0\r\nc=IN IP4 1.1.1.1\r\nm=audio 1 RTP/AVP 0\r\n");
+        while text.len() < MAX_SDP - 10 {
+            text.push_str("a=rtcp:1\r\n");
+        }
+        let sdp = Sdp::parse(text.as_bytes()).unwrap();
+        let anchor = Anchor {
             address: "10.99.2.1".parse().unwrap(),
             rtp_ports: &[30000],
             session_id: 1,
-            session_version: 3,
-        });
+            session_version: 1,
+        };
+        assert_eq!(sdp.anchored(&anchor), Err(SdpError::TooLarge));
+    }
+
+    #[test]
+    fn old_style_hold_passes_through() {
+        let hold = b"v=0\r\no=a 1 2 IN IP4 10.1.1.10\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
+        let out = Sdp::parse(hold)
+            .unwrap()
+            .anchored(&Anchor {
+                address: "10.99.2.1".parse().unwrap(),
+                rtp_ports: &[30000],
+                session_id: 1,
+                session_version: 3,
+            })
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("c=IN IP4 0.0.0.0\r\n"), "{text}");
         assert!(text.contains("m=audio 30000 "), "{text}");
@@ -387,12 +416,14 @@ m=video 0 RTP/AVP 96\r\n";
         assert!(Sdp::parse(sdp).is_err());
         let ok = b"v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio  601 RTP/AVP 0\r\n";
         let parsed = Sdp::parse(ok).unwrap();
-        let out = parsed.anchored(&Anchor {
-            address: "10.0.0.2".parse().unwrap(),
-            rtp_ports: &[30000],
-            session_id: 1,
-            session_version: 1,
-        });
+        let out = parsed
+            .anchored(&Anchor {
+                address: "10.0.0.2".parse().unwrap(),
+                rtp_ports: &[30000],
+                session_id: 1,
+                session_version: 1,
+            })
+            .unwrap();
         assert_eq!(Sdp::parse(&out).unwrap().media()[0].rtp.port(), 30000);
     }
 

@@ -398,9 +398,12 @@ impl B2bua {
             Some(result) => match result {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    tracing::warn!(call = %call.label, error = %e, "cannot anchor media: 503");
+                    // Out of ports is our limit (503); an offer we cannot rewrite is the
+                    // caller's (488).
+                    let code = if e == AnchorError::TooLarge { 488 } else { 503 };
+                    tracing::warn!(call = %call.label, error = %e, code, "cannot anchor media");
                     self.calls.insert(key, call);
-                    self.fail_call(key, 503, now);
+                    self.fail_call(key, code, now);
                     return;
                 }
             },
@@ -617,7 +620,9 @@ impl B2bua {
             .anchor(Side::B, &sdp, &mut self.media.borrow_mut().ctx(now));
         match result {
             Ok(body) => Some(body),
-            Err(e @ (AnchorError::NoPorts | AnchorError::MediaMismatch)) => {
+            Err(
+                e @ (AnchorError::NoPorts | AnchorError::MediaMismatch | AnchorError::TooLarge),
+            ) => {
                 tracing::info!(error = %e, "cannot anchor answer");
                 None
             }
