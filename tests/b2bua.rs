@@ -214,13 +214,8 @@ fn media_timeout_hangs_up_both_legs() {
     assert!(h.ports_all_free());
 }
 
-#[test]
-fn cancel_before_answer() {
-    let mut h = Harness::new();
-    let invite = parse(INVITE);
-    let out = h.send(invite.clone(), h.pbx);
-    let inv_b = only_to(&out, &h.itsp);
-    h.send(answer(&inv_b, 180, "b1", None), h.itsp);
+/// The caller's CANCEL of `invite` (RFC 3261 §9.1: same Via, Call-ID, From, To, CSeq number).
+fn cancel_of(invite: &Message) -> Message {
     let mut cancel = invite.clone();
     cancel.start = mediagate::sip::message::StartLine::Request {
         method: Method::Cancel,
@@ -229,7 +224,23 @@ fn cancel_before_answer() {
     cancel.set_header("CSeq", "1 CANCEL".into());
     cancel.body.clear();
     cancel.remove_headers("Content-Type");
-    let out = h.send(cancel, h.pbx);
+    cancel
+}
+
+/// A call from the PBX ringing at the ITSP; returns the INVITE mediagate sent to the ITSP.
+fn ringing_call(h: &mut Harness, invite: &Message) -> Message {
+    let out = h.send(invite.clone(), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    h.send(answer(&inv_b, 180, "b1", None), h.itsp);
+    inv_b
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut h = Harness::new();
+    let invite = parse(INVITE);
+    let inv_b = ringing_call(&mut h, &invite);
+    let out = h.send(cancel_of(&invite), h.pbx);
     let to_pbx: Vec<u16> = out
         .iter()
         .filter(|t| t.target.remote == h.pbx.remote)
@@ -249,16 +260,8 @@ fn cancel_before_answer() {
 fn cancel_racing_a_200_hangs_up_the_callee() {
     let mut h = Harness::new();
     let invite = parse(INVITE);
-    let out = h.send(invite.clone(), h.pbx);
-    let inv_b = only_to(&out, &h.itsp);
-    h.send(answer(&inv_b, 180, "b1", None), h.itsp);
-    let mut cancel = invite.clone();
-    cancel.start = mediagate::sip::message::StartLine::Request {
-        method: Method::Cancel,
-        uri: invite.uri().unwrap().to_string(),
-    };
-    cancel.set_header("CSeq", "1 CANCEL".into());
-    h.send(cancel, h.pbx);
+    let inv_b = ringing_call(&mut h, &invite);
+    h.send(cancel_of(&invite), h.pbx);
     let out = h.send(answer(&inv_b, 200, "b1", Some(ANSWER_SDP)), h.itsp);
     let methods: Vec<_> = out
         .iter()

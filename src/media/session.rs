@@ -372,15 +372,9 @@ mod tests {
 
     #[test]
     fn offer_and_answer_are_anchored_and_released() {
-        let mut pool = PortPool::new(30000, 30009);
-        let mut next = 1;
-        let mut cmds = Vec::new();
-        let mut ctx = MediaCtx {
-            pool: &mut pool,
-            next_stream: &mut next,
-            commands: &mut cmds,
-            now: Instant::now(),
-        };
+        let resources = Resources::shared(30000, 30009);
+        let mut resources = resources.borrow_mut();
+        let mut ctx = resources.ctx(Instant::now());
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut m = CallMedia::new(
             ip("10.99.1.1"),
@@ -401,8 +395,13 @@ mod tests {
         assert_eq!(ctx.pool.free(), 3);
         m.release(&mut ctx);
         assert_eq!(ctx.pool.free(), 5);
-        let adds = cmds.iter().filter(|c| matches!(c, Command::Add(_))).count();
-        let removes = cmds
+        let adds = ctx
+            .commands
+            .iter()
+            .filter(|c| matches!(c, Command::Add(_)))
+            .count();
+        let removes = ctx
+            .commands
             .iter()
             .filter(|c| matches!(c, Command::Remove(_)))
             .count();
@@ -411,15 +410,9 @@ mod tests {
 
     #[test]
     fn a_line_rejected_by_the_answer_frees_its_ports() {
-        let mut pool = PortPool::new(30000, 30009);
-        let mut next = 1;
-        let mut cmds = Vec::new();
-        let mut ctx = MediaCtx {
-            pool: &mut pool,
-            next_stream: &mut next,
-            commands: &mut cmds,
-            now: Instant::now(),
-        };
+        let resources = Resources::shared(30000, 30009);
+        let mut resources = resources.borrow_mut();
+        let mut ctx = resources.ctx(Instant::now());
         let ip = "10.0.0.1".parse().unwrap();
         let mut m = CallMedia::new(ip, ip, ip, ip);
         m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx)
@@ -437,15 +430,9 @@ mod tests {
 
     #[test]
     fn answer_with_extra_media_is_refused_and_exhaustion_reported() {
-        let mut pool = PortPool::new(30000, 30001);
-        let mut next = 1;
-        let mut cmds = Vec::new();
-        let mut ctx = MediaCtx {
-            pool: &mut pool,
-            next_stream: &mut next,
-            commands: &mut cmds,
-            now: Instant::now(),
-        };
+        let resources = Resources::shared(30000, 30001);
+        let mut resources = resources.borrow_mut();
+        let mut ctx = resources.ctx(Instant::now());
         let ip = "10.0.0.1".parse().unwrap();
         let mut m = CallMedia::new(ip, ip, ip, ip);
         assert_eq!(

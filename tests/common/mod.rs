@@ -116,45 +116,16 @@ pub fn config(timeout_s: u32) -> String {
     config_with(timeout_s, Dataplane::Socket)
 }
 
-/// The lab config of the tests, with the media timeout and data plane to use.
+/// The lab config of the tests (tests/data/lab.toml), with the media timeout and data plane
+/// to use.
 pub fn config_with(timeout_s: u32, dataplane: Dataplane) -> String {
-    let dataplane = dataplane.as_str();
-    format!(
-        r#"[sip]
-listen = ["udp:10.99.1.1:5060", "udp:10.99.2.1:5060", "tcp:10.99.2.1:5060"]
-max_calls = 100
-
-[media]
-ports = "30000-30999"
-dataplane = "{dataplane}"
-timeout_s = {timeout_s}
-
-[control]
-http = "127.0.0.1:9100"
-
-[[trunk]]
-name = "pbx"
-kind = "lan"
-peers = ["udp:10.99.1.2:5060"]
-local = "udp:10.99.1.1:5060"
-
-[[trunk]]
-name = "itsp"
-kind = "itsp"
-peers = ["udp:10.99.2.2:5060"]
-local = "udp:10.99.2.1:5060"
-
-[[route]]
-from = ["pbx"]
-match = "^\\+?[0-9]+$"
-to = ["itsp"]
-
-[[route]]
-from = ["itsp"]
-match = ".*"
-to = ["pbx"]
-"#
+    let lab = include_str!("../data/lab.toml");
+    assert!(lab.contains("dataplane = \"socket\"") && lab.contains("timeout_s = 30"));
+    lab.replace(
+        "dataplane = \"socket\"",
+        &format!("dataplane = \"{}\"", dataplane.as_str()),
     )
+    .replace("timeout_s = 30", &format!("timeout_s = {timeout_s}"))
 }
 
 fn tail_of(path: &Path, lines: usize) -> String {
