@@ -5,6 +5,7 @@
 //! [`media`] the session model shared by every forwarding tier, [`dataplane`] the forwarding
 //! tiers, [`signalling`] the I/O shell that drives the SIP core, [`metrics`] the status endpoint.
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dataplane;

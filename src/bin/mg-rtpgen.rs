@@ -23,6 +23,7 @@
 //!           --pps 50 --seconds 5 --packets 1000000 --cpu 0 --cpu-stat --watch-pid 1234
 //! ```
 
+use mediagate::clock::monotonic_ns;
 use std::fs;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -151,16 +152,6 @@ fn parse_args() -> Args {
         usage("--seconds must be > 0");
     }
     a
-}
-
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn sleep_until(ns: u64) {
@@ -326,7 +317,7 @@ fn read_proc(pid: u32) -> Option<(u64, u64)> {
 
 fn snap(watch: &[u32]) -> CpuSnap {
     CpuSnap {
-        mono_ns: mono_ns(),
+        mono_ns: monotonic_ns(),
         idle: read_idle(),
         procs: watch.iter().map(|&p| read_proc(p)).collect(),
     }
@@ -441,13 +432,13 @@ fn main() {
     };
 
     let before = a.cpu_stat.then(|| snap(&a.watch));
-    let t0 = mono_ns();
+    let t0 = monotonic_ns();
     let deadline = t0 + (a.seconds * 1e9) as u64;
     let (mut sent, mut calls, mut errors, mut sleeps) = (0u64, 0u64, 0u64, 0u64);
     let mut last_err = String::new();
     let mut next = 0u64; // index of the next packet (round-robin over streams)
     loop {
-        let now = mono_ns();
+        let now = monotonic_ns();
         if now >= deadline || next >= a.packets {
             break;
         }
@@ -483,7 +474,7 @@ fn main() {
         sent += rc as u64;
         next += n as u64;
     }
-    let t1 = mono_ns();
+    let t1 = monotonic_ns();
     let after = a.cpu_stat.then(|| snap(&a.watch));
     let secs = (t1 - t0) as f64 / 1e9;
     let achieved = sent as f64 / secs;

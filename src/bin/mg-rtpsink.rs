@@ -26,6 +26,7 @@
 //! mg-rtpsink --bind 10.99.2.2 --ports 40000 --streams 1000 --seconds 30 --cpu 0 --ready-file F
 //! ```
 
+use mediagate::clock::{monotonic_ns, realtime_ns};
 use std::fs;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
@@ -146,31 +147,11 @@ fn parse_args() -> Args {
     a
 }
 
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn realtime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// CLOCK_REALTIME − CLOCK_MONOTONIC, read back to back.
 fn realtime_offset() -> i128 {
-    let m0 = mono_ns();
+    let m0 = monotonic_ns();
     let r = realtime_ns();
-    let m1 = mono_ns();
+    let m1 = monotonic_ns();
     r as i128 - ((m0 as i128 + m1 as i128) / 2)
 }
 
@@ -525,7 +506,7 @@ fn main() {
         last_any: 0,
     };
     let offset = realtime_offset();
-    let t0 = mono_ns();
+    let t0 = monotonic_ns();
     let deadline = t0 + (a.seconds * 1e9) as u64;
     let (mut calls, mut wakeups, mut no_kernel_ts) = (0u64, 0u64, 0u64);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -547,7 +528,7 @@ fn main() {
         if n <= 0 {
             return 0;
         }
-        let now = mono_ns();
+        let now = monotonic_ns();
         for i in 0..n as usize {
             let len = hdrs[i].msg_len as usize;
             let rx = kernel_rx_ns(&hdrs[i].msg_hdr, offset).unwrap_or_else(|| {
@@ -559,7 +540,7 @@ fn main() {
         n as usize
     };
     while !STOP.load(Ordering::Relaxed) {
-        let now = mono_ns();
+        let now = monotonic_ns();
         if now >= deadline
             || (a.idle_ms > 0
                 && c.last_any > 0
@@ -611,7 +592,7 @@ fn main() {
             }
         }
     }
-    let t1 = mono_ns();
+    let t1 = monotonic_ns();
     let snmp1 = udp_snmp();
     let udp: serde_json::Map<String, Value> = snmp1
         .iter()

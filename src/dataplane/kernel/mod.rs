@@ -368,24 +368,13 @@ fn set_sdp(config: &mut Config, sdp: Option<SocketAddr>) {
     config.sdp_port = port;
 }
 
-/// The monotonic clock the program's `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Copies kernel counters, latching and activity into the streams' stats until `stop`.
 fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(COLLECT_EVERY);
         let streams = streams.lock().expect("streams");
         let states = states.lock().expect("states");
-        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        let (now, now_ns) = (Instant::now(), crate::clock::monotonic_ns());
         for e in streams.values() {
             let Ok(s) = states.get(&e.key, 0) else {
                 continue;
