@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* Dual-licensed because bpf_fib_lookup is available only to GPL-compatible programs. */
-/* mediagate's in-kernel media tier: UDP packets to a kernel-tier stream are latched, rewritten
- * to leave from the paired stream's endpoint toward its remote, and redirected out of the
- * egress device; everything else is passed to the kernel untouched. */
+/* mediagate's in-kernel media tier: UDP packets (IPv4 or IPv6) to a kernel-tier stream are
+ * latched, rewritten to leave from the paired stream's endpoint toward its remote, and
+ * redirected out of the egress device; everything else is passed to the kernel untouched. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
@@ -16,6 +17,9 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 struct vlan_hdr {
 	__be16 tci;
@@ -23,16 +27,16 @@ struct vlan_hdr {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MG_MAX_STREAMS);
-	__type(key, struct mg_key);
+	__type(key, __u32);
 	__type(value, struct mg_config);
 } mg_configs SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MG_MAX_STREAMS);
-	__type(key, struct mg_key);
+	__type(key, __u32);
 	__type(value, struct mg_state);
 } mg_states SEC(".maps");
 
@@ -82,20 +86,316 @@ static __always_inline __u32 fold(__u64 s)
 	return (__u32)s;
 }
 
-/* New checksum after 16-bit words old[] were replaced by new[] (RFC 1624 eq. 3). */
-static __always_inline __u16 csum_update(__u16 check, const __u16 *old, const __u16 *new, int n)
+/* One's-complement sum change when 16-bit words old[] are replaced by new[] (RFC 1624 eq. 3),
+ * to be added to ~check. */
+static __always_inline __u64 csum_delta(const __u16 *old, const __u16 *new, int n)
 {
-	__u64 s = (__u16)~check;
+	__u64 s = 0;
 	for (int i = 0; i < n; i++) {
 		s += (__u16)~old[i];
 		s += new[i];
 	}
-	return ~fold(s);
+	return s;
 }
 
-static __always_inline __u64 pack(__u32 ip, __u16 port)
+static __always_inline __u16 csum_apply(__u16 check, __u64 delta)
 {
-	return MG_LATCHED | ((__u64)ip << 16) | port;
+	return ~fold((__u16)~check + delta);
+}
+
+static __always_inline int addr_eq(const struct mg_addr *a, const struct mg_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
+	       a->w[3] == b->w[3];
+}
+
+/* What a packet carries, in header byte order, read once. */
+struct flow {
+	struct mg_addr src;
+	struct mg_addr dst;
+	__u16 sport;
+	__u16 dport;
+};
+
+/* A stream's verdict on a packet's source: 0 to forward, else the drop counter. */
+static __always_inline __u32 admit_v4(const struct mg_config *cfg, struct mg_state *st,
+				      const struct flow *f)
+{
+	if (st->generation != cfg->generation) {
+		st->latched = 0;
+		st->generation = cfg->generation;
+	}
+	if (cfg->flags & MG_F_ASYMMETRIC)
+		return 0; /* no learning, any source */
+	__u32 saddr = f->src.w[3];
+	__u64 src = MG_LATCHED | ((__u64)saddr << 16) | f->sport;
+	__u64 latched = st->latched;
+	if (!latched) {
+		if (saddr != cfg->sdp.w[3] && saddr != cfg->signalling.w[3])
+			return MG_C_DROP_UNKNOWN_SOURCE;
+		latched = __sync_val_compare_and_swap(&st->latched, 0, src);
+		if (!latched)
+			return 0;
+	}
+	if (latched == src)
+		return 0;
+	if (cfg->flags & MG_F_HANDOVER) {
+		/* Follow the new source; a concurrent handover on another CPU may win instead. */
+		__sync_val_compare_and_swap(&st->latched, latched, src);
+		return 0;
+	}
+	return MG_C_DROP_STRICT_SOURCE;
+}
+
+/* The same rules for IPv6, whose address does not fit one atomic word: under the lock. */
+static __always_inline __u32 admit_v6(const struct mg_config *cfg, struct mg_state *st,
+				      const struct flow *f)
+{
+	__u32 verdict = 0;
+	bpf_spin_lock(&st->lock);
+	if (st->generation != cfg->generation) {
+		st->latched = 0;
+		st->generation = cfg->generation;
+	}
+	if (cfg->flags & MG_F_ASYMMETRIC) {
+		/* no learning, any source */
+	} else if (!st->latched) {
+		if (addr_eq(&f->src, &cfg->sdp) || addr_eq(&f->src, &cfg->signalling)) {
+			st->latched6 = f->src;
+			st->latched = MG_LATCHED | f->sport;
+		} else {
+			verdict = MG_C_DROP_UNKNOWN_SOURCE;
+		}
+	} else if ((__u16)st->latched != f->sport || !addr_eq(&st->latched6, &f->src)) {
+		if (cfg->flags & MG_F_HANDOVER) {
+			st->latched6 = f->src;
+			st->latched = MG_LATCHED | f->sport;
+		} else {
+			verdict = MG_C_DROP_STRICT_SOURCE;
+		}
+	}
+	bpf_spin_unlock(&st->lock);
+	return verdict;
+}
+
+/* Where the paired stream's packets go: its latched source, else its SDP address. Returns 0
+ * when neither is known. */
+static __always_inline int destination(const struct mg_config *pcfg, struct mg_state *pst,
+				       struct mg_addr *addr, __u16 *port)
+{
+	__u64 latched = 0;
+	if (pcfg->family == MG_FAMILY_V6) {
+		bpf_spin_lock(&pst->lock);
+		if (pst->generation == pcfg->generation && pst->latched) {
+			latched = pst->latched;
+			*addr = pst->latched6;
+		}
+		bpf_spin_unlock(&pst->lock);
+		if (latched) {
+			*port = (__u16)latched;
+			return 1;
+		}
+	} else {
+		latched = pst->generation == pcfg->generation ? pst->latched : 0;
+		if (latched) {
+			*addr = (struct mg_addr){ .w = { 0, 0, 0, (__u32)(latched >> 16) } };
+			*port = (__u16)latched;
+			return 1;
+		}
+	}
+	if (!pcfg->sdp_port)
+		return 0;
+	*addr = pcfg->sdp;
+	*port = pcfg->sdp_port;
+	return (addr->w[0] | addr->w[1] | addr->w[2] | addr->w[3]) != 0;
+}
+
+/* The stream a packet to dst:dport belongs to, its state, and the user-space verdict when the
+ * program does not forward it: -1 to forward here, else an XDP verdict (counted). */
+static __always_inline int classify(struct xdp_md *ctx, const struct flow *f, __u8 family,
+				    struct mg_config **cfg_out, struct mg_state **st_out)
+{
+	__u32 zero = 0;
+	struct mg_settings *set = bpf_map_lookup_elem(&mg_settings, &zero);
+	if (!set)
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	__u32 index = bpf_ntohs(f->dport);
+	if (index < set->port_first || index > set->port_last)
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	struct mg_config *cfg = bpf_map_lookup_elem(&mg_configs, &index);
+	struct mg_state *st = bpf_map_lookup_elem(&mg_states, &index);
+	if (!cfg || !st || cfg->family != family || !addr_eq(&cfg->local, &f->dst))
+		return count(MG_C_DROP_MISS, XDP_DROP);
+	if (cfg->flags & MG_F_XSK) {
+		/* The AF_XDP workers latch and forward; a queue without a socket passes. */
+		__u32 ifindex = ctx->ingress_ifindex;
+		__u32 *slot = bpf_map_lookup_elem(&mg_ifslots, &ifindex);
+		if (!slot || ctx->rx_queue_index >= MG_MAX_QUEUES)
+			return count(MG_C_PASS_USERSPACE, XDP_PASS);
+		__u32 xsk = *slot * MG_MAX_QUEUES + ctx->rx_queue_index;
+		return count(MG_C_TO_XSK, bpf_redirect_map(&mg_xsks, xsk, XDP_PASS));
+	}
+	if (!(cfg->flags & MG_F_KERNEL))
+		return count(MG_C_PASS_USERSPACE, XDP_PASS);
+	*cfg_out = cfg;
+	*st_out = st;
+	return -1;
+}
+
+/* Latches, finds the destination and the next hop of a kernel-tier packet. Returns -1 with
+ * the peer's config, destination and `fib` filled in to forward, else a counted XDP verdict. */
+static __always_inline int route(struct xdp_md *ctx, const struct flow *f,
+				 const struct mg_config *cfg, struct mg_state *st,
+				 struct mg_config **pcfg_out, struct mg_addr *dst, __u16 *dport,
+				 struct bpf_fib_lookup *fib)
+{
+	__u32 drop = cfg->family == MG_FAMILY_V6 ? admit_v6(cfg, st, f) : admit_v4(cfg, st, f);
+	if (drop) {
+		__sync_fetch_and_add(&st->drops, 1);
+		return count(drop, XDP_DROP);
+	}
+	__u32 peer = cfg->peer_port;
+	struct mg_config *pcfg = bpf_map_lookup_elem(&mg_configs, &peer);
+	struct mg_state *pst = bpf_map_lookup_elem(&mg_states, &peer);
+	if (!pcfg || !pst || pcfg->family != cfg->family || !destination(pcfg, pst, dst, dport)) {
+		__sync_fetch_and_add(&st->drops, 1);
+		return count(MG_C_DROP_NO_DESTINATION, XDP_DROP);
+	}
+	if (cfg->family == MG_FAMILY_V6)
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	else
+		fib->ipv4_dst = dst->w[3];
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->l4_protocol = IPPROTO_UDP;
+	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		/* Unresolved neighbour or no route: the user-space tier, which latched the same way,
+		 * forwards this packet and the kernel resolves the neighbour meanwhile. */
+		return count(MG_C_PASS_NO_NEIGH, XDP_PASS);
+	*pcfg_out = pcfg;
+	return -1;
+}
+
+/* Sends a rewritten frame out of the device the FIB chose. */
+static __always_inline int transmit(struct xdp_md *ctx, struct ethhdr *eth,
+				    const struct bpf_fib_lookup *fib, struct mg_state *st,
+				    __u64 len)
+{
+	__sync_fetch_and_add(&st->rx_packets, 1);
+	__sync_fetch_and_add(&st->rx_bytes, len);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return count(MG_C_FORWARDED, XDP_TX);
+	int verdict = bpf_redirect(fib->ifindex, 0);
+	if (verdict != XDP_REDIRECT)
+		return count(MG_C_DROP_REDIRECT, XDP_DROP);
+	return count(MG_C_FORWARDED, verdict);
+}
+
+static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+				    void *data_end)
+{
+	if ((void *)(ip + 1) > data_end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	if (ip->frag_off & bpf_htons(0x3fff)) /* MF set or offset: a fragment */
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > data_end)
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	struct flow f = {
+		.src = { .w = { 0, 0, 0, ip->saddr } },
+		.dst = { .w = { 0, 0, 0, ip->daddr } },
+		.sport = udp->source,
+		.dport = udp->dest,
+	};
+	struct mg_config *cfg = 0, *pcfg = 0;
+	struct mg_state *st = 0;
+	int verdict = classify(ctx, &f, MG_FAMILY_V4, &cfg, &st);
+	if (verdict >= 0 || !cfg || !st)
+		return verdict;
+	if (ip->ttl <= 1)
+		return count(MG_C_DROP_TTL, XDP_DROP);
+	struct mg_addr dst;
+	__u16 dport;
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = ip->tos;
+	fib.tot_len = bpf_ntohs(ip->tot_len);
+	fib.ipv4_src = cfg->local.w[3];
+	verdict = route(ctx, &f, cfg, st, &pcfg, &dst, &dport, &fib);
+	if (verdict >= 0 || !pcfg)
+		return verdict;
+	/* Rewrite addresses, ports and TTL with incremental checksum updates. */
+	__u16 old_ip[4], new_ip[4], old_ports[2], new_ports[2];
+	__builtin_memcpy(&old_ip[0], &ip->saddr, 4);
+	__builtin_memcpy(&old_ip[2], &ip->daddr, 4);
+	__builtin_memcpy(&new_ip[0], &pcfg->local.w[3], 4);
+	__builtin_memcpy(&new_ip[2], &dst.w[3], 4);
+	old_ports[0] = udp->source;
+	old_ports[1] = udp->dest;
+	new_ports[0] = bpf_htons(cfg->peer_port);
+	new_ports[1] = dport;
+	__u16 old_ttl = *(__u16 *)&ip->ttl; /* ttl and protocol share one checksum word */
+	ip->ttl -= 1;
+	__u16 new_ttl = *(__u16 *)&ip->ttl;
+	__u64 addr_delta = csum_delta(old_ip, new_ip, 4);
+	ip->check = csum_apply(ip->check, addr_delta + csum_delta(&old_ttl, &new_ttl, 1));
+	__builtin_memcpy(&ip->saddr, &new_ip[0], 4);
+	__builtin_memcpy(&ip->daddr, &new_ip[2], 4);
+	udp->source = new_ports[0];
+	udp->dest = new_ports[1];
+	if (udp->check) { /* an IPv4 UDP checksum of 0 means "none" and stays 0 */
+		__u16 c = csum_apply(udp->check, addr_delta + csum_delta(old_ports, new_ports, 2));
+		udp->check = c ? c : 0xffff;
+	}
+	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)udp));
+}
+
+static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
+				    struct ipv6hdr *ip6, void *data_end)
+{
+	/* Extension headers (fragments included) are left to the kernel. */
+	if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_UDP)
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	struct udphdr *udp = (void *)(ip6 + 1);
+	if ((void *)(udp + 1) > data_end)
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	struct flow f = { .sport = udp->source, .dport = udp->dest };
+	__builtin_memcpy(&f.src, &ip6->saddr, 16);
+	__builtin_memcpy(&f.dst, &ip6->daddr, 16);
+	struct mg_config *cfg = 0, *pcfg = 0;
+	struct mg_state *st = 0;
+	int verdict = classify(ctx, &f, MG_FAMILY_V6, &cfg, &st);
+	if (verdict >= 0 || !cfg || !st)
+		return verdict;
+	if (ip6->hop_limit <= 1)
+		return count(MG_C_DROP_TTL, XDP_DROP);
+	if (!udp->check) /* mandatory over IPv6 (RFC 8200 8.1): the kernel drops it */
+		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
+	struct mg_addr dst;
+	__u16 dport;
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET6;
+	fib.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
+	fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+	__builtin_memcpy(fib.ipv6_src, &cfg->local, 16);
+	verdict = route(ctx, &f, cfg, st, &pcfg, &dst, &dport, &fib);
+	if (verdict >= 0 || !pcfg)
+		return verdict;
+	__u16 old_ports[2] = { udp->source, udp->dest };
+	__u16 new_ports[2] = { bpf_htons(cfg->peer_port), dport };
+	__u64 delta = csum_delta((__u16 *)&f.src, (__u16 *)&pcfg->local, 8) +
+		      csum_delta((__u16 *)&f.dst, (__u16 *)&dst, 8) +
+		      csum_delta(old_ports, new_ports, 2);
+	__builtin_memcpy(&ip6->saddr, &pcfg->local, 16);
+	__builtin_memcpy(&ip6->daddr, &dst, 16);
+	ip6->hop_limit -= 1; /* not covered by any checksum */
+	udp->source = new_ports[0];
+	udp->dest = new_ports[1];
+	__u16 c = csum_apply(udp->check, delta);
+	udp->check = c ? c : 0xffff;
+	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)udp));
 }
 
 SEC("xdp")
@@ -115,147 +415,11 @@ int mg_relay(struct xdp_md *ctx)
 		proto = v->proto;
 		l3 = v + 1;
 	}
-	if (proto != bpf_htons(ETH_P_IP))
-		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
-	struct iphdr *ip = l3;
-	if ((void *)(ip + 1) > data_end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
-		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
-	if (ip->frag_off & bpf_htons(0x3fff)) /* MF set or offset: a fragment */
-		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
-	struct udphdr *udp = (void *)(ip + 1);
-	if ((void *)(udp + 1) > data_end)
-		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
-
-	__u32 zero = 0;
-	struct mg_settings *set = bpf_map_lookup_elem(&mg_settings, &zero);
-	if (!set)
-		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
-	__u16 dport = bpf_ntohs(udp->dest);
-	if (dport < set->port_first || dport > set->port_last)
-		return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
-
-	struct mg_key key = { .ip = ip->daddr, .port = udp->dest };
-	struct mg_config *cfg = bpf_map_lookup_elem(&mg_configs, &key);
-	struct mg_state *st = bpf_map_lookup_elem(&mg_states, &key);
-	if (!cfg || !st)
-		return count(MG_C_DROP_MISS, XDP_DROP);
-	if (cfg->flags & MG_F_XSK) {
-		/* The AF_XDP workers latch and forward; a queue without a socket passes. */
-		__u32 ifindex = ctx->ingress_ifindex;
-		__u32 *slot = bpf_map_lookup_elem(&mg_ifslots, &ifindex);
-		if (!slot || ctx->rx_queue_index >= MG_MAX_QUEUES)
-			return count(MG_C_PASS_USERSPACE, XDP_PASS);
-		__u32 xsk = *slot * MG_MAX_QUEUES + ctx->rx_queue_index;
-		return count(MG_C_TO_XSK, bpf_redirect_map(&mg_xsks, xsk, XDP_PASS));
-	}
-	if (!(cfg->flags & MG_F_KERNEL))
-		return count(MG_C_PASS_USERSPACE, XDP_PASS);
-
-	/* Latching and strict source: DESIGN.md's media rules, as in media::Latch. */
-	if (st->generation != cfg->generation) {
-		st->latched = 0;
-		st->generation = cfg->generation;
-	}
-	__u64 src = pack(ip->saddr, udp->source);
-	__u64 latched = st->latched;
-	if (cfg->flags & MG_F_ASYMMETRIC) {
-		/* No learning, any source. */
-	} else if (!latched) {
-		if (ip->saddr != cfg->sdp_ip && ip->saddr != cfg->signalling_ip) {
-			__sync_fetch_and_add(&st->drops, 1);
-			return count(MG_C_DROP_UNKNOWN_SOURCE, XDP_DROP);
-		}
-		latched = __sync_val_compare_and_swap(&st->latched, 0, src);
-		if (!latched)
-			latched = src;
-	} else if (latched != src && (cfg->flags & MG_F_HANDOVER)) {
-		/* Follow the new source; a concurrent handover on another CPU may win instead. */
-		__sync_val_compare_and_swap(&st->latched, latched, src);
-		latched = src;
-	}
-	if (!(cfg->flags & MG_F_ASYMMETRIC) && latched != src) {
-		__sync_fetch_and_add(&st->drops, 1);
-		return count(MG_C_DROP_STRICT_SOURCE, XDP_DROP);
-	}
-
-	/* Destination: the paired stream's latched source, else its SDP address. */
-	struct mg_config *pcfg = bpf_map_lookup_elem(&mg_configs, &cfg->peer);
-	struct mg_state *pst = bpf_map_lookup_elem(&mg_states, &cfg->peer);
-	if (!pcfg || !pst) {
-		__sync_fetch_and_add(&st->drops, 1);
-		return count(MG_C_DROP_NO_DESTINATION, XDP_DROP);
-	}
-	__u32 dst_ip;
-	__u16 dst_port;
-	__u64 plat = pst->generation == pcfg->generation ? pst->latched : 0;
-	if (plat) {
-		dst_ip = (__u32)(plat >> 16);
-		dst_port = (__u16)plat;
-	} else if (pcfg->sdp_port && pcfg->sdp_ip) {
-		dst_ip = pcfg->sdp_ip;
-		dst_port = pcfg->sdp_port;
-	} else {
-		__sync_fetch_and_add(&st->drops, 1);
-		return count(MG_C_DROP_NO_DESTINATION, XDP_DROP);
-	}
-	if (ip->ttl <= 1)
-		return count(MG_C_DROP_TTL, XDP_DROP);
-
-	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET;
-	fib.tos = ip->tos;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = cfg->peer.ip;
-	fib.ipv4_dst = dst_ip;
-	fib.ifindex = ctx->ingress_ifindex;
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		/* Unresolved neighbour or no route: the user-space tier, which latched the same way,
-		 * forwards this packet and the kernel resolves the neighbour meanwhile. */
-		return count(MG_C_PASS_NO_NEIGH, XDP_PASS);
-
-	__u64 len = (__u64)(data_end - (void *)udp);
-	__sync_fetch_and_add(&st->rx_packets, 1);
-	__sync_fetch_and_add(&st->rx_bytes, len);
-	st->last_seen_ns = bpf_ktime_get_ns();
-
-	/* Rewrite addresses, ports and TTL with incremental checksum updates. */
-	__u16 old_ip[4], new_ip[4], old_ports[2], new_ports[2];
-	__builtin_memcpy(&old_ip[0], &ip->saddr, 4);
-	__builtin_memcpy(&old_ip[2], &ip->daddr, 4);
-	__builtin_memcpy(&new_ip[0], &cfg->peer.ip, 4);
-	__builtin_memcpy(&new_ip[2], &dst_ip, 4);
-	old_ports[0] = udp->source;
-	old_ports[1] = udp->dest;
-	new_ports[0] = cfg->peer.port;
-	new_ports[1] = dst_port;
-
-	__u16 old_ttl = *(__u16 *)&ip->ttl; /* ttl and protocol share one checksum word */
-	ip->ttl -= 1;
-	__u16 new_ttl = *(__u16 *)&ip->ttl;
-	ip->saddr = cfg->peer.ip;
-	ip->daddr = dst_ip;
-	ip->check = csum_update(ip->check, old_ip, new_ip, 4);
-	ip->check = csum_update(ip->check, &old_ttl, &new_ttl, 1);
-	udp->source = cfg->peer.port;
-	udp->dest = dst_port;
-	if (udp->check) { /* an IPv4 UDP checksum of 0 means "none" and stays 0 */
-		__u16 c = csum_update(udp->check, old_ip, new_ip, 4);
-		c = csum_update(c, old_ports, new_ports, 2);
-		udp->check = c ? c : 0xffff;
-	}
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-
-	__sync_fetch_and_add(&pst->tx_packets, 1);
-	__sync_fetch_and_add(&pst->tx_bytes, len);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return count(MG_C_FORWARDED, XDP_TX);
-	int verdict = bpf_redirect(fib.ifindex, 0);
-	if (verdict != XDP_REDIRECT)
-		return count(MG_C_DROP_REDIRECT, XDP_DROP);
-	return count(MG_C_FORWARDED, verdict);
+	if (proto == bpf_htons(ETH_P_IP))
+		return relay_v4(ctx, eth, l3, data_end);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return relay_v6(ctx, eth, l3, data_end);
+	return count(MG_C_PASS_NOT_MEDIA, XDP_PASS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

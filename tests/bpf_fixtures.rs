@@ -3,15 +3,16 @@
 //! the verifier test. Runs inside a lab namespace (scripts/lab) so that `bpf_fib_lookup` sees
 //! real devices and neighbours. Needs root and a build with clang.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, MapData};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use mediagate::dataplane::kernel::abi::{
-    Config, Key, Settings, State, FLAG_ASYMMETRIC, FLAG_HANDOVER, FLAG_KERNEL,
+    family_of, Addr, Config, Settings, State, FAMILY_V4, FAMILY_V6, FLAG_ASYMMETRIC, FLAG_HANDOVER,
+    FLAG_KERNEL,
 };
 use mediagate::dataplane::kernel::PROGRAM;
 
@@ -173,41 +174,40 @@ fn checksum(data: &[u8], initial: u32) -> u16 {
     !(sum as u16)
 }
 
-/// An Ethernet/IPv4/UDP packet with correct checksums (or UDP checksum 0 when `udp_csum` is
-/// false), optionally VLAN-tagged.
+/// An Ethernet/IP/UDP packet, IPv4 or IPv6 by its addresses, with correct checksums (or a UDP
+/// checksum of 0 when `udp_csum` is false), optionally VLAN-tagged.
 fn packet(src: &str, dst: &str, ttl: u8, udp_csum: bool, vlan: bool) -> Vec<u8> {
-    let src: SocketAddrV4 = src.parse().unwrap();
-    let dst: SocketAddrV4 = dst.parse().unwrap();
+    let src: SocketAddr = src.parse().unwrap();
+    let dst: SocketAddr = dst.parse().unwrap();
     let payload: Vec<u8> = (0..160u8).collect();
+    let udp_len = 8 + payload.len();
     let mut p = Vec::new();
     p.extend_from_slice(&[0xaa; 6]);
     p.extend_from_slice(&GW_MAC);
     if vlan {
         p.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
     }
-    p.extend_from_slice(&[0x08, 0x00]);
-    let l3 = p.len();
-    let total = 20 + 8 + payload.len();
-    p.extend_from_slice(&[
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        ttl,
-        17,
-        0,
-        0,
-    ]);
-    p.extend_from_slice(&src.ip().octets());
-    p.extend_from_slice(&dst.ip().octets());
-    let ip_sum = checksum(&p[l3..l3 + 20], 0);
-    p[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
+    let l3 = p.len() + 2;
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = 20 + udp_len;
+            p.extend_from_slice(&[0x08, 0x00, 0x45, 0, (total >> 8) as u8, total as u8]);
+            p.extend_from_slice(&[0, 1, 0x40, 0, ttl, 17, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            let ip_sum = checksum(&p[l3..l3 + 20], 0);
+            p[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x86, 0xdd, 0x60, 0x01, 0x23, 0x45]);
+            p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+            p.extend_from_slice(&[17, ttl]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("one family per packet"),
+    }
     let l4 = p.len();
-    let udp_len = 8 + payload.len();
     p.extend_from_slice(&src.port().to_be_bytes());
     p.extend_from_slice(&dst.port().to_be_bytes());
     p.extend_from_slice(&(udp_len as u16).to_be_bytes());
@@ -220,13 +220,28 @@ fn packet(src: &str, dst: &str, ttl: u8, udp_csum: bool, vlan: bool) -> Vec<u8> 
     p
 }
 
-/// The UDP checksum of an IPv4 packet (`ip` starts at the IP header), computed from scratch.
+fn ip_header_len(ip: &[u8]) -> usize {
+    if ip[0] >> 4 == 6 {
+        40
+    } else {
+        20
+    }
+}
+
+/// The UDP checksum of an IP packet (`ip` starts at the IP header), computed from scratch.
 fn udp_checksum(ip: &[u8]) -> u16 {
-    let udp = &ip[20..];
+    let hl = ip_header_len(ip);
+    let udp = &ip[hl..];
     let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    if hl == 40 {
+        pseudo.extend_from_slice(&ip[8..40]);
+        pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    } else {
+        pseudo.extend_from_slice(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    }
     let mut zeroed = udp.to_vec();
     zeroed[6] = 0;
     zeroed[7] = 0;
@@ -239,8 +254,8 @@ fn udp_checksum(ip: &[u8]) -> u16 {
     }
 }
 
-/// What a forwarded packet must look like: `input` rewritten from `src` to `dst` with TTL − 1,
-/// the given MACs, and checksums recomputed from scratch.
+/// What a forwarded packet must look like: `input` rewritten from `src` to `dst` with TTL (hop
+/// limit) − 1, the given MACs, and checksums recomputed from scratch.
 fn expected(
     input: &[u8],
     src: &str,
@@ -249,19 +264,31 @@ fn expected(
     dmac: [u8; 6],
     vlan: bool,
 ) -> Vec<u8> {
-    let src: SocketAddrV4 = src.parse().unwrap();
-    let dst: SocketAddrV4 = dst.parse().unwrap();
+    let src: SocketAddr = src.parse().unwrap();
+    let dst: SocketAddr = dst.parse().unwrap();
     let mut p = input.to_vec();
     p[0..6].copy_from_slice(&dmac);
     p[6..12].copy_from_slice(&smac);
     let l3 = if vlan { 18 } else { 14 };
-    p[l3 + 8] -= 1;
-    p[l3 + 12..l3 + 16].copy_from_slice(&src.ip().octets());
-    p[l3 + 16..l3 + 20].copy_from_slice(&dst.ip().octets());
-    p[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
-    let ip_sum = checksum(&p[l3..l3 + 20], 0);
-    p[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
-    let l4 = l3 + 20;
+    let hl = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p[l3 + 8] -= 1;
+            p[l3 + 12..l3 + 16].copy_from_slice(&s.octets());
+            p[l3 + 16..l3 + 20].copy_from_slice(&d.octets());
+            p[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+            let ip_sum = checksum(&p[l3..l3 + 20], 0);
+            p[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
+            20
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p[l3 + 7] -= 1;
+            p[l3 + 8..l3 + 24].copy_from_slice(&s.octets());
+            p[l3 + 24..l3 + 40].copy_from_slice(&d.octets());
+            40
+        }
+        _ => panic!("one family per packet"),
+    };
+    let l4 = l3 + hl;
     p[l4..l4 + 2].copy_from_slice(&src.port().to_be_bytes());
     p[l4 + 2..l4 + 4].copy_from_slice(&dst.port().to_be_bytes());
     if input[l4 + 6..l4 + 8] != [0, 0] {
@@ -271,12 +298,21 @@ fn expected(
     p
 }
 
-fn key(s: &str) -> Key {
-    Key::new(s.parse().unwrap())
-}
-
-fn be(ip: &str) -> u32 {
-    u32::from(ip.parse::<Ipv4Addr>().unwrap()).to_be()
+/// A kernel-tier stream at `local`, paired with the stream on `peer_port`, whose remote is
+/// `sdp` by SDP and `sig` by signalling: its map index and config.
+fn stream(local: &str, peer_port: u16, sdp: &str, sig: &str) -> (u32, Config) {
+    let local: SocketAddr = local.parse().unwrap();
+    let sig: IpAddr = sig.parse().unwrap();
+    let mut config = Config {
+        local: Addr::new(local.ip()),
+        signalling: Addr::new(sig),
+        flags: FLAG_KERNEL,
+        peer_port,
+        family: family_of(local.ip()),
+        ..Config::default()
+    };
+    config.set_sdp(Some(sdp.parse().unwrap()));
+    (u32::from(local.port()), config)
 }
 
 #[test]
@@ -314,6 +350,37 @@ fn xdp_program_fixture_table() {
             "permanent",
         ]);
     }
+    // IPv6 beside IPv4 on both links (inside the lab's namespaces only).
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &mg,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    for (local, remote, mac, dev) in [
+        ("fd99:1::1/64", "fd99:1::2", GW_MAC, &gw_if),
+        ("fd99:2::1/64", "fd99:2::2", IT_MAC, &it_if),
+    ] {
+        run(&["ip", "-n", &mg, "addr", "add", local, "dev", dev, "nodad"]);
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        run(&[
+            "ip",
+            "-n",
+            &mg,
+            "neigh",
+            "replace",
+            remote,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
     let macs = (mac_of(&mg, &gw_if), mac_of(&mg, &it_if));
     let handle = std::thread::spawn(move || {
         enter_netns(&mg);
@@ -341,45 +408,34 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
             0,
         )
         .unwrap();
-    let mut configs: BpfHashMap<MapData, Key, Config> =
-        BpfHashMap::try_from(ebpf.take_map("mg_configs").unwrap()).unwrap();
-    let mut states: BpfHashMap<MapData, Key, State> =
-        BpfHashMap::try_from(ebpf.take_map("mg_states").unwrap()).unwrap();
+    let mut configs: Array<MapData, Config> =
+        Array::try_from(ebpf.take_map("mg_configs").unwrap()).unwrap();
+    let mut states: Array<MapData, State> =
+        Array::try_from(ebpf.take_map("mg_states").unwrap()).unwrap();
     let prog: &mut Xdp = ebpf.program_mut("mg_relay").unwrap().try_into().unwrap();
     prog.load().expect("the verifier accepts the program");
     let fd = prog.fd().unwrap().as_fd().as_raw_fd();
 
-    // A stream pair: A = 10.99.1.1:30000 facing the gateway, B = 10.99.2.1:30002 facing the ITSP.
-    let (a, b) = (key("10.99.1.1:30000"), key("10.99.2.1:30002"));
-    let cfg = |peer: Key, sdp: &str, sig: &str, sdp_port: u16| Config {
-        peer,
-        sdp_ip: be(sdp),
-        sdp_port: sdp_port.to_be(),
-        flags: FLAG_KERNEL,
-        signalling_ip: be(sig),
-        generation: 0,
-    };
-    configs
-        .insert(a, cfg(b, "10.99.1.2", "10.99.1.2", 6000), 0)
-        .unwrap();
-    configs
-        .insert(b, cfg(a, "10.99.2.2", "10.99.2.2", 7000), 0)
-        .unwrap();
-    states.insert(a, State::default(), 0).unwrap();
-    states.insert(b, State::default(), 0).unwrap();
-    // A user-space stream (not FLAG_KERNEL) and its state.
-    let u = key("10.99.1.1:30004");
-    configs
-        .insert(
-            u,
-            Config {
-                flags: 0,
-                ..cfg(b, "10.99.1.2", "10.99.1.2", 6004)
-            },
-            0,
-        )
-        .unwrap();
-    states.insert(u, State::default(), 0).unwrap();
+    // An IPv4 stream pair: A = 10.99.1.1:30000 facing the gateway, B = 10.99.2.1:30002 facing
+    // the ITSP; an IPv6 pair: A6 = [fd99:1::1]:30100, B6 = [fd99:2::1]:30102.
+    let a_at = |sdp: &str| stream("10.99.1.1:30000", 30002, sdp, "10.99.1.2");
+    let (ia, cfg_a) = a_at("10.99.1.2:6000");
+    let (ib, cfg_b) = stream("10.99.2.1:30002", 30000, "10.99.2.2:7000", "10.99.2.2");
+    let (ia6, cfg_a6) = stream("[fd99:1::1]:30100", 30102, "[fd99:1::2]:6000", "fd99:1::2");
+    let (ib6, cfg_b6) = stream("[fd99:2::1]:30102", 30100, "[fd99:2::2]:7000", "fd99:2::2");
+    // A user-space stream (neither forwarding flag).
+    let (iu, cfg_u) = stream("10.99.1.1:30004", 30002, "10.99.1.2:6004", "10.99.1.2");
+    let cfg_u = Config { flags: 0, ..cfg_u };
+    for (i, c) in [
+        (ia, cfg_a),
+        (ib, cfg_b),
+        (ia6, cfg_a6),
+        (ib6, cfg_b6),
+        (iu, cfg_u),
+    ] {
+        configs.set(i, c, 0).unwrap();
+        states.set(i, State::default(), 0).unwrap();
+    }
 
     let (gw, it) = (ifindex(gw_if), ifindex(it_if));
     let arp: Vec<u8> = [&[0xff; 6][..], &GW_MAC, &[0x08, 0x06], &[0u8; 28]].concat();
@@ -391,6 +447,12 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     let from_gw_vlan = packet("10.99.1.2:6000", "10.99.1.1:30000", 64, true, true);
     let from_gw_nocsum = packet("10.99.1.2:6000", "10.99.1.1:30000", 64, false, false);
     let from_it = packet("10.99.2.2:7000", "10.99.2.1:30002", 64, true, false);
+    let from_gw6 = packet("[fd99:1::2]:6000", "[fd99:1::1]:30100", 64, true, false);
+    let from_it6 = packet("[fd99:2::2]:7000", "[fd99:2::1]:30102", 64, true, false);
+    let from_gw6_nocsum = packet("[fd99:1::2]:6000", "[fd99:1::1]:30100", 64, false, false);
+    let mut ext6 = from_gw6.clone();
+    ext6[14 + 6] = 44; // a Fragment extension header follows, not UDP
+    let sip6 = packet("[fd99:1::2]:5060", "[fd99:1::1]:5060", 64, true, false);
 
     struct Case {
         name: &'static str,
@@ -399,119 +461,99 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         verdict: u32,
         output: Option<Vec<u8>>,
     }
+    let case = |name, packet: &Vec<u8>, ingress, verdict, output| Case {
+        name,
+        packet: packet.clone(),
+        ingress,
+        verdict,
+        output,
+    };
     let unchanged = |p: &Vec<u8>| Some(p.clone());
+    let dropped = |name, src: &str, dst: &str, ttl| Case {
+        name,
+        packet: packet(src, dst, ttl, true, false),
+        ingress: gw,
+        verdict: XDP_DROP,
+        output: None,
+    };
+    let to_it =
+        |p: &Vec<u8>, vlan| expected(p, "10.99.2.1:30002", "10.99.2.2:7000", it_mac, IT_MAC, vlan);
     let cases = vec![
-        Case {
-            name: "ARP passes untouched",
-            packet: arp.clone(),
-            ingress: gw,
-            verdict: XDP_PASS,
-            output: unchanged(&arp),
-        },
-        Case {
-            name: "SIP passes untouched",
-            packet: sip.clone(),
-            ingress: gw,
-            verdict: XDP_PASS,
-            output: unchanged(&sip),
-        },
-        Case {
-            name: "fragment passes untouched",
-            packet: fragment.clone(),
-            ingress: gw,
-            verdict: XDP_PASS,
-            output: unchanged(&fragment),
-        },
-        Case {
-            name: "truncated packet passes untouched",
-            packet: truncated.clone(),
-            ingress: gw,
-            verdict: XDP_PASS,
-            output: unchanged(&truncated),
-        },
-        Case {
-            name: "media port without a stream is dropped",
-            packet: packet("10.99.1.2:6000", "10.99.1.1:30010", 64, true, false),
-            ingress: gw,
-            verdict: XDP_DROP,
-            output: None,
-        },
-        Case {
-            name: "user-space stream passes",
-            packet: packet("10.99.1.2:6004", "10.99.1.1:30004", 64, true, false),
-            ingress: gw,
-            verdict: XDP_PASS,
-            output: None,
-        },
-        Case {
-            name: "unknown source before latching is dropped",
-            packet: packet("10.99.1.9:6000", "10.99.1.1:30000", 64, true, false),
-            ingress: gw,
-            verdict: XDP_DROP,
-            output: None,
-        },
-        Case {
-            name: "TTL 1 is dropped",
-            packet: packet("10.99.1.2:6000", "10.99.1.1:30000", 1, true, false),
-            ingress: gw,
-            verdict: XDP_DROP,
-            output: None,
-        },
-        Case {
-            name: "first packet from the SDP address latches and is redirected to the ITSP side",
-            packet: from_gw.clone(),
-            ingress: gw,
-            verdict: XDP_REDIRECT,
-            output: Some(expected(
-                &from_gw,
-                "10.99.2.1:30002",
-                "10.99.2.2:7000",
-                it_mac,
-                IT_MAC,
-                false,
-            )),
-        },
-        Case {
-            name: "VLAN-tagged packet is rewritten behind the tag",
-            packet: from_gw_vlan.clone(),
-            ingress: gw,
-            verdict: XDP_REDIRECT,
-            output: Some(expected(
-                &from_gw_vlan,
-                "10.99.2.1:30002",
-                "10.99.2.2:7000",
-                it_mac,
-                IT_MAC,
-                true,
-            )),
-        },
-        Case {
-            name: "UDP checksum 0 stays 0",
-            packet: from_gw_nocsum.clone(),
-            ingress: gw,
-            verdict: XDP_REDIRECT,
-            output: Some(expected(
-                &from_gw_nocsum,
-                "10.99.2.1:30002",
-                "10.99.2.2:7000",
-                it_mac,
-                IT_MAC,
-                false,
-            )),
-        },
-        Case {
-            name: "another port from the latched IP is dropped (strict source)",
-            packet: packet("10.99.1.2:6002", "10.99.1.1:30000", 64, true, false),
-            ingress: gw,
-            verdict: XDP_DROP,
-            output: None,
-        },
-        Case {
-            name: "reverse direction goes to the latched source of A",
-            packet: from_it.clone(),
-            ingress: it,
-            verdict: XDP_REDIRECT,
-            output: Some(expected(
+        case("ARP passes untouched", &arp, gw, XDP_PASS, unchanged(&arp)),
+        case("SIP passes untouched", &sip, gw, XDP_PASS, unchanged(&sip)),
+        case(
+            "fragment passes untouched",
+            &fragment,
+            gw,
+            XDP_PASS,
+            unchanged(&fragment),
+        ),
+        case(
+            "truncated packet passes untouched",
+            &truncated,
+            gw,
+            XDP_PASS,
+            unchanged(&truncated),
+        ),
+        dropped(
+            "media port without a stream is dropped",
+            "10.99.1.2:6000",
+            "10.99.1.1:30010",
+            64,
+        ),
+        dropped(
+            "a stream's port on another local address is dropped",
+            "10.99.1.2:6000",
+            "10.99.2.1:30000",
+            64,
+        ),
+        case(
+            "user-space stream passes",
+            &packet("10.99.1.2:6004", "10.99.1.1:30004", 64, true, false),
+            gw,
+            XDP_PASS,
+            None,
+        ),
+        dropped(
+            "unknown source before latching is dropped",
+            "10.99.1.9:6000",
+            "10.99.1.1:30000",
+            64,
+        ),
+        dropped("TTL 1 is dropped", "10.99.1.2:6000", "10.99.1.1:30000", 1),
+        case(
+            "first packet from the SDP address latches and is redirected to the ITSP side",
+            &from_gw,
+            gw,
+            XDP_REDIRECT,
+            Some(to_it(&from_gw, false)),
+        ),
+        case(
+            "VLAN-tagged packet is rewritten behind the tag",
+            &from_gw_vlan,
+            gw,
+            XDP_REDIRECT,
+            Some(to_it(&from_gw_vlan, true)),
+        ),
+        case(
+            "UDP checksum 0 stays 0",
+            &from_gw_nocsum,
+            gw,
+            XDP_REDIRECT,
+            Some(to_it(&from_gw_nocsum, false)),
+        ),
+        dropped(
+            "another port from the latched IP is dropped (strict source)",
+            "10.99.1.2:6002",
+            "10.99.1.1:30000",
+            64,
+        ),
+        case(
+            "reverse direction goes to the latched source of A",
+            &from_it,
+            it,
+            XDP_REDIRECT,
+            Some(expected(
                 &from_it,
                 "10.99.1.1:30000",
                 "10.99.1.2:6000",
@@ -519,14 +561,88 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
                 GW_MAC,
                 false,
             )),
-        },
-        Case {
-            name: "egress on the ingress device uses XDP_TX",
-            packet: packet("10.99.2.2:7000", "10.99.2.1:30002", 64, true, false),
-            ingress: gw,
-            verdict: XDP_TX,
-            output: None,
-        },
+        ),
+        case(
+            "egress on the ingress device uses XDP_TX",
+            &packet("10.99.2.2:7000", "10.99.2.1:30002", 64, true, false),
+            gw,
+            XDP_TX,
+            None,
+        ),
+        // IPv6.
+        case(
+            "IPv6 SIP passes untouched",
+            &sip6,
+            gw,
+            XDP_PASS,
+            unchanged(&sip6),
+        ),
+        case(
+            "IPv6 extension header passes untouched",
+            &ext6,
+            gw,
+            XDP_PASS,
+            unchanged(&ext6),
+        ),
+        dropped(
+            "IPv4 packet to an IPv6 stream's port is dropped",
+            "10.99.1.2:6000",
+            "10.99.1.1:30100",
+            64,
+        ),
+        dropped(
+            "IPv6 unknown source before latching is dropped",
+            "[fd99:1::9]:6000",
+            "[fd99:1::1]:30100",
+            64,
+        ),
+        dropped(
+            "IPv6 hop limit 1 is dropped",
+            "[fd99:1::2]:6000",
+            "[fd99:1::1]:30100",
+            1,
+        ),
+        case(
+            "IPv6 UDP checksum 0 (invalid) is left to the kernel",
+            &from_gw6_nocsum,
+            gw,
+            XDP_PASS,
+            unchanged(&from_gw6_nocsum),
+        ),
+        case(
+            "IPv6 first packet latches and is redirected with hop limit and checksum updated",
+            &from_gw6,
+            gw,
+            XDP_REDIRECT,
+            Some(expected(
+                &from_gw6,
+                "[fd99:2::1]:30102",
+                "[fd99:2::2]:7000",
+                it_mac,
+                IT_MAC,
+                false,
+            )),
+        ),
+        dropped(
+            "IPv6 another port of the latched address is dropped (strict source)",
+            "[fd99:1::2]:6002",
+            "[fd99:1::1]:30100",
+            64,
+        ),
+        case(
+            "IPv6 reverse direction goes to the latched source of A6",
+            &from_it6,
+            it,
+            XDP_REDIRECT,
+            Some(expected(
+                &from_it6,
+                "[fd99:1::1]:30100",
+                "[fd99:1::2]:6000",
+                gw_mac,
+                GW_MAC,
+                false,
+            )),
+        ),
     ];
     let mut failures = Vec::new();
     for c in &cases {
@@ -554,44 +670,50 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     );
 
     // Latching and counters as the control plane reads them.
-    let sa = states.get(&a, 0).unwrap();
-    assert_eq!(sa.latched_source(), Some("10.99.1.2:6000".parse().unwrap()));
-    assert_eq!(sa.rx_packets, 3, "three accepted packets on A");
+    let sa = states.get(&ia, 0).unwrap();
+    assert_eq!(
+        sa.latched_source(FAMILY_V4),
+        Some("10.99.1.2:6000".parse().unwrap())
+    );
+    assert_eq!(
+        sa.rx_packets, 3,
+        "three packets accepted on A (and sent out of B)"
+    );
+    assert_eq!(sa.rx_bytes, 3 * 168, "UDP header and payload");
     assert_eq!(sa.drops, 2, "unknown source and strict source");
-    let sb = states.get(&b, 0).unwrap();
-    assert_eq!(sb.tx_packets, 3, "three packets left through B's endpoint");
-    assert_ne!(sa.last_seen_ns, 0);
+    let sa6 = states.get(&ia6, 0).unwrap();
+    assert_eq!(
+        sa6.latched_source(FAMILY_V6),
+        Some("[fd99:1::2]:6000".parse().unwrap())
+    );
+    assert_eq!((sa6.rx_packets, sa6.drops), (1, 2));
+    assert_eq!(
+        states.get(&ib6, 0).unwrap().latched_source(FAMILY_V6),
+        Some("[fd99:2::2]:7000".parse().unwrap())
+    );
 
     // Renegotiation (new generation) re-opens learning: a new source on the new SDP IP latches.
-    configs
-        .insert(
-            a,
-            Config {
-                generation: 1,
-                ..cfg(b, "10.99.1.2", "10.99.1.2", 6010)
-            },
-            0,
-        )
-        .unwrap();
+    let (_, renegotiated) = a_at("10.99.1.2:6010");
+    let renegotiated = Config {
+        generation: 1,
+        ..renegotiated
+    };
+    configs.set(ia, renegotiated, 0).unwrap();
     let moved = packet("10.99.1.2:6010", "10.99.1.1:30000", 64, true, false);
     assert_eq!(test_run(fd, &moved, gw).0, XDP_REDIRECT);
     assert_eq!(
-        states.get(&a, 0).unwrap().latched_source(),
+        states.get(&ia, 0).unwrap().latched_source(FAMILY_V4),
         Some("10.99.1.2:6010".parse().unwrap())
     );
 
-    // media-handover: a new source of the latched stream is followed, not dropped.
-    configs
-        .insert(
-            a,
-            Config {
-                flags: FLAG_KERNEL | FLAG_HANDOVER,
-                generation: 1,
-                ..cfg(b, "10.99.1.2", "10.99.1.2", 6010)
-            },
-            0,
-        )
-        .unwrap();
+    // media-handover: a new source of the latched stream is followed, not dropped; the same
+    // for IPv6.
+    let handover = |c: Config| Config {
+        flags: FLAG_KERNEL | FLAG_HANDOVER,
+        ..c
+    };
+    configs.set(ia, handover(renegotiated), 0).unwrap();
+    configs.set(ia6, handover(cfg_a6), 0).unwrap();
     let roamed = packet("198.51.100.7:4000", "10.99.1.1:30000", 64, true, false);
     assert_eq!(
         test_run(fd, &roamed, gw).0,
@@ -599,21 +721,26 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         "handover follows"
     );
     assert_eq!(
-        states.get(&a, 0).unwrap().latched_source(),
+        states.get(&ia, 0).unwrap().latched_source(FAMILY_V4),
         Some("198.51.100.7:4000".parse().unwrap())
     );
+    let roamed6 = packet("[2001:db8::7]:4000", "[fd99:1::1]:30100", 64, true, false);
+    assert_eq!(
+        test_run(fd, &roamed6, gw).0,
+        XDP_REDIRECT,
+        "IPv6 handover follows"
+    );
+    assert_eq!(
+        states.get(&ia6, 0).unwrap().latched_source(FAMILY_V6),
+        Some("[2001:db8::7]:4000".parse().unwrap())
+    );
     // asymmetric: any source is accepted and nothing is learned.
-    configs
-        .insert(
-            a,
-            Config {
-                flags: FLAG_KERNEL | FLAG_ASYMMETRIC,
-                generation: 2,
-                ..cfg(b, "10.99.1.2", "10.99.1.2", 6010)
-            },
-            0,
-        )
-        .unwrap();
+    let asymmetric = Config {
+        flags: FLAG_KERNEL | FLAG_ASYMMETRIC,
+        generation: 2,
+        ..renegotiated
+    };
+    configs.set(ia, asymmetric, 0).unwrap();
     let stranger = packet("192.0.2.99:5555", "10.99.1.1:30000", 64, true, false);
     assert_eq!(
         test_run(fd, &stranger, gw).0,
@@ -621,16 +748,20 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         "asymmetric accepts"
     );
     assert_eq!(
-        states.get(&a, 0).unwrap().latched_source(),
+        states.get(&ia, 0).unwrap().latched_source(FAMILY_V4),
         None,
         "and learns nothing"
     );
 
+    // A removed stream (zeroed config) is a miss.
+    configs.set(iu, Config::default(), 0).unwrap();
+    let to_removed = packet("10.99.1.2:6004", "10.99.1.1:30004", 64, true, false);
+    assert_eq!(test_run(fd, &to_removed, gw).0, XDP_DROP, "removed stream");
+
     // Unresolved next hop: passed to the kernel (the socket path relays it).
-    configs
-        .insert(b, cfg(a, "10.99.2.77", "10.99.2.2", 7000), 0)
-        .unwrap();
-    states.insert(b, State::default(), 0).unwrap();
+    let (_, unresolved) = stream("10.99.2.1:30002", 30000, "10.99.2.77:7000", "10.99.2.2");
+    configs.set(ib, unresolved, 0).unwrap();
+    states.set(ib, State::default(), 0).unwrap();
     assert_eq!(
         test_run(fd, &moved, gw).0,
         XDP_PASS,

@@ -1,53 +1,66 @@
 /* ABI shared between the XDP program and mediagate (mirrored by #[repr(C)] types in
- * src/dataplane/kernel/abi.rs, with size and offset assertions there). All addresses and ports
- * are in network byte order, exactly as they appear in packet headers. */
+ * src/dataplane/kernel/abi.rs, with size and offset assertions there). Addresses and the SDP
+ * port are in network byte order, exactly as they appear in packet headers; map indices and
+ * peer ports are host order. */
 #ifndef MG_ABI_H
 #define MG_ABI_H
 
 #include <linux/types.h>
+#include <linux/bpf.h>
 
-#define MG_MAX_STREAMS 131072
+/* Streams are indexed by their local UDP port (host order): mediagate allocates every media
+ * port from one pool, so a port names one stream whatever the local address. An array index is
+ * one bounds-checked add in the program, where a hash lookup costs a call, a hash and a bucket
+ * walk over cold memory for every packet. */
+#define MG_MAX_STREAMS 65536
 
-/* A mediagate media endpoint: the local address a stream's packets are sent to. */
-struct mg_key {
-	__u32 ip;
-	__u16 port;
-	__u16 pad;
-};
+/* Address families of a stream (mg_config.family). */
+#define MG_FAMILY_NONE 0 /* no stream on this port */
+#define MG_FAMILY_V4 4
+#define MG_FAMILY_V6 6
 
 /* Flags of a stream. */
 #define MG_F_KERNEL 1 /* forward in the kernel */
 #define MG_F_XSK 2    /* redirect to the AF_XDP socket of the ingress device and queue */
 #define MG_F_ASYMMETRIC 4 /* never learn: accept any source, send to the SDP address */
 #define MG_F_HANDOVER 8   /* after the first latch, follow any new source */
-/* Neither flag: pass to the kernel stack (the socket tier). */
+/* Neither MG_F_KERNEL nor MG_F_XSK: pass to the kernel stack (the socket tier). */
 
 /* XSKMAP keys: device slot (from mg_ifslots) * MG_MAX_QUEUES + rx queue. */
 #define MG_MAX_QUEUES 64
 #define MG_MAX_DEVICES 16
 
-/* What the control plane says about a stream. Written only by user space. */
-struct mg_config {
-	struct mg_key peer;  /* the paired stream's local endpoint: source of forwarded packets */
-	__u32 sdp_ip;        /* remote address from SDP; port 0 = not known yet */
-	__u16 sdp_port;
-	__u16 flags;
-	__u32 signalling_ip; /* source IP of the leg's SIP: may latch too */
-	__u32 generation;    /* bumped on renegotiation: the program re-opens learning */
+/* An IPv4 or IPv6 address: IPv4 in w[3] with w[0..2] zero, IPv6 in all four words. */
+struct mg_addr {
+	__u32 w[4];
 };
 
-/* What the program learns and counts about a stream. Written by the program (atomically),
- * created zeroed and deleted by user space. */
+/* What the control plane says about a stream. Written only by user space. */
+struct mg_config {
+	struct mg_addr local;     /* this stream's own address (its port is the map index) */
+	struct mg_addr sdp;       /* remote address from SDP; sdp_port 0 = not known yet */
+	struct mg_addr signalling; /* source address of the leg's SIP: may latch too */
+	__u16 sdp_port;
+	__u16 flags;
+	__u16 peer_port;          /* the paired stream: source of the packets this one forwards */
+	__u8 family;              /* MG_FAMILY_*; both streams of a kernel-tier pair share it */
+	__u8 pad;
+	__u32 generation;         /* bumped on renegotiation: the program re-opens learning */
+	__u32 pad2;
+};
+
+/* What the program learns and counts about a stream. Written by the program, zeroed by user
+ * space when the stream is added. Packets forwarded out of a stream's peer are this stream's
+ * rx, so the program counts only rx (user space derives the peer's tx). */
 struct mg_state {
-	__u64 latched;       /* 0 = learning; else MG_LATCHED | ip << 16 | port */
-	__u32 generation;    /* the mg_config generation this state belongs to */
-	__u32 pad;
-	__u64 rx_packets;
-	__u64 rx_bytes;
-	__u64 tx_packets;    /* forwarded out of this stream's endpoint toward its remote */
-	__u64 tx_bytes;
+	struct bpf_spin_lock lock; /* IPv6 only: guards latched and latched6 */
+	__u32 generation;          /* the mg_config generation this state belongs to */
+	__u64 latched;             /* 0 = learning; IPv4: MG_LATCHED | ip << 16 | port;
+	                            * IPv6: MG_LATCHED | port, with the address in latched6 */
+	struct mg_addr latched6;
+	__u64 rx_packets;          /* accepted and forwarded */
+	__u64 rx_bytes;            /* UDP header + payload */
 	__u64 drops;
-	__u64 last_seen_ns;  /* bpf_ktime_get_ns() of the last accepted packet */
 };
 
 #define MG_LATCHED (1ULL << 48)
@@ -65,7 +78,7 @@ enum mg_counter {
 	MG_C_PASS_NOT_MEDIA,  /* not UDP to the media range: left to the kernel */
 	MG_C_PASS_USERSPACE,  /* a stream handled by a user-space tier */
 	MG_C_PASS_NO_NEIGH,   /* next hop not resolved: the kernel path resolves and forwards */
-	MG_C_DROP_MISS,       /* media port with no stream */
+	MG_C_DROP_MISS,       /* media port with no stream (or another address's port) */
 	MG_C_DROP_UNKNOWN_SOURCE,
 	MG_C_DROP_STRICT_SOURCE,
 	MG_C_DROP_NO_DESTINATION,

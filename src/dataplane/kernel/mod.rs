@@ -1,9 +1,10 @@
 //! The in-kernel XDP tier: loads `bpf/relay.bpf.c`, attaches it to the devices that carry the
-//! media addresses, mirrors every IPv4 stream into its maps, and copies its per-stream counters
-//! back into [`StreamStats`] for `/status` and media timeouts.
+//! media addresses, mirrors every stream into its maps (indexed by local port), and copies its
+//! per-stream counters back into [`StreamStats`] for `/status` and media timeouts.
 //!
 //! The socket tier keeps running beside it with every stream's socket bound: packets the program
-//! passes (an unresolved next hop, IPv6 streams) are relayed there by the same latching rule.
+//! passes (an unresolved next hop, a pair whose legs are of different address families) are
+//! relayed there by the same latching rule.
 
 pub mod abi;
 pub mod netdev;
@@ -22,8 +23,8 @@ use aya::Ebpf;
 
 use crate::media::{Command, KernelTotals, LatchMode, StreamId, StreamStats, Tier};
 use abi::{
-    Config, Key, Settings, State, COUNTERS, FLAG_ASYMMETRIC, FLAG_HANDOVER, FLAG_KERNEL, FLAG_XSK,
-    MAX_QUEUES,
+    family_of, Addr, Config, Settings, State, COUNTERS, FAMILY_V4, FLAG_ASYMMETRIC, FLAG_HANDOVER,
+    FLAG_KERNEL, FLAG_XSK, MAX_QUEUES,
 };
 use netdev::ForwardingGuard;
 
@@ -67,14 +68,19 @@ fn load_err(e: impl std::fmt::Display) -> KernelError {
 
 /// What the kernel tier knows of one stream.
 struct Entry {
-    key: Key,
+    /// The map index: the local port (unique, since all media ports come from one pool).
+    index: u32,
     local: SocketAddr,
     peer: StreamId,
     config: Config,
+    /// The forwarding flag this tier's mode gives a stream whose pair shares one family.
+    forward_flag: u16,
     stats: Arc<StreamStats>,
+    /// The program's rx count at the last collection: a change is activity.
+    seen_rx: u64,
 }
 
-type States = Arc<Mutex<BpfHashMap<MapData, Key, State>>>;
+type States = Arc<Mutex<Array<MapData, State>>>;
 
 /// Who forwards the streams the program sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +97,7 @@ pub struct KernelTier {
     // restore forwarding.
     collector: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    configs: BpfHashMap<MapData, Key, Config>,
+    configs: Array<MapData, Config>,
     states: States,
     counters: PerCpuArray<MapData, u64>,
     xsks: XskMap<MapData>,
@@ -122,7 +128,7 @@ impl KernelTier {
                 devices.push(dev);
             }
         }
-        let forwarding = ForwardingGuard::enable()?;
+        let forwarding = ForwardingGuard::enable(media.iter().any(|(ip, _)| ip.is_ipv6()))?;
         let mut ebpf = Ebpf::load(bytes).map_err(load_err)?;
         let mut settings: Array<MapData, Settings> = Array::try_from(
             ebpf.take_map("mg_settings")
@@ -140,13 +146,13 @@ impl KernelTier {
                 0,
             )
             .map_err(load_err)?;
-        let configs = BpfHashMap::try_from(
+        let configs = Array::try_from(
             ebpf.take_map("mg_configs")
                 .ok_or_else(|| load_err("no mg_configs map"))?,
         )
         .map_err(load_err)?;
         let states: States = Arc::new(Mutex::new(
-            BpfHashMap::try_from(
+            Array::try_from(
                 ebpf.take_map("mg_states")
                     .ok_or_else(|| load_err("no mg_states map"))?,
             )
@@ -215,24 +221,24 @@ impl KernelTier {
         })
     }
 
-    /// Mirrors a session change into the maps. Streams whose local address is not IPv4 stay
-    /// with the socket tier.
+    /// Mirrors a session change into the maps. A stream forwards in the program once its pair
+    /// is known and shares its address family; the AF_XDP workers take IPv4 pairs only. Other
+    /// streams are passed to the socket tier.
     pub fn apply(&mut self, cmd: &Command) -> io::Result<()> {
         let mut streams = self.streams.lock().expect("streams");
         match cmd {
             Command::Add(spec) => {
-                let SocketAddr::V4(local) = spec.local else {
-                    return Ok(());
-                };
-                let key = Key::new(local);
+                let index = u32::from(spec.local.port());
                 self.states
                     .lock()
                     .expect("states")
-                    .insert(key, State::default(), 0)
+                    .set(index, State::default(), 0)
                     .map_err(io::Error::other)?;
-                let (flags, tier) = match self.mode {
-                    Mode::Kernel => (FLAG_KERNEL, Tier::Kernel),
-                    Mode::Afxdp => (FLAG_XSK, Tier::Afxdp),
+                let family = family_of(spec.local.ip());
+                let forward_flag = match self.mode {
+                    Mode::Kernel => FLAG_KERNEL,
+                    Mode::Afxdp if family == FAMILY_V4 => FLAG_XSK,
+                    Mode::Afxdp => 0,
                 };
                 let learning = match spec.latch.mode {
                     LatchMode::Symmetric => 0,
@@ -240,39 +246,44 @@ impl KernelTier {
                     LatchMode::Handover => FLAG_HANDOVER,
                 };
                 let mut config = Config {
-                    signalling_ip: ipv4_be(spec.latch.signalling_ip),
-                    flags: flags | learning,
+                    local: Addr::new(spec.local.ip()),
+                    signalling: Addr::new(spec.latch.signalling_ip),
+                    flags: learning,
+                    family,
                     ..Config::default()
                 };
-                set_sdp(&mut config, spec.latch.sdp);
-                spec.stats.set_tier(tier);
+                config.set_sdp(spec.latch.sdp);
+                spec.stats.set_tier(Tier::Socket);
                 streams.insert(
                     spec.id,
                     Entry {
-                        key,
+                        index,
                         local: spec.local,
                         peer: spec.peer,
                         config,
+                        forward_flag,
                         stats: spec.stats.clone(),
+                        seen_rx: 0,
                     },
                 );
                 // A stream forwards once its peer is known; both are written when the second
                 // of the pair arrives.
                 for id in [spec.id, spec.peer] {
-                    write_config(&mut self.configs, &mut streams, id)?;
+                    write_config(&mut self.configs, &mut streams, id, self.mode)?;
                 }
             }
             Command::Renegotiate { id, sdp } => {
                 if let Some(e) = streams.get_mut(id) {
-                    set_sdp(&mut e.config, *sdp);
+                    e.config.set_sdp(*sdp);
                     e.config.generation = e.config.generation.wrapping_add(1);
-                    write_config(&mut self.configs, &mut streams, *id)?;
+                    write_config(&mut self.configs, &mut streams, *id, self.mode)?;
                 }
             }
             Command::Remove(id) => {
                 if let Some(e) = streams.remove(id) {
-                    let _ = self.configs.remove(&e.key);
-                    let _ = self.states.lock().expect("states").remove(&e.key);
+                    self.configs
+                        .set(e.index, Config::default(), 0)
+                        .map_err(io::Error::other)?;
                     tracing::trace!(local = %e.local, "kernel stream removed");
                 }
             }
@@ -334,67 +345,72 @@ impl Drop for KernelTier {
     }
 }
 
-/// Writes a stream's config once its peer is known (the peer's endpoint is the config's source).
+/// Writes a stream's config once its peer is known (the peer's endpoint is the source of what
+/// this stream forwards), with the forwarding flag only when both share one address family.
 fn write_config(
-    configs: &mut BpfHashMap<MapData, Key, Config>,
+    configs: &mut Array<MapData, Config>,
     streams: &mut HashMap<StreamId, Entry>,
     id: StreamId,
+    mode: Mode,
 ) -> io::Result<()> {
-    let Some(peer_key) = streams
+    let Some((peer_port, peer_family)) = streams
         .get(&id)
         .and_then(|e| streams.get(&e.peer))
-        .map(|p| p.key)
+        .map(|p| (p.index as u16, p.config.family))
     else {
         return Ok(());
     };
     let e = streams.get_mut(&id).expect("checked");
-    e.config.peer = peer_key;
-    configs.insert(e.key, e.config, 0).map_err(io::Error::other)
-}
-
-fn ipv4_be(ip: IpAddr) -> u32 {
-    match ip {
-        IpAddr::V4(v4) => u32::from(v4).to_be(),
-        IpAddr::V6(_) => 0,
+    e.config.peer_port = peer_port;
+    let same_family = peer_family == e.config.family;
+    let flag = if same_family { e.forward_flag } else { 0 };
+    e.config.flags = (e.config.flags & !(FLAG_KERNEL | FLAG_XSK)) | flag;
+    if flag != 0 {
+        e.stats.set_tier(match mode {
+            Mode::Kernel => Tier::Kernel,
+            Mode::Afxdp => Tier::Afxdp,
+        });
     }
+    configs.set(e.index, e.config, 0).map_err(io::Error::other)
 }
 
-fn set_sdp(config: &mut Config, sdp: Option<SocketAddr>) {
-    let (ip, port) = match sdp {
-        Some(SocketAddr::V4(a)) => (u32::from(*a.ip()).to_be(), a.port().to_be()),
-        _ => (0, 0),
-    };
-    config.sdp_ip = ip;
-    config.sdp_port = port;
-}
-
-/// Copies kernel counters, latching and activity into the streams' stats until `stop`.
+/// Copies kernel counters, latching and activity into the streams' stats until `stop`. The
+/// program counts what each stream accepted (and forwarded out of its peer); a stream's tx is
+/// therefore its peer's rx.
 fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &AtomicBool) {
+    let mut read: HashMap<StreamId, State> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(COLLECT_EVERY);
-        let streams = streams.lock().expect("streams");
-        let states = states.lock().expect("states");
-        let (now, now_ns) = (Instant::now(), crate::clock::monotonic_ns());
-        for e in streams.values() {
-            let Ok(s) = states.get(&e.key, 0) else {
+        let mut streams = streams.lock().expect("streams");
+        read.clear();
+        {
+            let states = states.lock().expect("states");
+            for (id, e) in streams.iter() {
+                if let Ok(s) = states.get(&e.index, 0) {
+                    read.insert(*id, s);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (id, e) in streams.iter_mut() {
+            let Some(s) = read.get(id) else {
                 continue;
             };
+            let out = read.get(&e.peer).copied().unwrap_or_default();
             e.stats.store_kernel(KernelTotals {
                 rx_packets: s.rx_packets,
                 rx_bytes: s.rx_bytes,
-                tx_packets: s.tx_packets,
-                tx_bytes: s.tx_bytes,
+                tx_packets: out.rx_packets,
+                tx_bytes: out.rx_bytes,
                 drops: s.drops,
             });
-            if s.last_seen_ns != 0 {
-                let age = Duration::from_nanos(now_ns.saturating_sub(s.last_seen_ns));
-                e.stats.record_activity(now - age);
+            if s.rx_packets != e.seen_rx {
+                e.seen_rx = s.rx_packets;
+                e.stats.record_activity(now);
             }
-            if s.generation == e.config.generation {
-                if let Some(src) = s.latched_source() {
-                    if !e.stats.latched() {
-                        e.stats.set_remote(Some(SocketAddr::V4(src)), true);
-                    }
+            if s.generation == e.config.generation && !e.stats.latched() {
+                if let Some(src) = s.latched_source(e.config.family) {
+                    e.stats.set_remote(Some(src), true);
                 }
             }
         }

@@ -67,18 +67,27 @@ pub fn ipv4_addresses_of(name: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Only touched when a media address is IPv6: forwarding on makes the kernel ignore router
+/// advertisements (unless `accept_ra = 2`), which a box with IPv6 media must plan for anyway.
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const NFT_TABLE: &str = "mediagate_noforward";
 
 /// Forwarding enabled for `bpf_fib_lookup`, with an nftables rule set that drops every forwarded
 /// packet so the box routes nothing but its own media (which XDP moves without netfilter).
 /// Restores the previous state on drop.
 pub struct ForwardingGuard {
-    previous: String,
+    /// Each sysctl switched on, with the value to restore.
+    previous: Vec<(&'static str, String)>,
 }
 
 impl ForwardingGuard {
-    pub fn enable() -> io::Result<Self> {
-        let previous = std::fs::read_to_string(IP_FORWARD)?.trim().to_string();
+    /// Switches IPv4 forwarding on, and IPv6 forwarding too when `ipv6` media is configured.
+    pub fn enable(ipv6: bool) -> io::Result<Self> {
+        let knobs: &[&'static str] = if ipv6 {
+            &[IP_FORWARD, IP6_FORWARD]
+        } else {
+            &[IP_FORWARD]
+        };
         let rules = format!(
             "table inet {NFT_TABLE} {{\n  chain forward {{\n    type filter hook forward priority -100; policy drop;\n  }}\n}}\n"
         );
@@ -87,17 +96,24 @@ impl ForwardingGuard {
                 "cannot install the nftables rule set that blocks forwarding: {e}"
             ))
         })?;
-        if let Err(e) = std::fs::write(IP_FORWARD, "1") {
-            let _ = run_nft(&["delete", "table", "inet", NFT_TABLE], None);
-            return Err(e);
+        let mut guard = ForwardingGuard {
+            previous: Vec::new(),
+        };
+        for knob in knobs {
+            // On failure the guard drops here and undoes what was done so far.
+            let before = std::fs::read_to_string(knob)?.trim().to_string();
+            std::fs::write(knob, "1")?;
+            guard.previous.push((knob, before));
         }
-        Ok(ForwardingGuard { previous })
+        Ok(guard)
     }
 }
 
 impl Drop for ForwardingGuard {
     fn drop(&mut self) {
-        let _ = std::fs::write(IP_FORWARD, &self.previous);
+        for (knob, before) in &self.previous {
+            let _ = std::fs::write(knob, before);
+        }
         let _ = run_nft(&["delete", "table", "inet", NFT_TABLE], None);
     }
 }
