@@ -144,7 +144,8 @@ pub struct ControlConfig {
     pub delete_delay: Duration,
 }
 
-/// A named media address, for NG `direction` / `from-interface` / `to-interface`.
+/// A named media address, for NG `direction` / `from-interface` / `to-interface`. A name can
+/// have one address per family; NG `address family` chooses between them.
 #[derive(Debug, Clone)]
 pub struct MediaInterface {
     pub name: String,
@@ -483,24 +484,40 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 Seg::Key(key),
             ]
         };
-        if m.name.is_empty() || interfaces.iter().any(|o| o.name == m.name) {
-            return Err(err(
-                &at("name"),
-                format!("interface name `{}` is empty or used twice", m.name),
-            ));
-        }
         let ip = |key, v: &str| {
-            v.parse()
+            v.parse::<std::net::IpAddr>()
                 .map_err(|_| err(&at(key), format!("`{v}` is not an IP address")))
         };
+        let address = ip("address", &m.address)?;
+        // A name may appear once per address family (rtpengine's dual-stack logical interface:
+        // NG `address family` picks the IPv4 or the IPv6 address).
+        let taken = interfaces
+            .iter()
+            .any(|o| o.name == m.name && o.address.is_ipv4() == address.is_ipv4());
+        if m.name.is_empty() || taken {
+            return Err(err(
+                &at("name"),
+                format!(
+                    "interface name `{}` is empty or used twice for one address family",
+                    m.name
+                ),
+            ));
+        }
+        let advertise = m
+            .advertise
+            .as_deref()
+            .map(|a| ip("advertise", a))
+            .transpose()?;
+        if advertise.is_some_and(|a| a.is_ipv4() != address.is_ipv4()) {
+            return Err(err(
+                &at("advertise"),
+                "advertise must be of the address's family".to_string(),
+            ));
+        }
         interfaces.push(MediaInterface {
             name: m.name.clone(),
-            address: ip("address", &m.address)?,
-            advertise: m
-                .advertise
-                .as_deref()
-                .map(|a| ip("advertise", a))
-                .transpose()?,
+            address,
+            advertise,
             device: m.device.clone(),
         });
     }
@@ -751,6 +768,15 @@ to = ["pbx"]
         );
         let e = parse("m.toml", &dup).unwrap_err();
         assert_eq!(e.key, "media.interface[1].name", "{e}");
+        let dual_stack = good.replace(
+            "timeout_s = 30\n",
+            "timeout_s = 30\n[[media.interface]]\nname = \"ext\"\naddress = \"fd00::1\"\n",
+        );
+        let c = parse("m.toml", &dual_stack).unwrap();
+        assert_eq!(c.media.interfaces.len(), 2, "one name, both families");
+        let mixed = good.replace("203.0.113.5", "2001:db8::5");
+        let e = parse("m.toml", &mixed).unwrap_err();
+        assert_eq!(e.key, "media.interface[0].advertise", "{e}");
     }
 
     #[test]

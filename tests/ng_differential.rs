@@ -29,6 +29,8 @@ use mediagate::control::bencode::Value;
 use mediagate::sdp::Sdp;
 
 const INTERNAL: &str = "127.0.0.2";
+/// The IPv6 address of interface `internal` (`address family` IP6); `external` has none.
+const INTERNAL6: &str = "fd00:99::2";
 const EXTERNAL: &str = "127.0.0.3";
 const RE_NG: &str = "127.0.0.1:2223";
 const MG_NG: &str = "127.0.0.1:2224";
@@ -37,6 +39,8 @@ const RE_PORTS: RangeInclusive<u16> = 30000..=30999;
 const MG_PORTS: RangeInclusive<u16> = 40000..=40999;
 const CALLER: &str = "10.1.1.10";
 const CALLEE: &str = "10.2.2.20";
+/// The second callee of a forked call.
+const CALLEE2: &str = "10.2.2.30";
 
 /// Differences between rtpengine 10.5 and mediagate that mediagate keeps on purpose: (id, why).
 const EXPECTED: &[(&str, &str)] = &[
@@ -69,6 +73,23 @@ const EXPECTED: &[(&str, &str)] = &[
         "disabled-attrs",
         "rtpengine drops every attribute of a disabled (port 0) media; mediagate passes them \
          through unchanged",
+    ),
+    (
+        "address-family-missing",
+        "`address family` naming a family the interface has no address of: rtpengine 10.5 \
+         silently writes the interface's other family; mediagate answers an error, since the \
+         recipient asked for addresses it could not use",
+    ),
+    (
+        "address-family-unknown",
+        "`address family` other than IP4/IP6: rtpengine 10.5 ignores it; mediagate answers an \
+         error (bad input gets an error reply)",
+    ),
+    (
+        "deleted-branch-listed",
+        "after `delete` of one to-tag of a forked call rtpengine 10.5 still lists that tag in \
+         `query` (its streams without local ports); mediagate freed the branch and lists only \
+         the live ones",
     ),
     (
         "attribute-order",
@@ -143,6 +164,17 @@ impl Netns {
                 "lo",
             ]);
         }
+        run(&[
+            "ip",
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{INTERNAL6}/64"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
         ns
     }
 }
@@ -263,6 +295,7 @@ fn start_rtpengine(ns: &str, dir: &Path) -> Daemon {
         "--table=-1".into(),
         format!("--pidfile={}", dir.join("rtpengine.pid").display()),
         format!("--interface=internal/{INTERNAL}"),
+        format!("--interface=internal/{INTERNAL6}"),
         format!("--interface=external/{EXTERNAL}"),
         format!("--listen-ng={RE_NG}"),
         format!("--port-min={}", RE_PORTS.start()),
@@ -291,6 +324,10 @@ dataplane = "socket"
 [[media.interface]]
 name = "internal"
 address = "{INTERNAL}"
+
+[[media.interface]]
+name = "internal"
+address = "{INTERNAL6}"
 
 [[media.interface]]
 name = "external"
@@ -479,11 +516,20 @@ enum Request {
 
 enum Expect {
     /// `result: ok` with an SDP whose media are on interface `iface`; `sdp` is what was sent.
-    /// `same_ports_as`: the step whose reply must have had the same ports (a re-offer).
+    /// `same_ports_as`: the step whose reply must have had the same ports (a re-offer);
+    /// `other_ports_than`: one whose reply must have had other ports (another fork).
     Sdp {
         sent: String,
         iface: &'static str,
         same_ports_as: Option<&'static str>,
+        other_ports_than: Option<&'static str>,
+    },
+    /// A `query` reply: both list the same tags with the same labels.
+    Query,
+    /// mediagate refuses with this reason; where rtpengine accepts, finding `id` (deliberate).
+    MgRefuses {
+        id: &'static str,
+        reason: &'static str,
     },
     /// This `result`, and when given a text both error reasons (or warnings) contain.
     Result {
@@ -537,6 +583,7 @@ fn sdp_step(
             sent,
             iface,
             same_ports_as,
+            other_ports_than: None,
         },
     }
 }
@@ -551,6 +598,61 @@ fn result_step(
         label,
         request,
         expect: Expect::Result { result, reason },
+    }
+}
+
+fn query(call: &str, extra: &[(&str, Value)]) -> Request {
+    let mut pairs = vec![("command", s("query")), ("call-id", s(call))];
+    pairs.extend(extra.iter().cloned());
+    Request::Msg(msg(&pairs))
+}
+
+fn delete(call: &str, to_tag: &str) -> Request {
+    Request::Msg(msg(&[
+        ("command", s("delete")),
+        ("call-id", s(call)),
+        ("from-tag", s("ft-1")),
+        ("to-tag", s(to_tag)),
+    ]))
+}
+
+fn query_step(label: &'static str, request: Request) -> Step {
+    Step {
+        label,
+        request,
+        expect: Expect::Query,
+    }
+}
+
+fn refuse_step(
+    label: &'static str,
+    request: Request,
+    id: &'static str,
+    reason: &'static str,
+) -> Step {
+    Step {
+        label,
+        request,
+        expect: Expect::MgRefuses { id, reason },
+    }
+}
+
+/// An answer from another fork of an offer: its SDP must not reuse `other`'s ports.
+fn fork_step(
+    label: &'static str,
+    request: impl FnOnce(&str) -> Request,
+    sent: String,
+    other: &'static str,
+) -> Step {
+    Step {
+        label,
+        request: request(&sent),
+        expect: Expect::Sdp {
+            sent,
+            iface: INTERNAL,
+            same_ports_as: None,
+            other_ports_than: Some(other),
+        },
     }
 }
 
@@ -661,6 +763,151 @@ fn steps() -> Vec<Step> {
         result_step(
             "6 query after delete",
             Request::Msg(msg(&[("command", s("query")), ("call-id", s("c1"))])),
+            "error",
+            Some("Unknown call-id"),
+        ),
+        // (8) labels: the offer's names the from-tag, the answer's the to-tag; a re-offer
+        // relabels; set-label and from-label change nothing in offer/answer/query
+        sdp_step(
+            "8 offer label",
+            |sdp| offer("c8", sdp, &[("label", s("caller"))]),
+            audio(CALLER, 6050, 1, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        sdp_step(
+            "8 answer label",
+            |sdp| answer("c8", sdp, &[("label", s("callee")), ("set-label", s("x"))]),
+            audio(CALLEE, 7050, 1, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        query_step("8 query labels", query("c8", &[])),
+        sdp_step(
+            "8 re-offer relabel",
+            |sdp| offer("c8", sdp, &[("label", s("moved")), ("to-tag", s("tt-1"))]),
+            audio(CALLER, 6050, 2, "sendrecv"),
+            INTERNAL,
+            Some("8 offer label"),
+        ),
+        query_step(
+            "8 query from-label",
+            query("c8", &[("from-label", s("callee"))]),
+        ),
+        // (9) address family
+        sdp_step(
+            "9 offer IP6",
+            |sdp| offer("c9", sdp, &[("address family", s("IP6"))]),
+            audio(CALLER, 6060, 1, "sendrecv"),
+            INTERNAL6,
+            None,
+        ),
+        sdp_step(
+            "9 answer keeps the offer's family",
+            |sdp| answer("c9", sdp, &[]),
+            audio(CALLEE, 7060, 1, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        sdp_step(
+            "9 answer IP6",
+            |sdp| answer("c9", sdp, &[("address family", s("IP6"))]),
+            audio(CALLEE, 7060, 2, "sendrecv"),
+            INTERNAL6,
+            None,
+        ),
+        sdp_step(
+            "9 re-offer without family",
+            |sdp| offer("c9", sdp, &[("to-tag", s("tt-1"))]),
+            audio(CALLER, 6060, 2, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        refuse_step(
+            "9 offer IP6 toward an IPv4-only interface",
+            offer(
+                "c9x",
+                &audio(CALLER, 6062, 1, "sendrecv"),
+                &[dir("internal", "external"), ("address family", s("IP6"))],
+            ),
+            "address-family-missing",
+            "IPv6",
+        ),
+        refuse_step(
+            "9 offer unknown family",
+            offer(
+                "c9y",
+                &audio(CALLER, 6064, 1, "sendrecv"),
+                &[("address family", s("IPX"))],
+            ),
+            "address-family-unknown",
+            "Unknown address family",
+        ),
+        // (10) forked answers: two to-tags answer one offer
+        sdp_step(
+            "10 offer",
+            |sdp| offer("c10", sdp, &[("label", s("caller"))]),
+            audio(CALLER, 6070, 1, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        sdp_step(
+            "10 answer b1",
+            |sdp| answer("c10", sdp, &[("to-tag", s("b1")), ("label", s("one"))]),
+            audio(CALLEE, 7070, 1, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        fork_step(
+            "10 answer b2",
+            |sdp| {
+                answer(
+                    "c10",
+                    sdp,
+                    &[
+                        ("to-tag", s("b2")),
+                        ("label", s("two")),
+                        ("received-from", list(&["IP4", CALLEE2])),
+                    ],
+                )
+            },
+            audio(CALLEE2, 8070, 1, "sendrecv"),
+            "10 answer b1",
+        ),
+        query_step("10 query forks", query("c10", &[])),
+        sdp_step(
+            "10 re-answer b1",
+            |sdp| answer("c10", sdp, &[("to-tag", s("b1"))]),
+            audio(CALLEE, 7072, 2, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        result_step("10 delete b2", delete("c10", "b2"), "ok", None),
+        query_step("10 query after deleting b2", query("c10", &[])),
+        result_step("10 delete b1, the last", delete("c10", "b1"), "ok", None),
+        result_step(
+            "10 query after the last branch",
+            query("c10", &[]),
+            "error",
+            Some("Unknown call-id"),
+        ),
+        // (11) a failed INVITE: deleted with its error response's to-tag before any answer
+        sdp_step(
+            "11 offer",
+            |sdp| offer("c11", sdp, &[]),
+            audio(CALLER, 6080, 1, "sendrecv"),
+            INTERNAL,
+            None,
+        ),
+        result_step(
+            "11 delete with a new to-tag",
+            delete("c11", "x486"),
+            "ok",
+            None,
+        ),
+        result_step(
+            "11 query after delete",
+            query("c11", &[]),
             "error",
             Some("Unknown call-id"),
         ),
@@ -1131,6 +1378,54 @@ fn compare_sdp(c: &mut Checker, sent: &SdpLines, re: &SdpLines, mg: &SdpLines, i
     }
 }
 
+/// Compares two `query` replies: the tags listed and each tag's `label`.
+fn compare_query(c: &mut Checker, re: &Value, mg: &Value) {
+    compare_result(c, re, mg, "ok", None);
+    let tags = |v: &Value| -> Vec<(String, Option<String>)> {
+        let Some(Value::Dict(d)) = v.get("tags") else {
+            return Vec::new();
+        };
+        d.iter()
+            .map(|(k, t)| {
+                let label = t.get("label").and_then(Value::as_str).map(str::to_string);
+                (String::from_utf8_lossy(k).into_owned(), label)
+            })
+            .collect()
+    };
+    let (rt, mt) = (tags(re), tags(mg));
+    if rt == mt {
+        return;
+    }
+    // A tag rtpengine lists without any local port is a deleted branch.
+    let deleted = |tag: &str| {
+        let Some(Value::List(medias)) = re
+            .get("tags")
+            .and_then(|t| t.get(tag))
+            .and_then(|t| t.get("medias"))
+        else {
+            return false;
+        };
+        medias.iter().all(|m| match m.get("streams") {
+            Some(Value::List(streams)) => streams.iter().all(|s| s.get("local port").is_none()),
+            _ => true,
+        })
+    };
+    let only_deleted_extra = mt.iter().all(|t| rt.contains(t))
+        && rt
+            .iter()
+            .filter(|t| !mt.contains(t))
+            .all(|(t, _)| deleted(t));
+    let id = if only_deleted_extra {
+        "deleted-branch-listed"
+    } else {
+        "query-tags"
+    };
+    c.add(
+        id,
+        format!("tags (tag, label): rtpengine {rt:?}, mediagate {mt:?}"),
+    );
+}
+
 fn compare_result(c: &mut Checker, re: &Value, mg: &Value, result: &str, reason: Option<&str>) {
     for (who, v) in [(Who::Re, re), (Who::Mg, mg)] {
         let name = who.name();
@@ -1211,10 +1506,18 @@ fn ng_replies_match_rtpengine() {
             Expect::Result { result, reason } => {
                 compare_result(&mut c, &re_reply, &mg_reply, result, *reason)
             }
+            Expect::Query => compare_query(&mut c, &re_reply, &mg_reply),
+            Expect::MgRefuses { id, reason } => {
+                if result_of(&re_reply) != "error" {
+                    c.add(id, format!("rtpengine {}", show(&re_reply)));
+                }
+                compare_result(&mut c, &mg_reply, &mg_reply, "error", Some(reason));
+            }
             Expect::Sdp {
                 sent,
                 iface,
                 same_ports_as,
+                other_ports_than,
             } => {
                 compare_result(&mut c, &re_reply, &mg_reply, "ok", None);
                 let sent_lines = parse_lines(sent);
@@ -1235,6 +1538,14 @@ fn ng_replies_match_rtpengine() {
                                     "{}: ports {p:?}, after {earlier:?} {before:?}",
                                     who.name()
                                 ),
+                            );
+                        }
+                    }
+                    if let Some(earlier) = other_ports_than {
+                        if ports.get(&(who.name(), *earlier)) == Some(&p) {
+                            c.add(
+                                "ports-shared",
+                                format!("{}: ports {p:?} as in {earlier:?}", who.name()),
                             );
                         }
                     }

@@ -21,6 +21,9 @@ ports = "30000-30099"
 name = "internal"
 address = "10.99.1.1"
 [[media.interface]]
+name = "internal"
+address = "fd00:99:1::1"
+[[media.interface]]
 name = "external"
 address = "10.99.2.1"
 advertise = "203.0.113.5"
@@ -337,4 +340,266 @@ fn statistics() {
         .and_then(|v| v.get("sessionsown"))
         .and_then(Value::as_int);
     assert_eq!(own, Some(1));
+}
+
+/// `label` as rtpengine 10.5 keeps it: an offer's names the from-tag's participant, an
+/// answer's the to-tag's, a later offer relabels; `query` shows it per tag. `set-label` is not
+/// applied by offer/answer, and `from-label` does not select anything in `query`.
+#[test]
+fn labels_name_participants_in_query() {
+    let mut ng = Ng::new();
+    let labelled = |body: Vec<u8>, label: &str| {
+        String::from_utf8(body).unwrap().replacen(
+            "8:from-tag",
+            &format!("5:label{}8:from-tag", bstr(label)),
+            1,
+        )
+    };
+    let r = ng.send(labelled(offer("lab", ""), "caller").as_bytes());
+    assert_eq!(result(&r), "ok", "{r:?}");
+    let r = ng.send(labelled(answer("lab"), "callee").as_bytes());
+    assert_eq!(result(&r), "ok", "{r:?}");
+    let label_of = |q: &Value, tag: &str| {
+        q.get("tags")
+            .and_then(|t| t.get(tag))
+            .and_then(|t| t.get("label"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let q = ng.send(b"d7:call-id3:lab7:command5:querye");
+    assert_eq!(label_of(&q, "ft").as_deref(), Some("caller"), "{q:?}");
+    assert_eq!(label_of(&q, "tt").as_deref(), Some("callee"), "{q:?}");
+
+    let relabel = String::from_utf8(offer("lab", "9:set-label1:x")).unwrap();
+    let relabel = relabel.replacen(
+        "8:from-tag",
+        &format!("5:label{}8:from-tag", bstr("moved")),
+        1,
+    );
+    assert_eq!(result(&ng.send(relabel.as_bytes())), "ok");
+    let q = ng.send(b"d7:call-id3:lab7:command5:query10:from-label6:calleee");
+    assert_eq!(label_of(&q, "ft").as_deref(), Some("moved"), "{q:?}");
+    assert!(
+        q.get("tags").and_then(|t| t.get("tt")).is_some(),
+        "from-label selects nothing"
+    );
+
+    let unlabelled = ng.send(&offer("plain", ""));
+    assert_eq!(result(&unlabelled), "ok");
+    let q = ng.send(b"d7:call-id5:plain7:command5:querye");
+    assert_eq!(
+        label_of(&q, "ft"),
+        None,
+        "no label key without a label: {q:?}"
+    );
+}
+
+/// `address family`: IP6 puts the interface's IPv6 address into the SDP the message produces;
+/// a family the interface has no address of, or an unknown family, is an error that leaves no
+/// ports behind.
+#[test]
+fn address_family_selects_the_interface_address() {
+    let mut ng = Ng::new();
+    let total = ng.ports_free();
+    let r = ng.send(&offer("v6", "14:address family3:IP6"));
+    assert_eq!(result(&r), "ok", "{r:?}");
+    assert_eq!(sdp_of(&r).media()[0].rtp.ip().to_string(), "fd00:99:1::1");
+    let Some(Value::Bytes(raw)) = r.get("sdp") else {
+        unreachable!()
+    };
+    assert!(String::from_utf8_lossy(raw).contains("c=IN IP6 fd00:99:1::1\r\n"));
+    // The answer keeps the caller's side on IPv4 (the offer's family) unless asked.
+    let r = ng.send(&answer("v6"));
+    assert_eq!(sdp_of(&r).media()[0].rtp.ip().to_string(), "10.99.1.1");
+    let v6_answer = String::from_utf8(answer("v6")).unwrap().replacen(
+        "8:from-tag",
+        "14:address family3:IP68:from-tag",
+        1,
+    );
+    let r = ng.send(v6_answer.as_bytes());
+    assert_eq!(result(&r), "ok", "{r:?}");
+    assert_eq!(sdp_of(&r).media()[0].rtp.ip().to_string(), "fd00:99:1::1");
+    assert_eq!(
+        ng.ports_free(),
+        total - 2,
+        "the moved side's old port is free"
+    );
+    // A re-offer without the key follows the offer's family again.
+    let r = ng.send(&offer("v6", ""));
+    assert_eq!(sdp_of(&r).media()[0].rtp.ip().to_string(), "10.99.1.1");
+    assert_eq!(ng.ports_free(), total - 2);
+    ng.send(b"d7:call-id2:v67:command6:deletee");
+    assert_eq!(ng.ports_free(), total);
+
+    for (extra, reason) in [
+        (
+            "9:directionl8:internal8:externale14:address family3:IP6",
+            "No address of family IPv6 on interface 'external'",
+        ),
+        ("14:address family3:IPX", "Unknown address family 'IPX'"),
+    ] {
+        let r = ng.send(&offer("bad-family", extra));
+        assert_eq!(result(&r), "error", "{r:?}");
+        let why = r
+            .get("error-reason")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        assert!(why.contains(reason), "{why}");
+        assert_eq!(ng.ports_free(), total, "no port leaked");
+    }
+    let answer_v6_ext =
+        String::from_utf8(offer("ext", "9:directionl8:external8:internale")).unwrap();
+    assert_eq!(result(&ng.send(answer_v6_ext.as_bytes())), "ok");
+    let before = ng.ports_free();
+    let bad = format!(
+        "d14:address family3:IP67:call-id3:ext7:command6:answer8:from-tag{}3:sdp{}6:to-tag{}e",
+        bstr("ft"),
+        bstr(ANSWER_SDP),
+        bstr("tt")
+    );
+    let r = ng.send(bad.as_bytes());
+    assert_eq!(
+        result(&r),
+        "error",
+        "the caller faces external: no IPv6 there: {r:?}"
+    );
+    assert_eq!(ng.ports_free(), before, "a refused answer changes no ports");
+}
+
+fn answer_from(call: &str, to_tag: &str, ip: &str, port: u16) -> Vec<u8> {
+    let sdp = ANSWER_SDP
+        .replace("10.99.2.2", ip)
+        .replace("m=audio 7000", &format!("m=audio {port}"));
+    format!(
+        "d7:call-id{}7:command6:answer8:from-tag{}3:sdp{}6:to-tag{}e",
+        bstr(call),
+        bstr("ft"),
+        bstr(&sdp),
+        bstr(to_tag)
+    )
+    .into_bytes()
+}
+
+/// SIP forking: two answers with different to-tags to one offer. The first takes the ports
+/// the offer advertised, the second gets new ports on both sides (its own port toward the
+/// caller); each branch relays between its own pair. Deleting one to-tag ends that branch and
+/// frees its ports; deleting the last ends the call.
+#[test]
+fn forked_answers_get_branches_of_their_own() {
+    let mut ng = Ng::new();
+    let total = ng.ports_free();
+    assert_eq!(result(&ng.send(&offer("fork", ""))), "ok");
+    ng.media.borrow_mut().take_commands();
+    let one = ng.send(&answer_from("fork", "b1", "10.99.2.2", 7000));
+    assert_eq!(result(&one), "ok", "{one:?}");
+    assert_eq!(ng.ports_free(), total - 2);
+    let two = ng.send(&answer_from("fork", "b2", "10.99.2.3", 8000));
+    assert_eq!(result(&two), "ok", "{two:?}");
+    assert_eq!(
+        ng.ports_free(),
+        total - 4,
+        "a second branch: new ports on both sides"
+    );
+    let (p1, p2) = (sdp_of(&one).media()[0].rtp, sdp_of(&two).media()[0].rtp);
+    assert_eq!(p1.ip(), p2.ip());
+    assert_ne!(
+        p1.port(),
+        p2.port(),
+        "each branch's answer names its own caller-side port"
+    );
+
+    // The second branch's streams pair with each other: caller side ↔ b2's side.
+    let commands = ng.media.borrow_mut().take_commands();
+    let adds: Vec<(u64, u64, u16)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Add(s) => Some((s.id, s.peer, s.local.port())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(adds.len(), 4, "{adds:?}");
+    let caller_rtp = adds
+        .iter()
+        .find(|a| a.2 == p2.port())
+        .expect("caller-side RTP");
+    assert!(adds
+        .iter()
+        .any(|a| a.0 == caller_rtp.1 && a.1 == caller_rtp.0));
+    assert!(commands.iter().any(|c| matches!(c,
+        Command::Renegotiate { sdp: Some(a), .. } if a.to_string() == "10.99.2.3:8000")));
+
+    let q = ng.send(b"d7:call-id4:fork7:command5:querye");
+    let tags = |q: &Value| -> Vec<String> {
+        let Some(Value::Dict(d)) = q.get("tags") else {
+            return Vec::new();
+        };
+        d.keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
+    assert_eq!(tags(&q), ["b1", "b2", "ft"], "{q:?}");
+    let offerer_port = q
+        .get("tags")
+        .and_then(|t| t.get("ft"))
+        .and_then(|t| t.get("medias"))
+        .and_then(|m| match m {
+            Value::List(l) => l.first(),
+            _ => None,
+        })
+        .and_then(|m| match m.get("streams") {
+            Some(Value::List(l)) => l.first(),
+            _ => None,
+        })
+        .and_then(|s| s.get("local port"))
+        .and_then(Value::as_int);
+    assert_eq!(
+        offerer_port,
+        Some(i64::from(p2.port())),
+        "toward the latest answer"
+    );
+
+    // A re-answer of the first branch stays on its ports.
+    let again = ng.send(&answer_from("fork", "b1", "10.99.2.2", 7002));
+    assert_eq!(sdp_of(&again).media()[0].rtp, p1);
+    assert_eq!(ng.ports_free(), total - 4);
+
+    let d = ng.send(b"d7:call-id4:fork7:command6:delete8:from-tag2:ft6:to-tag2:b2e");
+    assert_eq!(result(&d), "ok", "{d:?}");
+    assert_eq!(ng.ports_free(), total - 2, "the branch's ports are back");
+    let q = ng.send(b"d7:call-id4:fork7:command5:querye");
+    assert_eq!(tags(&q), ["b1", "ft"], "{q:?}");
+    let d = ng.send(b"d7:call-id4:fork7:command6:delete8:from-tag2:ft6:to-tag2:b1e");
+    assert_eq!(result(&d), "ok");
+    assert_eq!(ng.ports_free(), total, "the last branch ends the call");
+    assert_eq!(
+        result(&ng.send(b"d7:call-id4:fork7:command5:querye")),
+        "error"
+    );
+
+    // Before any answer, a to-tag (a failed INVITE's) deletes the call; after the forks, a
+    // delete with the from-tag alone ends every branch.
+    assert_eq!(result(&ng.send(&offer("failed", ""))), "ok");
+    let d = ng.send(b"d7:call-id6:failed7:command6:delete8:from-tag2:ft6:to-tag3:486e");
+    assert!(d.get("warning").is_none(), "{d:?}");
+    assert_eq!(ng.ports_free(), total);
+    assert_eq!(result(&ng.send(&offer("all", ""))), "ok");
+    ng.send(&answer_from("all", "b1", "10.99.2.2", 7000));
+    ng.send(&answer_from("all", "b2", "10.99.2.3", 8000));
+    ng.send(b"d7:call-id3:all7:command6:delete8:from-tag2:fte");
+    assert_eq!(ng.ports_free(), total, "every branch's ports back");
+}
+
+/// A forked call that times out or is deleted with a delay frees every branch's ports.
+#[test]
+fn forked_call_ending_by_delay_frees_every_branch() {
+    let mut ng = Ng::new();
+    let total = ng.ports_free();
+    ng.send(&offer("fd", ""));
+    ng.send(&answer_from("fd", "b1", "10.99.2.2", 7000));
+    ng.send(&answer_from("fd", "b2", "10.99.2.3", 8000));
+    let r = ng.send(b"d7:call-id2:fd7:command6:delete12:delete-delayi1ee");
+    assert_eq!(result(&r), "ok");
+    ng.now += Duration::from_secs(2);
+    ng.server.handle_timeout(ng.now);
+    assert_eq!(ng.ports_free(), total);
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 
 use super::bencode::{dict, Value};
 use crate::config::{Config, MediaInterface};
-use crate::media::session::{CallMedia, SharedResources, Side};
+use crate::media::session::{CallMedia, MediaCtx, SharedResources, Side};
 use crate::media::LatchMode;
 use crate::sdp::Sdp;
 
@@ -22,15 +22,116 @@ const REPLY_CACHE: Duration = Duration::from_secs(30);
 /// An NG command's failure, answered as `result: error` with this reason.
 type NgError = String;
 
+/// One participant of an NG call (rtpengine's "monologue"): its tag and the `label` the
+/// signalling gave it, which `query` shows so a controller can find participants by role.
+struct Party {
+    tag: String,
+    label: Option<String>,
+}
+
+/// The media between the offerer and one answerer. SIP forking answers one offer several
+/// times with different to-tags; each answer gets its own branch with its own ports on both
+/// sides, so the offerer's media reaches the callee whose answer it follows.
+struct Branch {
+    /// The answerer; `None` until the first answer claims the branch the offer created.
+    to: Option<Party>,
+    media: CallMedia,
+}
+
 struct NgCall {
-    label: String,
+    /// mediagate's own id for the call in `/status` (`n-N`); not an NG `label`.
+    status_id: String,
     created: Instant,
     created_unix: u64,
-    from_tag: String,
-    to_tag: Option<String>,
-    media: CallMedia,
+    from: Party,
+    /// The latest offer from the offerer, as anchored: a further branch anchors it again.
+    offer: Sdp,
+    /// The interface entries facing the offerer and the answerers, the offerer's signalling
+    /// address and the latching rule: what a further branch is built from.
+    a_if: MediaInterface,
+    b_if: MediaInterface,
+    a_peer: IpAddr,
+    latch: LatchMode,
+    /// In creation order; the first holds the ports the offer's SDP advertised.
+    branches: Vec<Branch>,
+    /// The to-tag of the latest answer: where `query` shows the offerer's media going.
+    latest: Option<String>,
     /// Set by `delete` with a delay: the call is released at this instant.
     delete_at: Option<Instant>,
+}
+
+impl NgCall {
+    /// Media for a new branch, facing the call's interfaces.
+    fn new_media(&self) -> CallMedia {
+        new_media(&self.a_if, self.a_peer, &self.b_if, self.latch)
+    }
+
+    /// The branch answered with `tag`.
+    fn branch_of(&self, tag: &str) -> Option<usize> {
+        self.branches
+            .iter()
+            .position(|b| b.to.as_ref().is_some_and(|p| p.tag == tag))
+    }
+
+    /// The latest packet on any branch.
+    fn last_activity(&self) -> Option<Instant> {
+        self.branches
+            .iter()
+            .filter_map(|b| b.media.last_activity())
+            .max()
+    }
+
+    /// The branch `query` and `/status` show the offerer's media from: the latest answer's.
+    fn latest_branch(&self) -> &Branch {
+        let i = self.latest.as_deref().and_then(|t| self.branch_of(t));
+        &self.branches[i.unwrap_or(0)]
+    }
+
+    fn release(&mut self, ctx: &mut MediaCtx) {
+        for b in &mut self.branches {
+            b.media.release(ctx);
+        }
+    }
+}
+
+/// An IP address family, as NG's `address family` (`IP4` / `IP6`) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// The family of an SDP's media (its first media line's address; IPv4 without media).
+    fn of_sdp(sdp: &Sdp) -> Family {
+        sdp.media()
+            .first()
+            .map_or(Family::V4, |m| Family::of(m.rtp.ip()))
+    }
+
+    fn ng_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IP4",
+            Family::V6 => "IP6",
+        }
+    }
+}
+
+/// Which address family the SDP a message produces should carry: `required` when the message
+/// asked for it (`address family`), so that a missing address is an error, else a preference
+/// that falls back to the interface's first address.
+#[derive(Debug, Clone, Copy)]
+struct FamilyWish {
+    family: Family,
+    required: bool,
 }
 
 /// What NG statistics count.
@@ -49,7 +150,7 @@ pub struct NgServer {
     calls: HashMap<String, NgCall>,
     replies: HashMap<Vec<u8>, Vec<u8>>,
     reply_expiry: VecDeque<(Instant, Vec<u8>)>,
-    next_label: u64,
+    next_status_id: u64,
     totals: Totals,
 }
 
@@ -69,7 +170,7 @@ impl NgServer {
             calls: HashMap::new(),
             replies: HashMap::new(),
             reply_expiry: VecDeque::new(),
-            next_label: 0,
+            next_status_id: 0,
             totals: Totals::default(),
         }
     }
@@ -139,22 +240,9 @@ impl NgServer {
         result.unwrap_or_else(|reason| error_reply(&reason))
     }
 
-    fn interface(&self, name: Option<&str>) -> Result<&MediaInterface, NgError> {
-        let ifaces = &self.config.media.interfaces;
-        match name {
-            None => ifaces.first().ok_or_else(|| {
-                "No media interface is configured ([[media.interface]])".to_string()
-            }),
-            Some(n) => ifaces
-                .iter()
-                .find(|i| i.name == n)
-                .ok_or_else(|| format!("Unknown interface '{n}'")),
-        }
-    }
-
-    /// The interfaces facing the offerer (A) and the answerer (B): `direction`, else
-    /// `from-interface` / `to-interface`, else the first configured interface.
-    fn directions(&self, msg: &Value) -> Result<(MediaInterface, MediaInterface), NgError> {
+    /// The interface names facing the offerer (A) and the answerer (B): `direction`, else
+    /// `from-interface` / `to-interface`, else (`None`) the first configured interface.
+    fn directions(msg: &Value) -> (Option<&str>, Option<&str>) {
         let direction = msg.get("direction").map(Value::strings).unwrap_or_default();
         let from = direction
             .first()
@@ -165,7 +253,25 @@ impl NgServer {
             .copied()
             .or_else(|| msg.get("to-interface").and_then(Value::as_str))
             .or(from);
-        Ok((self.interface(from)?.clone(), self.interface(to)?.clone()))
+        (from, to)
+    }
+
+    /// `address family` (also spelt `address-family`): `IP4` or `IP6`, anything else an error.
+    fn requested_family(msg: &Value) -> Result<Option<Family>, NgError> {
+        let Some(v) = msg
+            .get("address family")
+            .or_else(|| msg.get("address-family"))
+        else {
+            return Ok(None);
+        };
+        match v.as_str() {
+            Some("IP4") => Ok(Some(Family::V4)),
+            Some("IP6") => Ok(Some(Family::V6)),
+            other => Err(format!(
+                "Unknown address family '{}' (IP4 or IP6)",
+                other.unwrap_or("(not a string)")
+            )),
+        }
     }
 
     fn sdp_of(msg: &Value) -> Result<Sdp, NgError> {
@@ -240,18 +346,53 @@ impl NgServer {
         let from_tag = required(msg, "from-tag")?;
         let sdp = Self::sdp_of(msg)?;
         let flags = Self::flags(msg);
-        let mut media = self.media.borrow_mut();
+        let family = Self::requested_family(msg)?;
+        let label = msg.get("label").and_then(Value::as_str).map(str::to_string);
+        let sdp = media_sdp(&sdp, &flags, msg);
+        // The SDP this offer produces is for the other side: in the family asked for, else in
+        // the offer's own.
+        let wish = FamilyWish {
+            family: family.unwrap_or(Family::of_sdp(&sdp)),
+            required: family.is_some(),
+        };
+        let config = self.config.clone();
+        let ifaces = &config.media.interfaces;
         if let Some(call) = self.calls.get_mut(call_id) {
-            // A re-offer, from either side of the existing call.
-            let side = if call.from_tag == from_tag {
-                Side::A
+            // A re-offer, from the offerer (to the branch its to-tag names) or from an answerer.
+            let (side, index) = if call.from.tag == from_tag {
+                let to_tag = msg.get("to-tag").and_then(Value::as_str);
+                (Side::A, to_tag.and_then(|t| call.branch_of(t)))
             } else {
-                Side::B
+                (Side::B, call.branch_of(from_tag))
             };
-            let body = call
+            let branch = &mut call.branches[index.unwrap_or(0)];
+            let target = match side {
+                Side::A => &mut call.b_if,
+                Side::B => &mut call.a_if,
+            };
+            retarget(
+                ifaces,
+                &self.media,
+                target,
+                &mut branch.media,
+                side.other(),
+                wish,
+                now,
+            )?;
+            let body = branch
                 .media
-                .anchor(side, &media_sdp(&sdp, &flags, msg), &mut media.ctx(now))
+                .anchor(side, &sdp, &mut self.media.borrow_mut().ctx(now))
                 .map_err(|e| e.to_string())?;
+            let party = match side {
+                Side::A => Some(&mut call.from),
+                Side::B => branch.to.as_mut(),
+            };
+            if let (Some(party), Some(label)) = (party, label) {
+                party.label = Some(label);
+            }
+            if side == Side::A {
+                call.offer = sdp;
+            }
             self.totals.offers += 1;
             return Ok(ok_with_sdp(body));
         }
@@ -263,37 +404,43 @@ impl NgServer {
                 error_reply("Parallel session limit reached")
             });
         }
-        let (a_if, b_if) = self.directions(msg)?;
-        let sdp = media_sdp(&sdp, &flags, msg);
+        let (a_name, b_name) = Self::directions(msg);
+        let a_wish = FamilyWish {
+            family: Family::of_sdp(&sdp),
+            required: false,
+        };
+        let a_if = interface(ifaces, a_name, a_wish)?;
+        let b_if = interface(ifaces, b_name, wish)?;
         let a_peer = Self::received_from(msg)
             .or_else(|| sdp.media().first().map(|m| m.rtp.ip()))
             .unwrap_or(a_if.address);
-        let unknown = if b_if.address.is_ipv4() {
-            IpAddr::from([0, 0, 0, 0])
-        } else {
-            IpAddr::from([0u16; 8])
-        };
-        let mut call_media = CallMedia::new(a_if.address, a_peer, b_if.address, unknown);
-        call_media.set_latch_mode(latch_mode(&flags));
-        call_media.advertise(Side::A, a_if.advertise);
-        call_media.advertise(Side::B, b_if.advertise);
-        let body = match call_media.anchor(Side::A, &sdp, &mut media.ctx(now)) {
+        let latch = latch_mode(&flags);
+        let mut media = new_media(&a_if, a_peer, &b_if, latch);
+        let body = match media.anchor(Side::A, &sdp, &mut self.media.borrow_mut().ctx(now)) {
             Ok(b) => b,
             Err(e) => {
-                call_media.release(&mut media.ctx(now));
+                media.release(&mut self.media.borrow_mut().ctx(now));
                 return Err(format!("Failed to allocate media: {e}"));
             }
         };
-        self.next_label += 1;
+        self.next_status_id += 1;
         self.calls.insert(
             call_id.to_string(),
             NgCall {
-                label: format!("n-{}", self.next_label),
+                status_id: format!("n-{}", self.next_status_id),
                 created: now,
                 created_unix: unix_now(wall),
-                from_tag: from_tag.to_string(),
-                to_tag: None,
-                media: call_media,
+                from: Party {
+                    tag: from_tag.to_string(),
+                    label,
+                },
+                offer: sdp,
+                a_if,
+                b_if,
+                a_peer,
+                latch,
+                branches: vec![Branch { to: None, media }],
+                latest: None,
                 delete_at: None,
             },
         );
@@ -308,47 +455,141 @@ impl NgServer {
         let to_tag = required(msg, "to-tag")?;
         let sdp = Self::sdp_of(msg)?;
         let flags = Self::flags(msg);
+        let family = Self::requested_family(msg)?;
+        let label = msg.get("label").and_then(Value::as_str).map(str::to_string);
+        let config = self.config.clone();
+        let ifaces = &config.media.interfaces;
         let call = self
             .calls
             .get_mut(call_id)
             .filter(|c| c.delete_at.is_none())
             .ok_or_else(|| "Unknown call-id".to_string())?;
+        let sdp = media_sdp(&sdp, &flags, msg);
         // The answer's from-tag is the offerer's; a re-INVITE answered by the caller swaps them.
-        let side = if call.from_tag == from_tag {
+        let side = if call.from.tag == from_tag {
             Side::B
         } else {
             Side::A
         };
-        if side == Side::B {
-            call.to_tag = Some(to_tag.to_string());
+        let mut fresh = false;
+        let index = match side {
+            Side::A => call.branch_of(from_tag).unwrap_or(0),
+            Side::B => match call.branch_of(to_tag) {
+                Some(i) => i,
+                // The first answer claims the branch the offer set up.
+                None => match call.branches.iter().position(|b| b.to.is_none()) {
+                    Some(i) => i,
+                    None => {
+                        // A further answer to the same offer (SIP forking): a branch of its
+                        // own, with the offer anchored again on new ports.
+                        let mut media = call.new_media();
+                        let mut res = self.media.borrow_mut();
+                        if let Err(e) = media.anchor(Side::A, &call.offer, &mut res.ctx(now)) {
+                            media.release(&mut res.ctx(now));
+                            return Err(format!("Failed to allocate media: {e}"));
+                        }
+                        call.branches.push(Branch { to: None, media });
+                        fresh = true;
+                        call.branches.len() - 1
+                    }
+                },
+            },
+        };
+        let branch = &mut call.branches[index];
+        let target = match side {
+            Side::A => &mut call.b_if,
+            Side::B => &mut call.a_if,
+        };
+        let result = match family {
+            // An answer moves the other side to another family only when asked to.
+            Some(family) => {
+                let wish = FamilyWish {
+                    family,
+                    required: true,
+                };
+                retarget(
+                    ifaces,
+                    &self.media,
+                    target,
+                    &mut branch.media,
+                    side.other(),
+                    wish,
+                    now,
+                )
+            }
+            None => Ok(()),
         }
-        let body = call
-            .media
-            .anchor(
-                side,
-                &media_sdp(&sdp, &flags, msg),
-                &mut self.media.borrow_mut().ctx(now),
-            )
-            .map_err(|e| e.to_string())?;
+        .and_then(|()| {
+            branch
+                .media
+                .anchor(side, &sdp, &mut self.media.borrow_mut().ctx(now))
+                .map_err(|e| e.to_string())
+        });
+        let body = match result {
+            Ok(body) => body,
+            Err(e) => {
+                if fresh {
+                    let mut lost = call.branches.pop().expect("just pushed");
+                    lost.media.release(&mut self.media.borrow_mut().ctx(now));
+                }
+                return Err(e);
+            }
+        };
+        if side == Side::B {
+            let party = branch.to.get_or_insert_with(|| Party {
+                tag: to_tag.to_string(),
+                label: None,
+            });
+            if label.is_some() {
+                party.label = label;
+            }
+            call.latest = Some(to_tag.to_string());
+        } else if label.is_some() {
+            // The to-tag of a swapped answer is the offerer's.
+            call.from.label = label;
+        }
         self.totals.answers += 1;
         Ok(ok_with_sdp(body))
     }
 
     fn delete(&mut self, msg: &Value, now: Instant) -> Result<Value, NgError> {
         let call_id = required(msg, "call-id")?;
-        let tag_matches = |call: &NgCall| {
-            let tags = [msg.get("from-tag"), msg.get("to-tag")];
-            tags.iter()
-                .flatten()
-                .filter_map(|t| t.as_str())
-                .all(|t| t.is_empty() || t == call.from_tag || Some(t) == call.to_tag.as_deref())
+        let tag = |key| {
+            msg.get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
         };
-        let Some(call) = self.calls.get_mut(call_id).filter(|c| tag_matches(c)) else {
+        let (from_tag, to_tag) = (tag("from-tag"), tag("to-tag"));
+        // A to-tag names a branch; before any answer it names the one the offer set up (a
+        // failed INVITE is deleted with its error response's to-tag).
+        let branch_named = |call: &NgCall, t: &str| {
+            call.branch_of(t)
+                .or_else(|| call.branches.iter().position(|b| b.to.is_none()))
+        };
+        let matches = |call: &NgCall| {
+            from_tag.is_none_or(|t| t == call.from.tag || call.branch_of(t).is_some())
+                && to_tag.is_none_or(|t| t == call.from.tag || branch_named(call, t).is_some())
+        };
+        let Some(call) = self.calls.get_mut(call_id).filter(|c| matches(c)) else {
             return Ok(dict([
                 ("result", "ok".into()),
                 ("warning", "Call-ID not found or tags didn't match".into()),
             ]));
         };
+        self.totals.deletes += 1;
+        // A to-tag naming one branch of a forked call ends that branch only (its ports go back
+        // to the pool at once); the last branch ends the call.
+        let branch = to_tag
+            .filter(|t| *t != call.from.tag)
+            .and_then(|t| branch_named(call, t))
+            .filter(|_| call.branches.len() > 1);
+        if let Some(i) = branch {
+            let mut gone = call.branches.remove(i);
+            let totals = totals_of([&gone.media]);
+            gone.media.release(&mut self.media.borrow_mut().ctx(now));
+            tracing::info!(call_id, to_tag, "NG branch deleted");
+            return Ok(dict([("result", "ok".into()), ("totals", totals)]));
+        }
         let delay = msg
             .get("delete-delay")
             .or_else(|| msg.get("delete delay"))
@@ -356,8 +597,7 @@ impl NgServer {
             .map_or(self.config.control.delete_delay, |s| {
                 Duration::from_secs(s.max(0) as u64)
             });
-        self.totals.deletes += 1;
-        let totals = totals_of(&call.media);
+        let totals = totals_of(call.branches.iter().map(|b| &b.media));
         if delay.is_zero() {
             self.release(call_id, now);
         } else {
@@ -368,7 +608,7 @@ impl NgServer {
 
     fn release(&mut self, call_id: &str, now: Instant) {
         if let Some(mut call) = self.calls.remove(call_id) {
-            call.media.release(&mut self.media.borrow_mut().ctx(now));
+            call.release(&mut self.media.borrow_mut().ctx(now));
             tracing::info!(call_id, "NG call deleted");
         }
     }
@@ -379,49 +619,58 @@ impl NgServer {
             .calls
             .get(call_id)
             .ok_or_else(|| "Unknown call-id".to_string())?;
-        let mut tags = Vec::new();
-        let sides = [
-            (Side::A, Some(call.from_tag.as_str())),
-            (Side::B, call.to_tag.as_deref()),
-        ];
-        for (side, tag) in sides {
-            let Some(tag) = tag else { continue };
-            let other = match side {
-                Side::A => call.to_tag.clone().unwrap_or_default(),
-                Side::B => call.from_tag.clone(),
-            };
-            let medias: Vec<Value> = call
-                .media
-                .status(side)
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    dict([
-                        ("index", Value::Int(i as i64 + 1)),
-                        ("type", json_str(&s["kind"]).into()),
-                        ("protocol", "RTP/AVP".into()),
-                        (
-                            "streams",
-                            Value::List(vec![ng_stream(s, "RTP"), ng_stream(&s["rtcp"], "RTCP")]),
-                        ),
-                    ])
-                })
-                .collect();
-            tags.push((
-                tag.as_bytes().to_vec(),
-                dict([
-                    ("tag", tag.into()),
+        // The offerer with its media toward the latest answer, then each answerer.
+        let offerer = (
+            &call.from,
+            Side::A,
+            &call.latest_branch().media,
+            call.latest_branch()
+                .to
+                .as_ref()
+                .map_or("", |p| p.tag.as_str()),
+        );
+        let answerers = call.branches.iter().filter_map(|b| {
+            let party = b.to.as_ref()?;
+            Some((party, Side::B, &b.media, call.from.tag.as_str()))
+        });
+        let tags = std::iter::once(offerer)
+            .chain(answerers)
+            .map(|(party, side, media, other)| {
+                let medias: Vec<Value> = media
+                    .status(side)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        dict([
+                            ("index", Value::Int(i as i64 + 1)),
+                            ("type", json_str(&s["kind"]).into()),
+                            ("protocol", "RTP/AVP".into()),
+                            (
+                                "streams",
+                                Value::List(vec![
+                                    ng_stream(s, "RTP"),
+                                    ng_stream(&s["rtcp"], "RTCP"),
+                                ]),
+                            ),
+                        ])
+                    })
+                    .collect();
+                let mut entry = dict([
+                    ("tag", party.tag.as_str().into()),
                     ("created", Value::Int(call.created_unix as i64)),
                     ("in dialogue with", other.into()),
                     ("medias", Value::List(medias)),
-                ]),
-            ));
-        }
+                ]);
+                if let (Value::Dict(d), Some(label)) = (&mut entry, &party.label) {
+                    d.insert(b"label".to_vec(), label.as_str().into());
+                }
+                (party.tag.as_bytes().to_vec(), entry)
+            });
         Ok(dict([
             ("result", "ok".into()),
             ("created", Value::Int(call.created_unix as i64)),
-            ("tags", Value::Dict(tags.into_iter().collect())),
-            ("totals", totals_of(&call.media)),
+            ("tags", Value::Dict(tags.collect())),
+            ("totals", totals_of(call.branches.iter().map(|b| &b.media))),
         ]))
     }
 
@@ -476,7 +725,7 @@ impl NgServer {
             .iter()
             .filter(|(_, c)| {
                 c.delete_at.is_some_and(|t| t <= now)
-                    || c.media.last_activity().is_some_and(|last| {
+                    || c.last_activity().is_some_and(|last| {
                         now.saturating_duration_since(last.max(c.created)) >= timeout
                     })
             })
@@ -487,7 +736,8 @@ impl NgServer {
         }
     }
 
-    /// `/status` entries for NG calls (deleted ones excluded), one leg per tag.
+    /// `/status` entries for NG calls (deleted ones excluded), one leg per tag; the offerer's
+    /// leg lists its streams toward every branch.
     pub fn status_calls(&self, now: Instant, wall: SystemTime) -> Vec<Json> {
         let mut calls: Vec<&NgCall> = self
             .calls
@@ -499,12 +749,19 @@ impl NgServer {
             .into_iter()
             .map(|c| {
                 let started = wall - now.saturating_duration_since(c.created);
-                let mut legs = vec![json!({"tag": c.from_tag, "streams": c.media.status(Side::A)})];
-                if let Some(t) = &c.to_tag {
-                    legs.push(json!({"tag": t, "streams": c.media.status(Side::B)}));
+                let offerer: Vec<Json> = c
+                    .branches
+                    .iter()
+                    .flat_map(|b| b.media.status(Side::A))
+                    .collect();
+                let mut legs = vec![json!({"tag": c.from.tag, "streams": offerer})];
+                for b in &c.branches {
+                    if let Some(p) = &b.to {
+                        legs.push(json!({"tag": p.tag, "streams": b.media.status(Side::B)}));
+                    }
                 }
                 json!({
-                    "id": c.label,
+                    "id": c.status_id,
                     "source": "ng",
                     "started": humantime::format_rfc3339_seconds(started).to_string(),
                     "legs": legs,
@@ -512,6 +769,84 @@ impl NgServer {
             })
             .collect()
     }
+}
+
+/// Media for one branch of a call between the interface entries `a_if` and `b_if`.
+fn new_media(
+    a_if: &MediaInterface,
+    a_peer: IpAddr,
+    b_if: &MediaInterface,
+    latch: LatchMode,
+) -> CallMedia {
+    let unknown = if b_if.address.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let mut media = CallMedia::new(a_if.address, a_peer, b_if.address, unknown);
+    media.set_latch_mode(latch);
+    media.advertise(Side::A, a_if.advertise);
+    media.advertise(Side::B, b_if.advertise);
+    media
+}
+
+fn interface(
+    ifaces: &[MediaInterface],
+    name: Option<&str>,
+    wish: FamilyWish,
+) -> Result<MediaInterface, NgError> {
+    let name = match name {
+        Some(n) => n,
+        None => {
+            &ifaces
+                .first()
+                .ok_or_else(|| {
+                    "No media interface is configured ([[media.interface]])".to_string()
+                })?
+                .name
+        }
+    };
+    let mut named = ifaces.iter().filter(|i| i.name == name);
+    let first = named
+        .clone()
+        .next()
+        .ok_or_else(|| format!("Unknown interface '{name}'"))?;
+    match named.find(|i| Family::of(i.address) == wish.family) {
+        Some(i) => Ok(i.clone()),
+        None if wish.required => Err(format!(
+            "No address of family {} on interface '{name}' (address family {})",
+            match wish.family {
+                Family::V4 => "IPv4",
+                Family::V6 => "IPv6",
+            },
+            wish.family.ng_name()
+        )),
+        None => Ok(first.clone()),
+    }
+}
+
+/// Moves `side` of `media` onto the entry of its interface that `wish` names, before the
+/// SDP toward that side is written; `current` is the entry it is on, updated.
+fn retarget(
+    ifaces: &[MediaInterface],
+    resources: &SharedResources,
+    current: &mut MediaInterface,
+    media: &mut CallMedia,
+    side: Side,
+    wish: FamilyWish,
+    now: Instant,
+) -> Result<(), NgError> {
+    let target = interface(ifaces, Some(&current.name), wish)?;
+    media
+        .rehome(
+            side,
+            target.address,
+            target.advertise,
+            &mut resources.borrow_mut().ctx(now),
+        )
+        .map_err(|e| format!("Failed to allocate media: {e}"))?;
+    *current = target;
+    Ok(())
 }
 
 fn required<'a>(msg: &'a Value, key: &str) -> Result<&'a str, NgError> {
@@ -584,15 +919,18 @@ fn ng_stream(s: &Json, component: &str) -> Value {
     ])
 }
 
-/// `totals` of a call: RTP and RTCP packets, bytes and errors over both sides.
-fn totals_of(media: &CallMedia) -> Value {
+/// `totals` of a call (or of one branch): RTP and RTCP packets, bytes and errors over every
+/// side of `medias`.
+fn totals_of<'a>(medias: impl IntoIterator<Item = &'a CallMedia>) -> Value {
     let mut sums = [[0u64; 3]; 2];
-    for side in [Side::A, Side::B] {
-        for s in media.status(side) {
-            for (i, component) in [&s, &s["rtcp"]].into_iter().enumerate() {
-                sums[i][0] += component["rx_packets"].as_u64().unwrap_or(0);
-                sums[i][1] += component["rx_bytes"].as_u64().unwrap_or(0);
-                sums[i][2] += component["drops"].as_u64().unwrap_or(0);
+    for media in medias {
+        for side in [Side::A, Side::B] {
+            for s in media.status(side) {
+                for (i, component) in [&s, &s["rtcp"]].into_iter().enumerate() {
+                    sums[i][0] += component["rx_packets"].as_u64().unwrap_or(0);
+                    sums[i][1] += component["rx_bytes"].as_u64().unwrap_or(0);
+                    sums[i][2] += component["drops"].as_u64().unwrap_or(0);
+                }
             }
         }
     }

@@ -169,6 +169,49 @@ impl CallMedia {
         self.legs[side.index()].advertised = address;
     }
 
+    /// Moves `side` to another local address (NG `address family`: the same interface's IPv6
+    /// address instead of its IPv4 one, or back). When the address changes, each of the side's
+    /// streams is replaced by one on a new port of the new address that keeps sending where the
+    /// old one did, so no re-anchoring is needed; the old ports go back to the pool. Returns
+    /// whether it changed.
+    pub fn rehome(
+        &mut self,
+        side: Side,
+        local: IpAddr,
+        advertised: Option<IpAddr>,
+        ctx: &mut MediaCtx,
+    ) -> Result<bool, AnchorError> {
+        let leg = &self.legs[side.index()];
+        if leg.local_ip == local && leg.advertised == advertised {
+            return Ok(false);
+        }
+        let remotes: Vec<Option<[Option<SocketAddr>; 2]>> = leg
+            .pairs
+            .iter()
+            .map(|p| p.as_ref().map(|p| [p.rtp.remote(), p.rtcp.remote()]))
+            .collect();
+        self.release_leg(side, ctx);
+        let leg = &mut self.legs[side.index()];
+        leg.local_ip = local;
+        leg.advertised = advertised;
+        for (line, remote) in remotes.into_iter().enumerate() {
+            let Some(remote) = remote else { continue };
+            self.ensure_pair(side, line, ctx)?;
+            let (rtp, rtcp) = stream_ids(self.line_ids[line], side);
+            let pair = self.legs[side.index()].pairs[line]
+                .as_ref()
+                .expect("ensured");
+            for ((id, stats), addr) in [(rtp, &pair.rtp), (rtcp, &pair.rtcp)]
+                .into_iter()
+                .zip(remote)
+            {
+                ctx.commands.push(Command::Renegotiate { id, sdp: addr });
+                stats.set_remote(addr, false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Replaces the B leg (failover to another trunk): its streams are removed and its ports
     /// freed; the next [`Self::anchor`] allocates new ones.
     pub fn reset_b(&mut self, b_local: IpAddr, b_peer: IpAddr, ctx: &mut MediaCtx) {
@@ -425,6 +468,52 @@ mod tests {
             .anchor(Side::B, &Sdp::parse(rejected.as_bytes()).unwrap(), &mut ctx)
             .unwrap();
         assert_eq!(Sdp::parse(&to_a).unwrap().media()[0].rtp.port(), 0);
+        assert_eq!(ctx.pool.free(), 5);
+    }
+
+    #[test]
+    fn rehoming_a_side_moves_its_ports_to_the_new_address() {
+        let resources = Resources::shared(30000, 30009);
+        let mut resources = resources.borrow_mut();
+        let mut ctx = resources.ctx(Instant::now());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v4 = ip("10.0.0.1");
+        let mut m = CallMedia::new(v4, v4, v4, v4);
+        m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx)
+            .unwrap();
+        assert_eq!(
+            m.rehome(Side::A, v4, None, &mut ctx),
+            Ok(false),
+            "same address"
+        );
+        m.anchor(Side::B, &Sdp::parse(ANSWER).unwrap(), &mut ctx)
+            .unwrap();
+        ctx.commands.clear();
+        assert_eq!(m.rehome(Side::B, ip("fd00::1"), None, &mut ctx), Ok(true));
+        assert_eq!(ctx.pool.free(), 3, "B's old port freed, a new one taken");
+        let renegotiated: Vec<Option<SocketAddr>> = ctx
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Renegotiate { sdp, .. } => Some(*sdp),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            renegotiated,
+            vec![
+                Some("10.99.2.2:7000".parse().unwrap()),
+                Some("10.99.2.2:7001".parse().unwrap())
+            ],
+            "the new streams keep B's destination"
+        );
+        let to_b = m
+            .anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx)
+            .unwrap();
+        let text = String::from_utf8(to_b).unwrap();
+        assert!(text.contains("c=IN IP6 fd00::1\r\n"), "{text}");
+        assert_eq!(ctx.pool.free(), 3);
+        m.release(&mut ctx);
         assert_eq!(ctx.pool.free(), 5);
     }
 
