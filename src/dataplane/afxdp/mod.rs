@@ -6,6 +6,7 @@
 //! from the kernel's neighbour table through a refresher thread, which also makes the kernel
 //! resolve missing ones.
 
+pub mod relay;
 pub mod worker;
 pub mod xsk;
 
@@ -21,7 +22,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::kernel::KernelTier;
 use crate::media::{Command, StreamId};
-use worker::{Port, SharedLatch, Worker, WorkerCmd, WorkerSetup, WorkerStats};
+use relay::{SharedLatch, WorkerCmd};
+use worker::{Port, Worker, WorkerSetup, WorkerStats};
 use xsk::{Umem, XskSocket};
 
 /// Descriptors per ring.

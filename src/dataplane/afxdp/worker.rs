@@ -1,22 +1,21 @@
 //! One pinned AF_XDP relay loop. It owns one UMEM shared by its sockets (one per device for
 //! each queue it serves), so a frame received on one device is transmitted on another without
-//! a copy, and a private stream table updated only by [`WorkerCmd`]s drained at the top of each
-//! iteration. Nothing in the loop allocates: tables are sized at start-up.
+//! a copy. Each iteration drains [`WorkerCmd`]s into its [`Relay`] (the private stream table and
+//! per-frame logic), then moves RX batches through the relay onto the TX rings. Nothing in the
+//! loop allocates: tables are sized at start-up.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
-use std::sync::Mutex;
 
+use super::relay::{Desc, Egress, Relay, Sink, WorkerCmd};
 use super::xsk::{Umem, XskSocket};
-use crate::media::{Admission, DropReason, Latch, StreamId, StreamStats};
-use crate::wire::UdpFrame;
 
 /// Descriptors handled per ring per iteration.
 const BATCH: u32 = 64;
@@ -26,41 +25,6 @@ const SPINS_BEFORE_SLEEP: u32 = 2000;
 /// Longest sleep in `poll`, which bounds command latency.
 const POLL_MS: i32 = 10;
 
-/// A latched source shared by every worker (a stream's packets may arrive on any queue):
-/// `LATCHED | ip << 16 | port`, 0 while learning.
-pub type SharedLatch = Arc<AtomicU64>;
-const LATCHED: u64 = 1 << 48;
-
-fn pack(a: SocketAddrV4) -> u64 {
-    LATCHED | (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
-}
-
-fn unpack(v: u64) -> Option<SocketAddrV4> {
-    (v & LATCHED != 0).then(|| SocketAddrV4::new(Ipv4Addr::from((v >> 16) as u32), v as u16))
-}
-
-/// Session and neighbour changes for a worker.
-pub enum WorkerCmd {
-    Add {
-        id: StreamId,
-        peer: StreamId,
-        local: SocketAddrV4,
-        latch: Latch,
-        shared: SharedLatch,
-        stats: Arc<StreamStats>,
-    },
-    Renegotiate {
-        id: StreamId,
-        sdp: Option<SocketAddr>,
-    },
-    Remove(StreamId),
-    /// The link-layer address of a next hop, from the kernel's neighbour table.
-    Neighbour {
-        ip: Ipv4Addr,
-        mac: [u8; 6],
-    },
-}
-
 /// A device this worker transmits on and the sockets it receives on.
 pub struct Port {
     pub socket: XskSocket,
@@ -68,39 +32,6 @@ pub struct Port {
     pub mac: [u8; 6],
     /// IPv4 addresses of the device: streams whose local address is one of them leave here.
     pub addresses: Vec<Ipv4Addr>,
-}
-
-struct Stream {
-    peer: StreamId,
-    local: SocketAddrV4,
-    latch: Latch,
-    shared: SharedLatch,
-    stats: Arc<StreamStats>,
-    /// Index into the worker's ports of the device holding `local`.
-    egress: usize,
-}
-
-impl Stream {
-    /// Where this stream's remote is: the shared latched source, else the SDP address.
-    fn destination(&self) -> Option<SocketAddrV4> {
-        if let Some(l) = unpack(self.shared.load(Relaxed)) {
-            return Some(l);
-        }
-        match self.latch.sdp {
-            Some(SocketAddr::V4(a)) if a.port() != 0 && !a.ip().is_unspecified() => Some(a),
-            _ => None,
-        }
-    }
-}
-
-/// What became of one received frame.
-enum Outcome {
-    /// Rewritten in place; transmit it on this port.
-    Transmit(usize),
-    /// Handed to the kernel (next hop unknown); the frame is free again.
-    SlowPath,
-    /// Dropped and counted.
-    Drop,
 }
 
 /// Sends a complete IPv4 packet through a raw socket (`IPPROTO_RAW`, header included): the
@@ -178,14 +109,48 @@ pub struct WorkerSetup {
     pub stop: Arc<AtomicBool>,
 }
 
-pub struct Worker {
-    setup: WorkerSetup,
+/// The worker's side of the rings: where relayed frames go.
+struct Io {
+    sockets: Vec<XskSocket>,
+    /// Frames user space owns, not in any ring.
     free: Vec<u64>,
-    streams: HashMap<SocketAddrV4, Stream>,
-    local_of: HashMap<StreamId, SocketAddrV4>,
-    neighbours: HashMap<Ipv4Addr, [u8; 6]>,
-    /// Whether a port has TX descriptors the kernel has not consumed.
+    /// Whether a socket has TX descriptors the kernel has not consumed.
     tx_pending: Vec<bool>,
+    neighbour_misses: Sender<Ipv4Addr>,
+    raw: OwnedFd,
+}
+
+impl Sink for Io {
+    fn transmit(&mut self, port: usize, desc: Desc) -> bool {
+        let tx = &mut self.sockets[port].tx;
+        if tx.free(1) == 0 {
+            return false;
+        }
+        tx.push(desc);
+        self.tx_pending[port] = true;
+        true
+    }
+
+    fn slow_path(&mut self, ip_packet: &[u8], dest: SocketAddrV4) -> bool {
+        // The refresher learns the MAC from the kernel's resolution and tells every worker.
+        let _ = self.neighbour_misses.try_send(*dest.ip());
+        send_raw(self.raw.as_raw_fd(), ip_packet, dest)
+    }
+
+    fn recycle(&mut self, addr: u64) {
+        self.free.push(addr);
+    }
+}
+
+pub struct Worker {
+    core: usize,
+    busy_poll: bool,
+    commands: Receiver<WorkerCmd>,
+    stats: Arc<WorkerStats>,
+    stop: Arc<AtomicBool>,
+    umem: Umem,
+    relay: Relay,
+    io: Io,
     /// Relay-added latency samples since the last publication.
     latency: Histogram<u64>,
     last_publish: Instant,
@@ -194,41 +159,60 @@ pub struct Worker {
 impl Worker {
     pub fn new(setup: WorkerSetup) -> Self {
         let frames = setup.umem.frames;
-        let capacity = setup.capacity;
-        let ports = setup.ports.len();
+        let (sockets, egress): (Vec<XskSocket>, Vec<Egress>) = setup
+            .ports
+            .into_iter()
+            .map(|p| {
+                (
+                    p.socket,
+                    Egress {
+                        mac: p.mac,
+                        addresses: p.addresses,
+                    },
+                )
+            })
+            .unzip();
         Worker {
-            free: (0..frames)
-                .map(|f| u64::from(f) * u64::from(super::xsk::FRAME_SIZE))
-                .collect(),
-            streams: HashMap::with_capacity(capacity),
-            local_of: HashMap::with_capacity(capacity),
-            neighbours: HashMap::with_capacity(4096),
-            tx_pending: vec![false; ports],
+            core: setup.core,
+            busy_poll: setup.busy_poll,
+            commands: setup.commands,
+            stats: setup.stats,
+            stop: setup.stop,
+            umem: setup.umem,
+            relay: Relay::new(setup.capacity, egress),
+            io: Io {
+                free: (0..frames)
+                    .map(|f| u64::from(f) * u64::from(super::xsk::FRAME_SIZE))
+                    .collect(),
+                tx_pending: vec![false; sockets.len()],
+                sockets,
+                neighbour_misses: setup.neighbour_misses,
+                raw: setup.raw,
+            },
             latency: new_latency_histogram(),
             last_publish: Instant::now(),
-            setup,
         }
     }
 
     pub fn run(mut self) {
-        pin_to_core(self.setup.core);
+        pin_to_core(self.core);
         let mut idle = 0u32;
-        while !self.setup.stop.load(Relaxed) {
+        while !self.stop.load(Relaxed) {
             for _ in 0..BATCH {
-                match self.setup.commands.try_recv() {
-                    Ok(cmd) => self.apply(cmd),
+                match self.commands.try_recv() {
+                    Ok(cmd) => self.relay.apply(cmd),
                     Err(_) => break,
                 }
             }
             let mut work = 0;
             let batch_start = Instant::now();
-            let tx_before = self.setup.stats.tx.load(Relaxed);
-            for p in 0..self.setup.ports.len() {
+            let tx_before = self.stats.tx.load(Relaxed);
+            for p in 0..self.io.sockets.len() {
                 self.reclaim_and_fill(p);
                 work += self.receive(p);
             }
             self.flush_tx();
-            let sent = self.setup.stats.tx.load(Relaxed) - tx_before;
+            let sent = self.stats.tx.load(Relaxed) - tx_before;
             if sent > 0 {
                 // One sample per batch, weighted by its packets: the time from taking the batch
                 // off the RX rings to handing it to the kernel for transmission.
@@ -236,10 +220,10 @@ impl Worker {
                 self.latency.saturating_record_n(ns, sent);
             }
             self.publish_latency();
-            self.setup.stats.iterations.fetch_add(1, Relaxed);
+            self.stats.iterations.fetch_add(1, Relaxed);
             if work > 0 {
                 idle = 0;
-            } else if !self.setup.busy_poll {
+            } else if !self.busy_poll {
                 idle += 1;
                 if idle > SPINS_BEFORE_SLEEP {
                     self.sleep();
@@ -248,69 +232,18 @@ impl Worker {
         }
     }
 
-    fn apply(&mut self, cmd: WorkerCmd) {
-        match cmd {
-            WorkerCmd::Add {
-                id,
-                peer,
-                local,
-                latch,
-                shared,
-                stats,
-            } => {
-                if self.streams.len() >= self.setup.capacity {
-                    return;
-                }
-                let egress = self
-                    .setup
-                    .ports
-                    .iter()
-                    .position(|p| p.addresses.contains(local.ip()))
-                    .unwrap_or(0);
-                self.local_of.insert(id, local);
-                self.streams.insert(
-                    local,
-                    Stream {
-                        peer,
-                        local,
-                        latch,
-                        shared,
-                        stats,
-                        egress,
-                    },
-                );
-            }
-            WorkerCmd::Renegotiate { id, sdp } => {
-                if let Some(s) = self.local_of.get(&id).and_then(|l| self.streams.get_mut(l)) {
-                    s.latch.renegotiate(sdp);
-                }
-            }
-            WorkerCmd::Remove(id) => {
-                if let Some(local) = self.local_of.remove(&id) {
-                    self.streams.remove(&local);
-                }
-            }
-            WorkerCmd::Neighbour { ip, mac } => {
-                if self.neighbours.len() < self.neighbours.capacity()
-                    || self.neighbours.contains_key(&ip)
-                {
-                    self.neighbours.insert(ip, mac);
-                }
-            }
-        }
-    }
-
     /// Returns completed TX frames to the free list and tops the fill ring up.
     fn reclaim_and_fill(&mut self, p: usize) {
-        let sock = &mut self.setup.ports[p].socket;
+        let io = &mut self.io;
+        let sock = &mut io.sockets[p];
         let done = sock.completion.available(BATCH * 4);
         for i in 0..done {
-            self.free.push(sock.completion.peek(i));
+            io.free.push(sock.completion.peek(i));
         }
         sock.completion.release(done);
-        let room = sock.fill.free(BATCH).min(self.free.len() as u32);
+        let room = sock.fill.free(BATCH).min(io.free.len() as u32);
         for _ in 0..room {
-            let addr = self.free.pop().expect("counted");
+            let addr = io.free.pop().expect("counted");
             sock.fill.push(addr);
         }
         if room > 0 {
@@ -321,113 +254,36 @@ impl Worker {
         }
     }
 
-    /// Handles one batch of received frames on port `p`; returns how many arrived.
+    /// Relays one batch of received frames from socket `p`; returns how many arrived.
     fn receive(&mut self, p: usize) -> u32 {
-        let n = self.setup.ports[p].socket.rx.available(BATCH);
+        let rx = &mut self.io.sockets[p].rx;
+        let n = rx.available(BATCH);
         if n == 0 {
             return 0;
         }
-        let now = Instant::now();
-        for i in 0..n {
-            let desc = self.setup.ports[p].socket.rx.peek(i);
-            match self.forward(desc.addr, desc.len, now) {
-                Outcome::Transmit(egress) => {
-                    let tx = &mut self.setup.ports[egress].socket.tx;
-                    if tx.free(1) > 0 {
-                        tx.push(desc);
-                        self.tx_pending[egress] = true;
-                        self.setup.stats.tx.fetch_add(1, Relaxed);
-                    } else {
-                        self.free.push(desc.addr);
-                        self.setup.stats.dropped.fetch_add(1, Relaxed);
-                    }
-                }
-                Outcome::SlowPath => self.free.push(desc.addr),
-                Outcome::Drop => {
-                    self.free.push(desc.addr);
-                    self.setup.stats.dropped.fetch_add(1, Relaxed);
-                }
-            }
+        let mut descs = [Desc {
+            addr: 0,
+            len: 0,
+            options: 0,
+        }; BATCH as usize];
+        for (i, d) in descs.iter_mut().enumerate().take(n as usize) {
+            *d = rx.peek(i as u32);
         }
-        self.setup.ports[p].socket.rx.release(n);
-        self.setup.stats.rx.fetch_add(u64::from(n), Relaxed);
+        // The frames stay ours until they go back on a fill ring: the RX slots can go now.
+        rx.release(n);
+        let counts = self.relay.relay_batch(
+            self.umem.area_mut(),
+            &descs[..n as usize],
+            &mut self.io,
+            Instant::now(),
+        );
+        self.stats.rx.fetch_add(u64::from(n), Relaxed);
+        self.stats.tx.fetch_add(counts.tx, Relaxed);
+        self.stats.dropped.fetch_add(counts.dropped, Relaxed);
+        self.stats
+            .no_neighbour
+            .fetch_add(counts.no_neighbour, Relaxed);
         n
-    }
-
-    /// Latches, rewrites and picks the egress port for one frame.
-    fn forward(&mut self, addr: u64, len: u32, now: Instant) -> Outcome {
-        let frame = self.setup.umem.frame_mut(addr, len);
-        let Some(mut view) = UdpFrame::parse(frame) else {
-            return Outcome::Drop;
-        };
-        let (src, dst) = (view.source(), view.destination());
-        let Some(stream) = self.streams.get(&dst) else {
-            return Outcome::Drop;
-        };
-        let current = unpack(stream.shared.load(Relaxed));
-        let admission = match stream
-            .latch
-            .judge(current.map(SocketAddr::V4), SocketAddr::V4(src))
-        {
-            Admission::Latch => {
-                // Several workers may race to latch (or, with handover, re-latch) the same
-                // stream: the first one wins.
-                match stream.shared.compare_exchange(
-                    current.map_or(0, pack),
-                    pack(src),
-                    Relaxed,
-                    Relaxed,
-                ) {
-                    Ok(_) => {
-                        stream.stats.set_remote(Some(SocketAddr::V4(src)), true);
-                        Admission::Accept
-                    }
-                    Err(winner) => stream
-                        .latch
-                        .judge(unpack(winner).map(SocketAddr::V4), SocketAddr::V4(src)),
-                }
-            }
-            other => other,
-        };
-        if let Admission::Drop(reason) = admission {
-            stream.stats.record_drop(reason);
-            return Outcome::Drop;
-        }
-        let udp_len = view.udp_len() as u64;
-        stream.stats.record_rx(1, udp_len, now);
-        let Some(peer) = self
-            .local_of
-            .get(&stream.peer)
-            .and_then(|l| self.streams.get(l))
-        else {
-            stream.stats.record_drop(DropReason::NoDestination);
-            return Outcome::Drop;
-        };
-        let Some(dest) = peer.destination() else {
-            stream.stats.record_drop(DropReason::NoDestination);
-            return Outcome::Drop;
-        };
-        if view.ttl() <= 1 {
-            stream.stats.record_drop(DropReason::SendFailed);
-            return Outcome::Drop;
-        }
-        let egress = peer.egress;
-        let Some(dmac) = self.neighbours.get(dest.ip()).copied() else {
-            // Slow path: the kernel routes the rewritten IP packet and resolves the next hop;
-            // the refresher learns the MAC from it and tells every worker.
-            let _ = self.setup.neighbour_misses.try_send(*dest.ip());
-            self.setup.stats.no_neighbour.fetch_add(1, Relaxed);
-            view.rewrite(peer.local, dest, [0; 6], [0; 6]);
-            if send_raw(self.setup.raw.as_raw_fd(), view.ip_packet(), dest) {
-                peer.stats.record_tx(1, udp_len);
-            } else {
-                peer.stats.record_drop(DropReason::SendFailed);
-            }
-            return Outcome::SlowPath;
-        };
-        view.rewrite(peer.local, dest, self.setup.ports[egress].mac, dmac);
-        peer.stats.record_tx(1, udp_len);
-        Outcome::Transmit(egress)
     }
 
     /// Merges this worker's samples into the shared histogram once a second (the only lock the
@@ -437,7 +293,7 @@ impl Worker {
             return;
         }
         self.last_publish = Instant::now();
-        if let Ok(mut shared) = self.setup.stats.latency.lock() {
+        if let Ok(mut shared) = self.stats.latency.lock() {
             let _ = shared.add(&self.latency);
         }
         self.latency.reset();
@@ -446,8 +302,7 @@ impl Worker {
     /// Publishes queued TX descriptors and kicks the kernel while any are outstanding
     /// (copy mode moves at most a few dozen frames per kick).
     fn flush_tx(&mut self) {
-        for (p, pending) in self.tx_pending.iter_mut().enumerate() {
-            let sock = &mut self.setup.ports[p].socket;
+        for (sock, pending) in self.io.sockets.iter_mut().zip(&mut self.io.tx_pending) {
             if *pending {
                 sock.tx.submit();
             }
@@ -465,9 +320,9 @@ impl Worker {
             revents: 0,
         }; 32];
         let mut n = 0;
-        for p in self.setup.ports.iter().take(set.len()) {
+        for sock in self.io.sockets.iter().take(set.len()) {
             set[n] = libc::pollfd {
-                fd: p.socket.fd(),
+                fd: sock.fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -478,7 +333,6 @@ impl Worker {
     }
 }
 
-/// Pins the calling thread to one CPU.
 fn pin_to_core(core: usize) {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity on the calling thread.
     unsafe {

@@ -79,18 +79,11 @@ impl Umem {
         })
     }
 
-    /// The bytes of the frame at `addr`, `len` long.
-    pub fn frame_mut(&mut self, addr: u64, len: u32) -> &mut [u8] {
-        let start = addr as usize;
-        let end = (start + len as usize).min(self.area.len);
-        // SAFETY: the range lies inside the mapping (clamped above) and `&mut self` makes this
-        // the only user-space reference; the kernel does not touch a frame user space owns.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.area.ptr.as_ptr().add(start),
-                end.saturating_sub(start),
-            )
-        }
+    /// The whole frame memory (frames are addressed by offset into it).
+    pub fn area_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes and `&mut self` makes this the only user-space
+        // reference; the kernel does not touch frames user space owns (not in a fill/TX ring).
+        unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr(), self.area.len) }
     }
 }
 
