@@ -283,6 +283,7 @@ static __always_inline int transmit(struct xdp_md *ctx, struct ethhdr *eth,
 {
 	__sync_fetch_and_add(&st->rx_packets, 1);
 	__sync_fetch_and_add(&st->rx_bytes, len);
+	st->last_seen_ns = bpf_ktime_get_coarse_ns();
 	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
 	if (fib->ifindex == ctx->ingress_ifindex)

@@ -1,6 +1,6 @@
-//! The kernel's clocks as nanoseconds. The kernel tier compares them with `bpf_ktime_get_ns`
-//! (CLOCK_MONOTONIC) to date the last packet of a stream; the load generator and sink carry them
-//! in packets to measure latency.
+//! The kernel's clocks as nanoseconds. The kernel tier compares them with
+//! `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) to date the last packet of a stream; the
+//! load generator and sink carry them in packets to measure latency.
 
 fn read(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
@@ -15,6 +15,11 @@ fn read(clock: libc::clockid_t) -> u64 {
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` and of `std::time::Instant` on Linux.
 pub fn monotonic_ns() -> u64 {
     read(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns` (tick resolution).
+pub fn monotonic_coarse_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// CLOCK_REALTIME, the clock of kernel receive timestamps (SO_TIMESTAMPNS).

@@ -681,6 +681,12 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     );
     assert_eq!(sa.rx_bytes, 3 * 168, "UDP header and payload");
     assert_eq!(sa.drops, 2, "unknown source and strict source");
+    let now = mediagate::clock::monotonic_coarse_ns();
+    assert!(
+        sa.last_seen_ns > 0 && sa.last_seen_ns <= now,
+        "last seen {} is a CLOCK_MONOTONIC_COARSE time before {now}",
+        sa.last_seen_ns
+    );
     let sa6 = states.get(&ia6, 0).unwrap();
     assert_eq!(
         sa6.latched_source(FAMILY_V6),

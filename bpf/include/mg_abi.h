@@ -61,6 +61,9 @@ struct mg_state {
 	__u64 rx_packets;          /* accepted and forwarded */
 	__u64 rx_bytes;            /* UDP header + payload */
 	__u64 drops;
+	__u64 last_seen_ns;        /* bpf_ktime_get_coarse_ns() of the last forwarded packet:
+	                            * tick resolution is plenty for media timeouts, and reading it
+	                            * costs a load instead of a clock read per packet */
 };
 
 #define MG_LATCHED (1ULL << 48)

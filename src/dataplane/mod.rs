@@ -4,6 +4,7 @@
 
 pub mod afxdp;
 pub mod kernel;
+pub mod netlink;
 pub mod socket;
 
 use std::io;

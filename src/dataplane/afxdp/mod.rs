@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::kernel::KernelTier;
+use super::netlink::Netlink;
 use crate::media::{Command, StreamId};
 use relay::{SharedLatch, WorkerCmd};
 use worker::{Port, Worker, WorkerSetup, WorkerStats};
@@ -30,6 +31,8 @@ use xsk::{Umem, XskSocket};
 const RING_SIZE: u32 = 2048;
 /// How often the refresher re-reads the neighbour table.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_millis(100);
+/// How long a destination's next hop (from the routing table) is trusted before asking again.
+const ROUTE_REFRESH: Duration = Duration::from_secs(10);
 /// The discard service: where a resolution probe goes (RFC 863), so that no peer sees data.
 const DISCARD_PORT: u16 = 9;
 
@@ -279,70 +282,53 @@ fn raw_socket() -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
-/// The kernel's IPv4 neighbour table (`/proc/net/arp` of this network namespace): complete
-/// entries only.
-fn read_neighbours() -> HashMap<Ipv4Addr, [u8; 6]> {
-    let text = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let complete = f.get(2).is_some_and(|flags| *flags != "0x0");
-            let ip = f.first()?.parse().ok()?;
-            let mac = parse_mac(f.get(3)?)?;
-            (complete && mac != [0; 6]).then_some((ip, mac))
-        })
-        .collect()
-}
-
-/// The next hop toward `dest` from the IPv4 routing table (`/proc/net/route`): the gateway of
-/// the longest matching prefix, or `dest` itself when it is on-link.
-fn next_hop(routes: &str, dest: Ipv4Addr) -> Ipv4Addr {
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
-    let d = u32::from(dest);
-    let mut best: Option<(u32, u32)> = None; // (mask, gateway)
-    for line in routes.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(net), Some(gw), Some(mask)) = (
-            f.get(1).and_then(|v| hex(v)),
-            f.get(2).and_then(|v| hex(v)),
-            f.get(7).and_then(|v| hex(v)),
-        ) else {
-            continue;
-        };
-        if d & mask == net & mask && best.is_none_or(|(m, _)| mask.count_ones() > m.count_ones()) {
-            best = Some((mask, gw));
-        }
-    }
-    match best {
-        Some((_, gw)) if gw != 0 => Ipv4Addr::from(gw),
-        _ => dest,
-    }
-}
-
-/// Tells workers the MAC of the next hop toward each destination they asked for, and makes the
-/// kernel resolve unknown ones by sending an empty datagram to the destination's discard port
-/// (the kernel resolves the next hop to send it).
+/// Tells workers the MAC of the next hop toward each destination they asked for (the kernel's
+/// route and neighbour tables, over rtnetlink), and makes the kernel resolve unknown ones by
+/// sending an empty datagram to the destination's discard port (the kernel resolves the next
+/// hop to send it).
 fn refresh_neighbours(
     workers: &[Sender<WorkerCmd>],
     misses: &Receiver<Ipv4Addr>,
     stop: &AtomicBool,
     probes: &AtomicU64,
 ) {
+    let mut netlink = match Netlink::open() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "no rtnetlink socket: AF_XDP next hops stay on the slow path");
+            return;
+        }
+    };
     let probe = UdpSocket::bind("0.0.0.0:0").ok();
     let mut wanted: HashSet<Ipv4Addr> = HashSet::new();
     let mut known: HashMap<Ipv4Addr, [u8; 6]> = HashMap::new();
     let mut last_probe: HashMap<Ipv4Addr, Instant> = HashMap::new();
+    // Routes change rarely: each destination's next hop is asked again after ROUTE_REFRESH.
+    let mut hops: HashMap<Ipv4Addr, (Option<Ipv4Addr>, Instant)> = HashMap::new();
     while !stop.load(Relaxed) {
         std::thread::sleep(NEIGHBOUR_REFRESH);
         wanted.extend(misses.try_iter());
         if wanted.is_empty() {
             continue;
         }
-        let table = read_neighbours();
-        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        let table = match netlink.neighbours() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the neighbour table");
+                continue;
+            }
+        };
+        let mut hop_of = |ip: Ipv4Addr| match hops.get(&ip) {
+            Some((hop, at)) if at.elapsed() < ROUTE_REFRESH => *hop,
+            _ => {
+                let hop = netlink.next_hop(ip).unwrap_or(None);
+                hops.insert(ip, (hop, Instant::now()));
+                hop
+            }
+        };
+        let mut unresolved = Vec::new();
         for ip in &wanted {
-            match table.get(&next_hop(&routes, *ip)) {
+            match hop_of(*ip).and_then(|hop| table.get(&hop)) {
                 Some(mac) if known.get(ip) != Some(mac) => {
                     known.insert(*ip, *mac);
                     for w in workers {
@@ -350,43 +336,27 @@ fn refresh_neighbours(
                     }
                 }
                 Some(_) => {}
-                None => {
-                    let due = last_probe
-                        .get(ip)
-                        .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
-                    if let (true, Some(s)) = (due, &probe) {
-                        let _ = s.send_to(&[], (IpAddr::V4(*ip), DISCARD_PORT));
-                        probes.fetch_add(1, Relaxed);
-                        last_probe.insert(*ip, Instant::now());
-                    }
-                }
+                None => unresolved.push(*ip),
+            }
+        }
+        for ip in &unresolved {
+            let due = last_probe
+                .get(ip)
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
+            if let (true, Some(s)) = (due, &probe) {
+                let _ = s.send_to(&[], (IpAddr::V4(*ip), DISCARD_PORT));
+                probes.fetch_add(1, Relaxed);
+                last_probe.insert(*ip, Instant::now());
             }
         }
         // Keep watching resolved addresses so MAC changes reach the workers too.
-        wanted.retain(|ip| !known.contains_key(ip) || table.contains_key(&next_hop(&routes, *ip)));
+        wanted.retain(|ip| !known.contains_key(ip) || !unresolved.contains(ip));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ROUTES: &str =
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-eth0\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-
-    #[test]
-    fn next_hop_is_the_gateway_off_link_and_the_destination_on_link() {
-        assert_eq!(
-            next_hop(ROUTES, "10.0.2.77".parse().unwrap()),
-            "10.0.2.77".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            next_hop(ROUTES, "192.0.2.1".parse().unwrap()),
-            "10.0.2.1".parse::<Ipv4Addr>().unwrap()
-        );
-    }
 
     #[test]
     fn macs_parse() {

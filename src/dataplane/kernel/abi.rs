@@ -50,6 +50,8 @@ pub struct State {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: u64,
+    /// `CLOCK_MONOTONIC_COARSE` nanoseconds of the last forwarded packet.
+    pub last_seen_ns: u64,
 }
 
 /// `struct mg_settings`.
@@ -100,7 +102,8 @@ const _: () = {
     assert!(offset_of!(Config, peer_port) == 52);
     assert!(offset_of!(Config, family) == 54);
     assert!(offset_of!(Config, generation) == 56);
-    assert!(size_of::<State>() == 56);
+    assert!(size_of::<State>() == 64);
+    assert!(offset_of!(State, last_seen_ns) == 56);
     assert!(offset_of!(State, latched) == 8);
     assert!(offset_of!(State, latched6) == 16);
     assert!(offset_of!(State, rx_packets) == 32);

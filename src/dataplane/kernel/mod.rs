@@ -76,8 +76,6 @@ struct Entry {
     /// The forwarding flag this tier's mode gives a stream whose pair shares one family.
     forward_flag: u16,
     stats: Arc<StreamStats>,
-    /// The program's rx count at the last collection: a change is activity.
-    seen_rx: u64,
 }
 
 type States = Arc<Mutex<Array<MapData, State>>>;
@@ -263,7 +261,6 @@ impl KernelTier {
                         config,
                         forward_flag,
                         stats: spec.stats.clone(),
-                        seen_rx: 0,
                     },
                 );
                 // A stream forwards once its peer is known; both are written when the second
@@ -284,6 +281,15 @@ impl KernelTier {
                     self.configs
                         .set(e.index, Config::default(), 0)
                         .map_err(io::Error::other)?;
+                    // The peer must not keep forwarding through this port: another call may
+                    // get it next. It goes back to the socket tier until it is paired again.
+                    if let Some(p) = streams.get_mut(&e.peer) {
+                        p.config.flags &= !(FLAG_KERNEL | FLAG_XSK);
+                        p.stats.set_tier(Tier::Socket);
+                        self.configs
+                            .set(p.index, p.config, 0)
+                            .map_err(io::Error::other)?;
+                    }
                     tracing::trace!(local = %e.local, "kernel stream removed");
                 }
             }
@@ -381,7 +387,7 @@ fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &At
     let mut read: HashMap<StreamId, State> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(COLLECT_EVERY);
-        let mut streams = streams.lock().expect("streams");
+        let streams = streams.lock().expect("streams");
         read.clear();
         {
             let states = states.lock().expect("states");
@@ -391,8 +397,8 @@ fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &At
                 }
             }
         }
-        let now = Instant::now();
-        for (id, e) in streams.iter_mut() {
+        let (now, now_ns) = (Instant::now(), crate::clock::monotonic_coarse_ns());
+        for (id, e) in streams.iter() {
             let Some(s) = read.get(id) else {
                 continue;
             };
@@ -404,9 +410,9 @@ fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &At
                 tx_bytes: out.rx_bytes,
                 drops: s.drops,
             });
-            if s.rx_packets != e.seen_rx {
-                e.seen_rx = s.rx_packets;
-                e.stats.record_activity(now);
+            if s.last_seen_ns != 0 {
+                let age = Duration::from_nanos(now_ns.saturating_sub(s.last_seen_ns));
+                e.stats.record_activity(now - age);
             }
             if s.generation == e.config.generation && !e.stats.latched() {
                 if let Some(src) = s.latched_source(e.config.family) {
