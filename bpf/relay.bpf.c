@@ -350,7 +350,7 @@ static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, stru
 		__u16 c = csum_apply(udp->check, addr_delta + csum_delta(old_ports, new_ports, 2));
 		udp->check = c ? c : 0xffff;
 	}
-	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)udp));
+	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)(udp + 1)));
 }
 
 static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
@@ -396,7 +396,7 @@ static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
 	udp->dest = new_ports[1];
 	__u16 c = csum_apply(udp->check, delta);
 	udp->check = c ? c : 0xffff;
-	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)udp));
+	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)(udp + 1)));
 }
 
 SEC("xdp")

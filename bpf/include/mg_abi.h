@@ -59,7 +59,7 @@ struct mg_state {
 	                            * IPv6: MG_LATCHED | port, with the address in latched6 */
 	struct mg_addr latched6;
 	__u64 rx_packets;          /* accepted and forwarded */
-	__u64 rx_bytes;            /* UDP header + payload */
+	__u64 rx_bytes;            /* UDP payload, as a socket counts it */
 	__u64 drops;
 	__u64 last_seen_ns;        /* bpf_ktime_get_coarse_ns() of the last forwarded packet:
 	                            * tick resolution is plenty for media timeouts, and reading it

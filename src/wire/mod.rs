@@ -80,9 +80,10 @@ impl<'a> UdpFrame<'a> {
         &self.buf[self.ip..]
     }
 
-    /// Bytes of the UDP datagram (header + payload), as counted in stream statistics.
-    pub fn udp_len(&self) -> usize {
-        self.buf.len() - self.udp()
+    /// Bytes of UDP payload: what every tier counts in stream statistics (what a socket
+    /// receives), so a stream's byte counts do not depend on the tier that carried it.
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - self.udp() - 8
     }
 
     /// Readdresses the datagram from `src` to `dst` with TTL − 1 and new MACs, updating both

@@ -106,11 +106,11 @@ enum Outcome {
     /// Rewritten in place; transmit it on this egress.
     Transmit(usize),
     /// Rewritten, next hop unknown: hand the IP packet to the kernel, and count it on the
-    /// stream it leaves from (`udp_len` bytes) once sent.
+    /// stream it leaves from (`payload` bytes) once sent.
     SlowPath {
         dest: SocketAddrV4,
         leaving: Arc<StreamStats>,
-        udp_len: u64,
+        payload: u64,
     },
     /// Dropped and counted.
     Drop,
@@ -217,13 +217,13 @@ impl Relay {
                 Outcome::SlowPath {
                     dest,
                     leaving,
-                    udp_len,
+                    payload,
                 } => {
                     counts.no_neighbour += 1;
                     let sent = UdpFrame::parse(frame)
                         .is_some_and(|view| sink.slow_path(view.ip_packet(), dest));
                     if sent {
-                        leaving.record_tx(1, udp_len);
+                        leaving.record_tx(1, payload);
                     } else {
                         leaving.record_drop(DropReason::SendFailed);
                         counts.dropped += 1;
@@ -277,8 +277,8 @@ impl Relay {
             stream.stats.record_drop(reason);
             return Outcome::Drop;
         }
-        let udp_len = view.udp_len() as u64;
-        stream.stats.record_rx(1, udp_len, now);
+        let payload = view.payload_len() as u64;
+        stream.stats.record_rx(1, payload, now);
         let Some(peer) = self
             .local_of
             .get(&stream.peer)
@@ -302,11 +302,11 @@ impl Relay {
             return Outcome::SlowPath {
                 dest,
                 leaving: peer.stats.clone(),
-                udp_len,
+                payload,
             };
         };
         view.rewrite(peer.local, dest, self.egress[egress].mac, dmac);
-        peer.stats.record_tx(1, udp_len);
+        peer.stats.record_tx(1, payload);
         Outcome::Transmit(egress)
     }
 }
