@@ -966,6 +966,73 @@ to = ["pbx"]
     }
 
     #[test]
+    fn trunk_health_strategy_and_limits() {
+        let itsp = "local = \"udp:10.99.2.1:5060\"\n\n[[route]]";
+        let with = |keys: &str| {
+            GOOD.replacen(
+                itsp,
+                &format!("local = \"udp:10.99.2.1:5060\"\n{keys}\n\n[[route]]"),
+                1,
+            )
+        };
+        let c = parse("t.toml", &with("strategy = \"weighted\"\nweights = [3]\noptions_interval_s = 20\nmax_calls = 10\nmax_cps = 2.5\nmax_duration_s = 7200\nfailover_on = [503]\nredirect = \"pass\"")).unwrap();
+        let t = &c.trunks[1];
+        assert_eq!(
+            (t.strategy, t.weights.clone()),
+            (Strategy::Weighted, vec![3])
+        );
+        assert_eq!(
+            t.probe.map(|p| (
+                p.interval.as_secs(),
+                p.timeout.as_secs(),
+                p.down_after,
+                p.up_after
+            )),
+            Some((20, 3, 3, 2))
+        );
+        assert_eq!(
+            (t.max_calls, t.max_cps, t.failover_on.clone()),
+            (Some(10), Some(2.5), vec![503])
+        );
+        assert_eq!(t.redirect, Redirect::Pass);
+        assert_eq!(c.trunks[0].failover_on, DEFAULT_FAILOVER_ON.to_vec());
+        assert_eq!(c.trunks[0].invite_timeout.as_secs(), 5);
+        assert!(c.trunks[0].probe.is_none(), "probing is off by default");
+        for (keys, key) in [
+            ("weights = [1]", "trunk[1].weights"),
+            (
+                "strategy = \"weighted\"\nweights = [1, 2]",
+                "trunk[1].weights",
+            ),
+            ("strategy = \"weighted\"\nweights = [0]", "trunk[1].weights"),
+            ("strategy = \"random\"", "trunk[1].strategy"),
+            (
+                "options_interval_s = 5\noptions_timeout_s = 5",
+                "trunk[1].options_timeout_s",
+            ),
+            (
+                "options_interval_s = 5\ndown_after = 0",
+                "trunk[1].down_after",
+            ),
+            ("options_interval_s = 5\nup_after = 0", "trunk[1].up_after"),
+            ("invite_timeout_s = 0", "trunk[1].invite_timeout_s"),
+            ("invite_timeout_s = 33", "trunk[1].invite_timeout_s"),
+            ("failover_on = [503, 200]", "trunk[1].failover_on[1]"),
+            ("redirect = \"maybe\"", "trunk[1].redirect"),
+            ("max_calls = 0", "trunk[1].max_calls"),
+            ("max_cps = 0", "trunk[1].max_cps"),
+            ("max_cps = -1.5", "trunk[1].max_cps"),
+            ("max_duration_s = 0", "trunk[1].max_duration_s"),
+        ] {
+            let e = error_of(&with(keys));
+            assert_eq!(e.key, key, "{keys}: {e}");
+            assert!(e.line >= 20, "{keys}: {e}");
+        }
+        let e = error_of(&GOOD.replace("[media]", "max_cps = 0\n\n[media]"));
+        assert_eq!(e.key, "sip.max_cps", "{e}");
+    }
+
+    #[test]
     fn syntax_error_has_line() {
         let e = error_of("[sip]\nlisten = [\n");
         assert!(e.line >= 2, "{e}");
