@@ -91,6 +91,45 @@ pub enum Dataplane {
     Afxdp,
 }
 
+/// How a trunk's peers share its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The first peer that is not down takes every call; the others are its failover.
+    #[default]
+    Priority,
+    /// Peers take turns.
+    RoundRobin,
+    /// Peers take calls in proportion to their `weights` (smooth weighted round robin).
+    Weighted,
+}
+
+/// What a 3xx answer from a trunk does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Redirect {
+    /// Send the INVITE to the first `sip:` Contact of the redirect (same trunk, same local
+    /// socket), as one more attempt.
+    Follow,
+    /// Relay the 3xx to the caller unchanged (its Contact reveals the trunk's target).
+    Pass,
+    /// Treat it as a failed attempt: try the next peer or trunk, else answer the caller 480.
+    #[default]
+    Reject,
+}
+
+/// OPTIONS keepalive of a trunk's peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub interval: Duration,
+    /// A probe without a final response within this time counts as a failure.
+    pub timeout: Duration,
+    /// Consecutive failures that take an up (or unprobed) peer down.
+    pub down_after: u32,
+    /// Consecutive successes that bring a down peer up.
+    pub up_after: u32,
+}
+
 /// Whether a trunk faces the LAN (IP-PBX, PSTN gateway) or an Internet telephony provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +153,8 @@ pub struct SipConfig {
     pub listen: Vec<Endpoint>,
     /// Concurrent calls beyond which new INVITEs get 503.
     pub max_calls: usize,
+    /// New calls per second accepted in all (token bucket, burst of one second's worth).
+    pub max_cps: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +204,22 @@ pub struct Trunk {
     pub peers: Vec<Endpoint>,
     /// The listen socket that faces this trunk; its IP is advertised in SDP toward the trunk.
     pub local: Endpoint,
+    pub strategy: Strategy,
+    /// One per peer, for [`Strategy::Weighted`] (all 1 otherwise).
+    pub weights: Vec<u32>,
+    /// OPTIONS keepalive; `None`: peers are never probed and always tried.
+    pub probe: Option<Probe>,
+    /// A peer that sends nothing (not even 100 Trying) within this time is given up on.
+    pub invite_timeout: Duration,
+    /// Final responses after which the next peer, then the next trunk, is tried.
+    pub failover_on: Vec<u16>,
+    pub redirect: Redirect,
+    /// Concurrent calls through this trunk (either direction).
+    pub max_calls: Option<usize>,
+    /// New calls per second through this trunk (either direction).
+    pub max_cps: Option<f64>,
+    /// Calls through this trunk are hung up (BYE both legs) after this long answered.
+    pub max_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +261,7 @@ struct RawSip {
     listen: Vec<String>,
     #[serde(default = "default_max_calls")]
     max_calls: usize,
+    max_cps: Option<f64>,
 }
 
 fn default_max_calls() -> usize {
@@ -270,6 +328,49 @@ struct RawTrunk {
     kind: TrunkKind,
     peers: Vec<String>,
     local: String,
+    #[serde(default)]
+    strategy: Strategy,
+    weights: Option<Vec<u32>>,
+    #[serde(default)]
+    options_interval_s: u64,
+    #[serde(default = "default_options_timeout")]
+    options_timeout_s: u64,
+    #[serde(default = "default_down_after")]
+    down_after: u32,
+    #[serde(default = "default_up_after")]
+    up_after: u32,
+    #[serde(default = "default_invite_timeout")]
+    invite_timeout_s: u64,
+    failover_on: Option<Vec<u16>>,
+    #[serde(default)]
+    redirect: Redirect,
+    max_calls: Option<usize>,
+    max_cps: Option<f64>,
+    max_duration_s: Option<u64>,
+}
+
+fn default_options_timeout() -> u64 {
+    3
+}
+fn default_down_after() -> u32 {
+    3
+}
+fn default_up_after() -> u32 {
+    2
+}
+fn default_invite_timeout() -> u64 {
+    5
+}
+/// Responses after which a call moves on to the next peer or trunk, unless a trunk says otherwise.
+pub const DEFAULT_FAILOVER_ON: [u16; 6] = [408, 480, 500, 502, 503, 504];
+
+/// A calls-per-second limit must be a positive, finite number.
+fn check_cps(v: f64) -> Result<f64, String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a positive number of calls per second"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -555,11 +656,90 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("`{}` is not one of sip.listen", t.local),
             ));
         }
+        let weights = match (&t.weights, t.strategy) {
+            (None, _) => vec![1; peers.len()],
+            (Some(w), Strategy::Weighted) if w.len() == peers.len() && !w.contains(&0) => w.clone(),
+            (Some(_), Strategy::Weighted) => {
+                return Err(err(
+                    &at("weights"),
+                    format!("needs one weight above 0 per peer ({})", peers.len()),
+                ))
+            }
+            (Some(_), _) => {
+                return Err(err(
+                    &at("weights"),
+                    "weights need strategy = \"weighted\"".into(),
+                ))
+            }
+        };
+        let probe = match t.options_interval_s {
+            0 => None,
+            interval => {
+                if t.options_timeout_s == 0 || t.options_timeout_s >= interval {
+                    return Err(err(
+                        &at("options_timeout_s"),
+                        format!("must be at least 1 and below options_interval_s ({interval})"),
+                    ));
+                }
+                for (key, v) in [("down_after", t.down_after), ("up_after", t.up_after)] {
+                    if v == 0 {
+                        return Err(err(&at(key), "must be at least 1".into()));
+                    }
+                }
+                Some(Probe {
+                    interval: Duration::from_secs(interval),
+                    timeout: Duration::from_secs(t.options_timeout_s),
+                    down_after: t.down_after,
+                    up_after: t.up_after,
+                })
+            }
+        };
+        if !(1..=32).contains(&t.invite_timeout_s) {
+            return Err(err(
+                &at("invite_timeout_s"),
+                "must be 1 to 32 seconds (Timer B)".into(),
+            ));
+        }
+        let failover_on = t
+            .failover_on
+            .clone()
+            .unwrap_or(DEFAULT_FAILOVER_ON.to_vec());
+        if let Some(j) = failover_on.iter().position(|c| !(300..=699).contains(c)) {
+            return Err(err(
+                &[
+                    Seg::Key("trunk"),
+                    Seg::Index(i),
+                    Seg::Key("failover_on"),
+                    Seg::Index(j),
+                ],
+                format!("{} is not a final SIP error code (300-699)", failover_on[j]),
+            ));
+        }
+        if t.max_calls == Some(0) {
+            return Err(err(&at("max_calls"), "must be at least 1".into()));
+        }
+        let max_cps = t
+            .max_cps
+            .map(check_cps)
+            .transpose()
+            .map_err(|m| err(&at("max_cps"), m))?;
+        if t.max_duration_s == Some(0) {
+            return Err(err(&at("max_duration_s"), "must be at least 1".into()));
+        }
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
             peers,
             local,
+            strategy: t.strategy,
+            weights,
+            probe,
+            invite_timeout: Duration::from_secs(t.invite_timeout_s),
+            failover_on,
+            redirect: t.redirect,
+            max_calls: t.max_calls,
+            max_cps,
+            max_duration: t.max_duration_s.map(Duration::from_secs),
         });
     }
 
@@ -605,6 +785,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         sip: SipConfig {
             listen,
             max_calls: raw.sip.max_calls,
+            max_cps: raw
+                .sip
+                .max_cps
+                .map(check_cps)
+                .transpose()
+                .map_err(|m| err(&[Seg::Key("sip"), Seg::Key("max_cps")], m))?,
         },
         media: MediaConfig {
             port_first,
@@ -777,6 +963,73 @@ to = ["pbx"]
         let mixed = good.replace("203.0.113.5", "2001:db8::5");
         let e = parse("m.toml", &mixed).unwrap_err();
         assert_eq!(e.key, "media.interface[0].advertise", "{e}");
+    }
+
+    #[test]
+    fn trunk_health_strategy_and_limits() {
+        let itsp = "local = \"udp:10.99.2.1:5060\"\n\n[[route]]";
+        let with = |keys: &str| {
+            GOOD.replacen(
+                itsp,
+                &format!("local = \"udp:10.99.2.1:5060\"\n{keys}\n\n[[route]]"),
+                1,
+            )
+        };
+        let c = parse("t.toml", &with("strategy = \"weighted\"\nweights = [3]\noptions_interval_s = 20\nmax_calls = 10\nmax_cps = 2.5\nmax_duration_s = 7200\nfailover_on = [503]\nredirect = \"pass\"")).unwrap();
+        let t = &c.trunks[1];
+        assert_eq!(
+            (t.strategy, t.weights.clone()),
+            (Strategy::Weighted, vec![3])
+        );
+        assert_eq!(
+            t.probe.map(|p| (
+                p.interval.as_secs(),
+                p.timeout.as_secs(),
+                p.down_after,
+                p.up_after
+            )),
+            Some((20, 3, 3, 2))
+        );
+        assert_eq!(
+            (t.max_calls, t.max_cps, t.failover_on.clone()),
+            (Some(10), Some(2.5), vec![503])
+        );
+        assert_eq!(t.redirect, Redirect::Pass);
+        assert_eq!(c.trunks[0].failover_on, DEFAULT_FAILOVER_ON.to_vec());
+        assert_eq!(c.trunks[0].invite_timeout.as_secs(), 5);
+        assert!(c.trunks[0].probe.is_none(), "probing is off by default");
+        for (keys, key) in [
+            ("weights = [1]", "trunk[1].weights"),
+            (
+                "strategy = \"weighted\"\nweights = [1, 2]",
+                "trunk[1].weights",
+            ),
+            ("strategy = \"weighted\"\nweights = [0]", "trunk[1].weights"),
+            ("strategy = \"random\"", "trunk[1].strategy"),
+            (
+                "options_interval_s = 5\noptions_timeout_s = 5",
+                "trunk[1].options_timeout_s",
+            ),
+            (
+                "options_interval_s = 5\ndown_after = 0",
+                "trunk[1].down_after",
+            ),
+            ("options_interval_s = 5\nup_after = 0", "trunk[1].up_after"),
+            ("invite_timeout_s = 0", "trunk[1].invite_timeout_s"),
+            ("invite_timeout_s = 33", "trunk[1].invite_timeout_s"),
+            ("failover_on = [503, 200]", "trunk[1].failover_on[1]"),
+            ("redirect = \"maybe\"", "trunk[1].redirect"),
+            ("max_calls = 0", "trunk[1].max_calls"),
+            ("max_cps = 0", "trunk[1].max_cps"),
+            ("max_cps = -1.5", "trunk[1].max_cps"),
+            ("max_duration_s = 0", "trunk[1].max_duration_s"),
+        ] {
+            let e = error_of(&with(keys));
+            assert_eq!(e.key, key, "{keys}: {e}");
+            assert!(e.line >= 20, "{keys}: {e}");
+        }
+        let e = error_of(&GOOD.replace("[media]", "max_cps = 0\n\n[media]"));
+        assert_eq!(e.key, "sip.max_cps", "{e}");
     }
 
     #[test]

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod sdp;
 pub mod signalling;
 pub mod sip;
+pub mod trunk;
 pub mod wire;

@@ -14,14 +14,23 @@ use mediagate::sip::b2bua::B2bua;
 use tokio::sync::mpsc;
 
 const USAGE: &str = "usage: mediagate [--config FILE] | --check-config FILE | --version
+       mediagate trunk (drain|resume) NAME --config FILE
 
   --config FILE        run with this configuration (without it: a safe embedded default
                        that listens on loopback only and accepts calls from no one)
-  --check-config FILE  validate FILE; exit 0, or print FILE:LINE: key: problem and exit 2";
+  --check-config FILE  validate FILE; exit 0, or print FILE:LINE: key: problem and exit 2
+  trunk drain NAME     stop new calls to trunk NAME of the mediagate running with FILE (its
+                       calls up continue); `trunk resume NAME` takes new calls again. Talks to
+                       [control] http of FILE.";
 
 enum Mode {
     Run(Option<PathBuf>),
     Check(PathBuf),
+    Trunk {
+        name: String,
+        drain: bool,
+        config: PathBuf,
+    },
 }
 
 fn parse_args() -> Result<Mode, String> {
@@ -35,6 +44,11 @@ fn parse_args() -> Result<Mode, String> {
         [] => Ok(Mode::Run(None)),
         ["--config", f] => Ok(Mode::Run(Some(f.into()))),
         ["--check-config", f] => Ok(Mode::Check(f.into())),
+        ["trunk", action @ ("drain" | "resume"), name, "--config", f] => Ok(Mode::Trunk {
+            name: name.to_string(),
+            drain: *action == "drain",
+            config: f.into(),
+        }),
         ["--version"] => {
             println!("mediagate {}", env!("CARGO_PKG_VERSION"));
             std::process::exit(0)
@@ -60,6 +74,20 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(2)
+            }
+        },
+        Mode::Trunk {
+            name,
+            drain,
+            config,
+        } => match trunk_command(&config, &name, drain) {
+            Ok(reply) => {
+                println!("{reply}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mediagate trunk: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Mode::Run(path) => {
@@ -96,6 +124,33 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `mediagate trunk drain|resume NAME`: one HTTP request to the running mediagate's control
+/// endpoint; returns its JSON reply.
+fn trunk_command(config: &std::path::Path, name: &str, drain: bool) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let config = config::load(config)?;
+    let addr = config
+        .control
+        .http
+        .context("the config has no [control] http endpoint to talk to")?;
+    let action = if drain { "drain" } else { "resume" };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST /trunks/{name}/{action} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.trim().to_string())
+    } else {
+        anyhow::bail!("{}", body.trim())
     }
 }
 
@@ -141,9 +196,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the control runtime")?;
     runtime.block_on(async move {
-        let (status_tx, status_rx) = mpsc::channel(16);
+        let (control_tx, control_rx) = mpsc::channel(16);
         if let Some(addr) = config.control.http {
-            mediagate::metrics::serve(addr, status_tx)
+            mediagate::metrics::serve(addr, control_tx)
                 .await
                 .with_context(|| format!("binding the status endpoint {addr}"))?;
         }
@@ -161,6 +216,6 @@ fn run(config: Config) -> anyhow::Result<()> {
             ng,
             media,
         };
-        mediagate::signalling::run(config.clone(), relay, frontends, status_rx, shutdown).await
+        mediagate::signalling::run(config.clone(), relay, frontends, control_rx, shutdown).await
     })
 }

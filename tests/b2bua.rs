@@ -357,3 +357,299 @@ fn call_cap_answers_503() {
     assert_eq!(code_of(&r), 503);
     assert!(r.header("Retry-After").is_some());
 }
+
+// ---- trunks: peers, failover, limits, health (issue: trunks as operators run them) ----
+
+/// The lab config with the ITSP trunk's `peers` line replaced by `itsp` (more keys may follow
+/// on new lines), and `extra` appended.
+fn lab_with(itsp: &str, extra: &str) -> Harness {
+    let text = CONFIG.replace("peers = [\"udp:10.99.2.2:5060\"]", itsp) + extra;
+    let mut h = Harness::new();
+    h.core = B2bua::new(Arc::new(config::parse("lab.toml", &text).unwrap()));
+    h
+}
+
+const TWO_PEERS: &str = "peers = [\"udp:10.99.2.2:5060\", \"udp:10.99.2.3:5060\"]";
+
+/// The caller's INVITE number `n` (own branch and Call-ID).
+fn invite_n(n: u32) -> Message {
+    let mut inv = parse(INVITE);
+    inv.set_header(
+        "Via",
+        format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-n{n}"),
+    );
+    inv.set_header("Call-ID", format!("pbx-call-n{n}"));
+    inv
+}
+
+/// The INVITEs in `out` and where they went.
+fn invites(out: &[Transmit]) -> Vec<(std::net::SocketAddr, Message)> {
+    out.iter()
+        .filter(|t| t.message.method() == Some(&Method::Invite))
+        .map(|t| (t.target.remote, t.message.clone()))
+        .collect()
+}
+
+/// Final response codes the PBX received in `out`.
+fn finals_to_pbx(h: &Harness, out: &[Transmit]) -> Vec<u16> {
+    out.iter()
+        .filter(|t| t.target.remote == h.pbx.remote)
+        .filter_map(|t| t.message.code())
+        .filter(|c| *c >= 200)
+        .collect()
+}
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn silent_peer_is_given_up_after_invite_timeout_and_its_late_answer_hung_up() {
+    let mut h = lab_with(&format!("{TWO_PEERS}\ninvite_timeout_s = 2"), "");
+    let out = h.send(parse(INVITE), h.pbx);
+    let first = invites(&out);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, addr("10.99.2.2:5060"));
+    let out = h.advance(Duration::from_millis(1900));
+    assert!(
+        invites(&out)
+            .iter()
+            .all(|(to, _)| *to == addr("10.99.2.2:5060")),
+        "retransmits only"
+    );
+    let out = h.advance(Duration::from_millis(100));
+    let second: Vec<_> = invites(&out)
+        .into_iter()
+        .filter(|(to, _)| *to == addr("10.99.2.3:5060"))
+        .collect();
+    assert_eq!(second.len(), 1, "failed over to the second peer: {out:#?}");
+    let out = h.send(answer(&second[0].1, 200, "b2", Some(ANSWER_SDP)), h.itsp);
+    assert_eq!(finals_to_pbx(&h, &out), vec![200]);
+    // The first peer wakes up and answers: it is ACKed and hung up, the caller sees nothing.
+    let late = target("10.99.2.2:5060", "10.99.2.1:5060");
+    let out = h.send(answer(&first[0].1, 200, "late", Some(ANSWER_SDP)), late);
+    let methods: Vec<_> = out
+        .iter()
+        .filter(|t| t.target.remote == late.remote)
+        .filter_map(|t| t.message.method().cloned())
+        .collect();
+    assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+    assert!(finals_to_pbx(&h, &out).is_empty());
+}
+
+#[test]
+fn failover_walks_peers_then_trunks_and_the_caller_sees_one_answer() {
+    let extra = "\n[[trunk]]\nname = \"backup\"\nkind = \"itsp\"\npeers = [\"udp:10.99.2.4:5060\"]\nlocal = \"udp:10.99.2.1:5060\"\n";
+    let mut h = lab_with(TWO_PEERS, extra);
+    // Route the PBX's calls to itsp, then backup.
+    let text = CONFIG.replace("peers = [\"udp:10.99.2.2:5060\"]", TWO_PEERS) + extra;
+    let text = text.replacen("to = [\"itsp\"]", "to = [\"itsp\", \"backup\"]", 1);
+    h.core = B2bua::new(Arc::new(config::parse("lab.toml", &text).unwrap()));
+    let mut out = h.send(parse(INVITE), h.pbx);
+    let mut tried = Vec::new();
+    for code in [503, 500, 486] {
+        let (to, inv) = invites(&out).pop().expect("an INVITE");
+        tried.push(to);
+        let from = target(&to.to_string(), "10.99.2.1:5060");
+        let step = h.send(answer(&inv, code, "b", None), from);
+        if code != 486 {
+            assert!(
+                finals_to_pbx(&h, &step).is_empty(),
+                "no answer to the caller yet"
+            );
+        } else {
+            assert_eq!(
+                finals_to_pbx(&h, &step),
+                vec![486],
+                "486 is not a failover code"
+            );
+        }
+        out = step;
+    }
+    assert_eq!(
+        tried,
+        vec![
+            addr("10.99.2.2:5060"),
+            addr("10.99.2.3:5060"),
+            addr("10.99.2.4:5060")
+        ]
+    );
+    assert!(h.ports_all_free());
+    assert_eq!(h.status()["trunks"][1]["active_calls"], 0);
+}
+
+#[test]
+fn round_robin_and_weighted_spread_new_calls() {
+    for (keys, want) in [
+        ("strategy = \"round-robin\"", vec![5, 5]),
+        ("strategy = \"weighted\"\nweights = [4, 1]", vec![8, 2]),
+        ("", vec![10, 0]),
+    ] {
+        let mut h = lab_with(&format!("{TWO_PEERS}\n{keys}"), "");
+        let mut counts = vec![0; 2];
+        for n in 0..10 {
+            let out = h.send(invite_n(n), h.pbx);
+            let (to, _) = invites(&out).pop().unwrap();
+            counts[usize::from(to == addr("10.99.2.3:5060"))] += 1;
+        }
+        assert_eq!(counts, want, "{keys}");
+    }
+}
+
+/// Runs `n` probe rounds at the trunk's interval; `answers(peer)` says which peers answer 200.
+fn probe_rounds(h: &mut Harness, n: u32, interval: Duration, answers: impl Fn(&str) -> bool) {
+    for _ in 0..n {
+        let out = h.advance(interval);
+        for t in out
+            .iter()
+            .filter(|t| t.message.method() == Some(&Method::Options))
+        {
+            let peer = t.target.remote.to_string();
+            if answers(&peer) {
+                let from = target(&peer, "10.99.2.1:5060");
+                h.send(answer(&t.message, 200, "o", None), from);
+            }
+        }
+    }
+    h.advance(Duration::from_secs(3));
+}
+
+#[test]
+fn options_probes_take_a_silent_peer_down_and_back_up() {
+    let keys = "options_interval_s = 10\noptions_timeout_s = 2\ndown_after = 2\nup_after = 2";
+    let mut h = lab_with(&format!("{TWO_PEERS}\n{keys}"), "");
+    let peers = |h: &Harness| -> Vec<String> {
+        h.status()["trunks"][1]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(peers(&h), vec!["unprobed", "unprobed"]);
+    let interval = Duration::from_secs(10);
+    probe_rounds(&mut h, 3, interval, |p| p == "10.99.2.3:5060");
+    assert_eq!(peers(&h), vec!["down", "up"]);
+    let st = h.status();
+    assert!(st["trunks"][1]["peers"][1]["rtt_ms"].as_f64().is_some());
+    assert!(st["trunks"][1]["peers"][0]["since"].as_str().is_some());
+    // New calls skip the down peer even though it comes first.
+    let out = h.send(parse(INVITE), h.pbx);
+    assert_eq!(invites(&out)[0].0, addr("10.99.2.3:5060"));
+    // It answers again: up after two successes.
+    probe_rounds(&mut h, 2, interval, |_| true);
+    assert_eq!(peers(&h), vec!["up", "up"]);
+    // Every peer down: the trunk is skipped and the caller gets 503.
+    probe_rounds(&mut h, 2, interval, |_| false);
+    assert_eq!(peers(&h), vec!["down", "down"]);
+    let out = h.send(invite_n(9), h.pbx);
+    assert_eq!(finals_to_pbx(&h, &out), vec![503]);
+}
+
+#[test]
+fn trunk_call_limit_and_drain_refuse_with_503_and_release_slots() {
+    let mut h = lab_with("peers = [\"udp:10.99.2.2:5060\"]\nmax_calls = 1", "");
+    let out = h.send(invite_n(1), h.pbx);
+    let (_, inv1) = invites(&out).pop().unwrap();
+    let out = h.send(invite_n(2), h.pbx);
+    let refused = only_to(&out, &h.pbx);
+    assert_eq!(code_of(&refused), 503);
+    assert_eq!(refused.header("Retry-After"), Some("5"));
+    assert_eq!(h.status()["trunks"][1]["active_calls"], 1);
+    // The first call fails: its slot is free again.
+    h.send(answer(&inv1, 486, "b", None), h.itsp);
+    let out = h.send(invite_n(3), h.pbx);
+    let (_, inv3) = invites(&out).pop().expect("slot free again");
+    // Draining stops new calls to the trunk; the call up is untouched.
+    h.core.set_draining("itsp", true).unwrap();
+    assert!(h.core.set_draining("nope", true).is_err());
+    assert_eq!(h.status()["trunks"][1]["draining"], true);
+    let out = h.send(invite_n(4), h.pbx);
+    assert_eq!(finals_to_pbx(&h, &out), vec![503]);
+    assert_eq!(h.status()["active_calls"], 1);
+    h.core.set_draining("itsp", false).unwrap();
+    h.send(answer(&inv3, 486, "b", None), h.itsp);
+    let out = h.send(invite_n(5), h.pbx);
+    assert!(finals_to_pbx(&h, &out).is_empty());
+}
+
+#[test]
+fn calls_per_second_limit() {
+    let text = CONFIG.replace("max_calls = 100", "max_calls = 100\nmax_cps = 2");
+    let mut h = Harness::new();
+    h.core = B2bua::new(Arc::new(config::parse("x", &text).unwrap()));
+    let codes: Vec<Vec<u16>> = (0..3)
+        .map(|n| {
+            let out = h.send(invite_n(n), h.pbx);
+            finals_to_pbx(&h, &out)
+        })
+        .collect();
+    assert_eq!(codes, vec![vec![], vec![], vec![503]]);
+    h.advance(Duration::from_millis(500));
+    let out = h.send(invite_n(3), h.pbx);
+    assert!(
+        finals_to_pbx(&h, &out).is_empty(),
+        "one token back after half a second"
+    );
+}
+
+#[test]
+fn max_duration_hangs_up_both_legs() {
+    // max_duration_s below the lab's 30 s media timeout, so that it is what ends the call.
+    let mut h = lab_with("peers = [\"udp:10.99.2.2:5060\"]\nmax_duration_s = 20", "");
+    let out = h.send(parse(INVITE), h.pbx);
+    let (_, inv) = invites(&out).pop().unwrap();
+    let out = h.send(answer(&inv, 200, "b1", Some(ANSWER_SDP)), h.itsp);
+    let ok = only_to(&out, &h.pbx);
+    h.send(ack_from_pbx(&ok), h.pbx);
+    let byes = |out: &[Transmit]| -> Vec<std::net::SocketAddr> {
+        out.iter()
+            .filter(|t| t.message.method() == Some(&Method::Bye))
+            .map(|t| t.target.remote)
+            .collect()
+    };
+    let out = h.advance(Duration::from_millis(19_900));
+    assert!(byes(&out).is_empty());
+    let out = h.advance(Duration::from_millis(100));
+    assert_eq!(byes(&out), vec![h.pbx.remote, h.itsp.remote]);
+    assert!(h.ports_all_free());
+}
+
+#[test]
+fn redirects_are_followed_passed_or_rejected_as_configured() {
+    let redirect = |inv: &Message| {
+        let mut r = answer(inv, 302, "r", None);
+        r.remove_headers("Contact");
+        r.push_header("Contact", "<sip:+4930999@10.99.2.9:5070>".into());
+        r
+    };
+    let mut h = lab_with(
+        "peers = [\"udp:10.99.2.2:5060\"]\nredirect = \"follow\"",
+        "",
+    );
+    let out = h.send(parse(INVITE), h.pbx);
+    let (_, inv) = invites(&out).pop().unwrap();
+    let out = h.send(redirect(&inv), h.itsp);
+    let (to, next) = invites(&out).pop().expect("followed");
+    assert_eq!(to, addr("10.99.2.9:5070"));
+    assert_eq!(next.uri(), Some("sip:+4930999@10.99.2.9:5070"));
+    assert!(finals_to_pbx(&h, &out).is_empty());
+
+    let mut h = lab_with("peers = [\"udp:10.99.2.2:5060\"]\nredirect = \"pass\"", "");
+    let out = h.send(parse(INVITE), h.pbx);
+    let (_, inv) = invites(&out).pop().unwrap();
+    let out = h.send(redirect(&inv), h.itsp);
+    let to_pbx = only_to(&out, &h.pbx);
+    assert_eq!(code_of(&to_pbx), 302);
+    assert_eq!(
+        to_pbx.header("Contact"),
+        Some("<sip:+4930999@10.99.2.9:5070>")
+    );
+
+    let mut h = lab_with("peers = [\"udp:10.99.2.2:5060\"]", "");
+    let out = h.send(parse(INVITE), h.pbx);
+    let (_, inv) = invites(&out).pop().unwrap();
+    let out = h.send(redirect(&inv), h.itsp);
+    assert_eq!(finals_to_pbx(&h, &out), vec![480], "reject is the default");
+    assert!(h.ports_all_free());
+}

@@ -1,6 +1,7 @@
-//! The operator-facing HTTP endpoint: `GET /status` returns the control loop's JSON snapshot.
-//! A deliberately small HTTP/1.1 server (one request per connection) so that the control plane
-//! carries no web framework.
+//! The operator-facing HTTP endpoint: `GET /status` returns the control loop's JSON snapshot;
+//! `POST /trunks/NAME/drain` and `POST /trunks/NAME/resume` stop and restart new calls to a
+//! trunk. A deliberately small HTTP/1.1 server (one request per connection) so that the control
+//! plane carries no web framework.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::signalling::StatusRequest;
+use crate::signalling::ControlRequest;
 
 /// Largest request head read; anything longer is answered 431.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -17,20 +18,20 @@ const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the endpoint and serves it in the background.
-pub async fn serve(addr: SocketAddr, status: mpsc::Sender<StatusRequest>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, control: mpsc::Sender<ControlRequest>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "status endpoint listening");
     tokio::spawn(async move {
         loop {
             if let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(handle(stream, status.clone()));
+                tokio::spawn(handle(stream, control.clone()));
             }
         }
     });
     Ok(())
 }
 
-async fn handle(mut stream: TcpStream, status: mpsc::Sender<StatusRequest>) {
+async fn handle(mut stream: TcpStream, control: mpsc::Sender<ControlRequest>) {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -52,18 +53,41 @@ async fn handle(mut stream: TcpStream, status: mpsc::Sender<StatusRequest>) {
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
+    let shutting_down = || (503, "{\"error\":\"shutting down\"}\n".to_string());
     let (code, body) = match (parts.next(), parts.next()) {
         _ if buf.len() > MAX_REQUEST => (431, "{\"error\":\"request too large\"}\n".to_string()),
         (Some("GET"), Some("/status")) => {
             let (tx, rx) = oneshot::channel();
-            if status.send(tx).await.is_err() {
+            if control.send(ControlRequest::Status(tx)).await.is_err() {
                 return;
             }
             match rx.await {
                 Ok(v) => (200, format!("{v}\n")),
-                Err(_) => (503, "{\"error\":\"shutting down\"}\n".into()),
+                Err(_) => shutting_down(),
             }
         }
+        (Some("POST"), Some(path)) => match drain_request(path) {
+            Some((trunk, on)) => {
+                let (tx, rx) = oneshot::channel();
+                let request = ControlRequest::Drain {
+                    trunk: trunk.clone(),
+                    on,
+                    reply: tx,
+                };
+                if control.send(request).await.is_err() {
+                    return;
+                }
+                match rx.await {
+                    Ok(Ok(())) => (
+                        200,
+                        format!("{}\n", serde_json::json!({"trunk": trunk, "draining": on})),
+                    ),
+                    Ok(Err(e)) => (404, format!("{}\n", serde_json::json!({"error": e}))),
+                    Err(_) => shutting_down(),
+                }
+            }
+            None => (404, "{\"error\":\"not found\"}\n".into()),
+        },
         (Some("GET"), _) => (404, "{\"error\":\"not found\"}\n".into()),
         _ => (405, "{\"error\":\"method not allowed\"}\n".into()),
     };
@@ -79,4 +103,37 @@ async fn handle(mut stream: TcpStream, status: mpsc::Sender<StatusRequest>) {
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// `/trunks/NAME/drain` or `/trunks/NAME/resume`: the trunk name and whether to drain.
+fn drain_request(path: &str) -> Option<(String, bool)> {
+    let rest = path.strip_prefix("/trunks/")?;
+    let (name, action) = rest.rsplit_once('/')?;
+    let on = match action {
+        "drain" => true,
+        "resume" => false,
+        _ => return None,
+    };
+    (!name.is_empty() && !name.contains('/')).then(|| (name.to_string(), on))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_paths() {
+        assert_eq!(
+            drain_request("/trunks/itsp/drain"),
+            Some(("itsp".into(), true))
+        );
+        assert_eq!(
+            drain_request("/trunks/itsp/resume"),
+            Some(("itsp".into(), false))
+        );
+        assert_eq!(drain_request("/trunks//drain"), None);
+        assert_eq!(drain_request("/trunks/a/b/drain"), None);
+        assert_eq!(drain_request("/trunks/itsp/stop"), None);
+        assert_eq!(drain_request("/status"), None);
+    }
 }

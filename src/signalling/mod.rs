@@ -19,8 +19,17 @@ use crate::media::session::SharedResources;
 use crate::sip::b2bua::B2bua;
 use transport::Transports;
 
-/// A request for the `/status` document, answered by the control loop.
-pub type StatusRequest = oneshot::Sender<serde_json::Value>;
+/// A request from the operator endpoint, answered by the control loop that owns the state.
+pub enum ControlRequest {
+    /// The `/status` document.
+    Status(oneshot::Sender<serde_json::Value>),
+    /// Start (`on`) or stop draining a trunk; an error names what is wrong.
+    Drain {
+        trunk: String,
+        on: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
 
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -40,7 +49,7 @@ pub async fn run(
     config: Arc<Config>,
     mut relay: Dataplane,
     frontends: Frontends,
-    mut status: mpsc::Receiver<StatusRequest>,
+    mut control: mpsc::Receiver<ControlRequest>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let Frontends {
@@ -93,16 +102,21 @@ pub async fn run(
                 core.handle_timeout(Instant::now());
                 ng.handle_timeout(Instant::now());
             }
-            Some(reply) = status.recv() => {
-                let (now, wall) = (Instant::now(), SystemTime::now());
-                let mut status = core.status(now, wall);
-                if let Some(calls) = status["calls"].as_array_mut() {
-                    calls.extend(ng.status_calls(now, wall));
-                    status["active_calls"] = calls.len().into();
+            Some(request) = control.recv() => match request {
+                ControlRequest::Status(reply) => {
+                    let (now, wall) = (Instant::now(), SystemTime::now());
+                    let mut status = core.status(now, wall);
+                    if let Some(calls) = status["calls"].as_array_mut() {
+                        calls.extend(ng.status_calls(now, wall));
+                        status["active_calls"] = calls.len().into();
+                    }
+                    status["dataplane"] = relay.status();
+                    let _ = reply.send(status);
                 }
-                status["dataplane"] = relay.status();
-                let _ = reply.send(status);
-            }
+                ControlRequest::Drain { trunk, on, reply } => {
+                    let _ = reply.send(core.set_draining(&trunk, on));
+                }
+            },
             _ = &mut shutdown => break,
         }
         for t in core.drain_transmits() {

@@ -5,7 +5,8 @@
 //! Feed it with [`B2bua::handle_message`] and [`B2bua::handle_timeout`]; collect wire output with
 //! [`B2bua::drain_transmits`] and data-plane commands with [`B2bua::drain_media_commands`].
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,15 +16,46 @@ use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, A
 use super::header;
 use super::message::{Message, Method, StartLine};
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
-use crate::config::Config;
+use crate::config::{Config, Redirect};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
+use crate::trunk::health::Health;
+use crate::trunk::limits::{Limits, Refusal};
+use crate::trunk::select::Selector;
 
-/// Responses from a trunk after which the next trunk of the route is tried.
-const FAILOVER_CODES: [u16; 5] = [408, 500, 502, 503, 504];
 /// How often media activity is checked for timeouts.
 const MEDIA_SWEEP: Duration = Duration::from_secs(1);
+/// Redirects a call follows at most (`redirect = "follow"`), so two trunks redirecting to each
+/// other cannot loop.
+const MAX_REDIRECTS: u32 = 3;
+
+/// A per-call timer, checked against the call's state when it fires (stale ones are skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    /// The INVITE of attempt N got no response at all within the trunk's `invite_timeout_s`.
+    Invite(u32),
+    /// The trunk's `max_duration_s` since the answer.
+    MaxDuration,
+}
+
+/// How one attempt of a call ended, for the failover record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A final response with this code.
+    Code(u16),
+    /// No response within the trunk's `invite_timeout_s`, or the transaction timed out.
+    Timeout,
+}
+
+/// One INVITE sent toward a trunk peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub trunk: usize,
+    pub peer: std::net::SocketAddr,
+    /// `None` while it is the call's current attempt.
+    pub outcome: Option<AttemptOutcome>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -66,8 +98,17 @@ struct Call {
     a_offer: Option<Sdp>,
     b: Dialog,
     b_trunk: usize,
+    /// Peers of `b_trunk` not tried yet, in the order the trunk's strategy gave.
+    remaining_peers: Vec<usize>,
     /// Trunks of the route not tried yet.
-    remaining: Vec<usize>,
+    remaining_trunks: Vec<usize>,
+    /// Every INVITE sent toward a trunk, the last one current.
+    attempts: Vec<Attempt>,
+    /// Whether the current attempt got any response (a 100 Trying stops the invite timeout).
+    responded: bool,
+    redirects: u32,
+    /// Whether this call still counts against its trunks' limits.
+    occupying: bool,
     b_txn: TxnId,
     b_invite_cseq: u32,
     cancelled: bool,
@@ -93,6 +134,13 @@ pub struct B2bua {
     media: SharedResources,
     next_call: CallKey,
     next_sweep: Option<Instant>,
+    health: Health,
+    selector: Selector,
+    limits: Limits,
+    deadlines: BinaryHeap<Reverse<(Instant, CallKey, Deadline)>>,
+    /// INVITEs given up on by the invite timeout, with the dialog they would have made: a late
+    /// 2xx is ACKed and hung up, a late provisional cancelled.
+    abandoned: HashMap<TxnId, Dialog>,
 }
 
 fn now_label(n: u64) -> String {
@@ -109,6 +157,11 @@ impl B2bua {
     /// A B2BUA sharing media resources with other front ends.
     pub fn with_resources(config: Arc<Config>, media: SharedResources) -> Self {
         B2bua {
+            health: Health::new(&config, Instant::now()),
+            selector: Selector::new(&config.trunks),
+            limits: Limits::new(&config),
+            deadlines: BinaryHeap::new(),
+            abandoned: HashMap::new(),
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -150,11 +203,16 @@ impl B2bua {
             .calls
             .values()
             .filter_map(|c| c.ok_to_a.as_ref().map(|p| p.next));
-        [self.txns.poll_timeout(), self.next_sweep]
-            .into_iter()
-            .flatten()
-            .chain(oks)
-            .min()
+        [
+            self.txns.poll_timeout(),
+            self.next_sweep,
+            self.health.poll_timeout(),
+            self.deadlines.peek().map(|Reverse((at, _, _))| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(oks)
+        .min()
     }
 
     /// Feeds a message received on `source`.
@@ -209,6 +267,124 @@ impl B2bua {
             self.next_sweep = Some(now + MEDIA_SWEEP);
             self.sweep_media(now);
         }
+        while let Some(Reverse((at, key, deadline))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.on_deadline(key, deadline, now);
+        }
+        self.health.expire(now);
+        for peer in self.health.due(now) {
+            self.send_probe(peer, now);
+        }
+    }
+
+    /// Sends an OPTIONS keepalive to trunk peer `(t, p)`.
+    fn send_probe(&mut self, (t, p): (usize, usize), now: Instant) {
+        let trunk = &self.config.trunks[t];
+        let peer = trunk.peers[p];
+        let target = Target {
+            transport: peer.transport,
+            remote: peer.addr,
+            local: trunk.local.addr,
+        };
+        let mut options = Message {
+            start: StartLine::Request {
+                method: Method::Options,
+                uri: format!("sip:{}", peer.addr),
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        options.push_header("Max-Forwards", "70".into());
+        options.push_header(
+            "From",
+            format!("<sip:mediagate@{}>;tag={}", trunk.local.addr, token()),
+        );
+        options.push_header("To", format!("<sip:{}>", peer.addr));
+        options.push_header("Call-ID", format!("{}@{}", token(), trunk.local.addr.ip()));
+        options.push_header("CSeq", "1 OPTIONS".into());
+        options.push_header("Contact", contact_for(&target));
+        options.push_header("User-Agent", PRODUCT.into());
+        options.push_header("Content-Length", "0".into());
+        let txn = self.txns.send_request(options, target, now);
+        self.health.sent((t, p), txn, now);
+    }
+
+    /// A per-call timer fired.
+    fn on_deadline(&mut self, key: CallKey, deadline: Deadline, now: Instant) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        match deadline {
+            Deadline::Invite(attempt)
+                if call.phase == Phase::Setup
+                    && !call.cancelled
+                    && !call.responded
+                    && attempt as usize == call.attempts.len() =>
+            {
+                tracing::info!(call = %call.label, peer = %call.b.target.remote, "no response to INVITE: giving up on the peer");
+                let (txn, dialog) = (call.b_txn, call.b.clone());
+                self.txn_done(key, txn);
+                self.abandoned.insert(txn, dialog);
+                self.attempt_failed(key, AttemptOutcome::Timeout, 408, now);
+            }
+            Deadline::MaxDuration if matches!(call.phase, Phase::Answered | Phase::Confirmed) => {
+                tracing::info!(call = %call.label, "maximum call duration reached: hanging up both legs");
+                self.hang_up_both(key, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Records how the current attempt ended, then tries the next candidate; answers the caller
+    /// `code` when none is left.
+    fn attempt_failed(&mut self, key: CallKey, outcome: AttemptOutcome, code: u16, now: Instant) {
+        if let Some(a) = self.calls.get_mut(&key).and_then(|c| c.attempts.last_mut()) {
+            a.outcome = Some(outcome);
+        }
+        if !self.fail_over(key, now) {
+            self.fail_call(key, code, now);
+        }
+    }
+
+    /// A response to an INVITE abandoned by the invite timeout: the peer came back too late.
+    fn on_abandoned_response(&mut self, txn: TxnId, resp: &Message, code: u16, now: Instant) {
+        match code {
+            101..=199 => {
+                let _ = self.txns.send_cancel(txn, now);
+            }
+            200..=299 => {
+                let Some(mut dialog) = self.abandoned.remove(&txn) else {
+                    return;
+                };
+                dialog.establish_from_response(resp);
+                let cseq = header::cseq(resp).map_or(1, |(n, _)| n);
+                let ack = dialog.request(Method::Ack, Some(cseq));
+                self.txns.send_stateless(ack, dialog.target);
+                let bye = dialog.request(Method::Bye, None);
+                self.txns.send_request(bye, dialog.target, now);
+            }
+            _ if code >= 300 => {
+                self.abandoned.remove(&txn);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts or stops draining the trunk named `name`: no new calls go to it while its calls
+    /// up continue. Errors when no trunk has that name.
+    pub fn set_draining(&mut self, name: &str, on: bool) -> Result<(), String> {
+        let t = self
+            .config
+            .trunks
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| format!("no trunk is named `{name}`"))?;
+        self.limits.set_draining(t, on);
+        tracing::info!(trunk = name, draining = on, "trunk drain changed");
+        Ok(())
     }
 
     fn respond(&mut self, txn: TxnId, request: &Message, code: u16, now: Instant) {
@@ -219,6 +395,13 @@ impl B2bua {
         if code == 503 {
             r.push_header("Retry-After", "5".into());
         }
+        self.txns.respond(txn, r, now);
+    }
+
+    /// 503 with the Retry-After the refusal calls for.
+    fn refuse(&mut self, txn: TxnId, request: &Message, why: Refusal, now: Instant) {
+        let mut r = response_to(request, 503, reason(503), Some(&token()));
+        r.push_header("Retry-After", why.retry_after().as_secs().to_string());
         self.txns.respond(txn, r, now);
     }
 
@@ -272,9 +455,10 @@ impl B2bua {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
             return self.respond(txn, &req, 404, now);
         };
-        let mut targets = route.to.clone();
-        if self.active_calls() >= self.config.sip.max_calls {
-            return self.respond(txn, &req, 503, now);
+        let route_to = route.to.clone();
+        if let Err(why) = self.limits.admit_new(trunk, self.active_calls(), now) {
+            tracing::info!(trunk = %self.config.trunks[trunk].name, ?why, "new call refused: 503");
+            return self.refuse(txn, &req, why, now);
         }
         let offer = if req.body.is_empty() {
             None
@@ -289,7 +473,11 @@ impl B2bua {
                 }
             }
         };
-        let b_trunk = targets.remove(0);
+        let Some((b_trunk, mut peers, remaining_trunks)) = self.next_trunk(&route_to, now) else {
+            tracing::info!(trunk = %self.config.trunks[trunk].name, "no trunk of the route is available: 503");
+            return self.refuse(txn, &req, Refusal::Calls, now);
+        };
+        let b_peer = peers.remove(0);
         self.next_call += 1;
         let key = self.next_call;
         let to_tag = token();
@@ -311,7 +499,7 @@ impl B2bua {
             local_cseq: 0,
             signalling_ip: source.remote.ip(),
         };
-        let b = self.new_b_dialog(&req, b_trunk);
+        let b = self.new_b_dialog(&req, b_trunk, b_peer);
         let a_local = source.local.ip();
         let media = CallMedia::new(
             a_local,
@@ -333,7 +521,12 @@ impl B2bua {
             a_offer: offer,
             b,
             b_trunk,
-            remaining: targets,
+            remaining_peers: peers,
+            remaining_trunks,
+            attempts: Vec::new(),
+            responded: false,
+            redirects: 0,
+            occupying: true,
             b_txn: 0,
             b_invite_cseq: 1,
             cancelled: false,
@@ -347,16 +540,43 @@ impl B2bua {
             .insert(call.a.call_id.clone(), (key, Side::A));
         self.by_server_invite.insert(txn, key);
         self.calls.insert(key, call);
+        self.limits.occupy(trunk);
+        self.limits.occupy(b_trunk);
         tracing::info!(call = %now_label(key), from = %self.config.trunks[trunk].name,
             to = %self.config.trunks[b_trunk].name, "new call");
         self.send_b_invite(key, now);
     }
 
-    /// A fresh dialog toward `trunk`'s first peer: new Call-ID, tags and URIs built from
+    /// The first trunk of `trunks` that can take a call now (not draining, under its limits,
+    /// with a peer that is not down): the trunk, its peers in the order to try, and the trunks
+    /// after it.
+    fn next_trunk(
+        &mut self,
+        trunks: &[usize],
+        now: Instant,
+    ) -> Option<(usize, Vec<usize>, Vec<usize>)> {
+        for (i, &t) in trunks.iter().enumerate() {
+            if let Err(why) = self.limits.outbound_available(t, now) {
+                tracing::debug!(trunk = %self.config.trunks[t].name, ?why, "trunk skipped");
+                continue;
+            }
+            let health = &self.health;
+            let peers = self
+                .selector
+                .order(t, &self.config.trunks[t], |p| health.usable((t, p)));
+            if !peers.is_empty() {
+                return Some((t, peers, trunks[i + 1..].to_vec()));
+            }
+            tracing::debug!(trunk = %self.config.trunks[t].name, "trunk skipped: every peer is down");
+        }
+        None
+    }
+
+    /// A fresh dialog toward peer `peer` of `trunk`: new Call-ID, tags and URIs built from
     /// mediagate's own address, carrying only the caller's and callee's numbers.
-    fn new_b_dialog(&self, a_invite: &Message, trunk: usize) -> Dialog {
+    fn new_b_dialog(&self, a_invite: &Message, trunk: usize, peer: usize) -> Dialog {
         let t = &self.config.trunks[trunk];
-        let peer = t.peers[0];
+        let peer = t.peers[peer];
         let target = Target {
             transport: peer.transport,
             remote: peer.addr,
@@ -430,6 +650,18 @@ impl B2bua {
         let txn = self.txns.send_request(inv, call.b.target, now);
         call.b_txn = txn;
         call.open_txns.push(txn);
+        call.responded = false;
+        call.attempts.push(Attempt {
+            trunk: call.b_trunk,
+            peer: call.b.target.remote,
+            outcome: None,
+        });
+        let timeout = self.config.trunks[call.b_trunk].invite_timeout;
+        self.deadlines.push(Reverse((
+            now + timeout,
+            key,
+            Deadline::Invite(call.attempts.len() as u32),
+        )));
         self.by_client_txn.insert(txn, (key, Purpose::Invite));
         self.by_call_id
             .insert(call.b.call_id.clone(), (key, Side::B));
@@ -504,10 +736,16 @@ impl B2bua {
     }
 
     fn on_response(&mut self, txn: TxnId, resp: Message, now: Instant) {
+        let code = resp.code().unwrap_or(500);
+        if code >= 200 && self.health.on_response(txn, code, now) {
+            return;
+        }
+        if self.abandoned.contains_key(&txn) {
+            return self.on_abandoned_response(txn, &resp, code, now);
+        }
         let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
             return;
         };
-        let code = resp.code().unwrap_or(500);
         if code >= 200 && purpose == Purpose::Invite && code < 300 {
             // Keep the index so that 2xx retransmissions are still recognised and re-ACKed;
             // `finish_if_idle` drops it with the call.
@@ -545,6 +783,7 @@ impl B2bua {
         if txn != call.b_txn {
             return;
         }
+        call.responded = true;
         match code {
             100 => {}
             101..=199 => {
@@ -578,7 +817,18 @@ impl B2bua {
                 let body = self.anchor_from_b(key, &resp, now);
                 let call = self.calls.get_mut(&key).expect("live");
                 call.phase = Phase::Answered;
+                if let Some(a) = call.attempts.last_mut() {
+                    a.outcome = Some(AttemptOutcome::Code(code));
+                }
                 tracing::info!(call = %call.label, "answered");
+                let limit = [call.a_trunk, call.b_trunk]
+                    .iter()
+                    .filter_map(|t| self.config.trunks[*t].max_duration)
+                    .min();
+                if let Some(limit) = limit {
+                    self.deadlines
+                        .push(Reverse((now + limit, key, Deadline::MaxDuration)));
+                }
                 let ok = self.response_for_a(key, &resp, body);
                 let call = self.calls.get_mut(&key).expect("live");
                 call.ok_to_a = Some(PendingOk {
@@ -594,11 +844,65 @@ impl B2bua {
                 if call.cancelled || call.phase == Phase::Ending {
                     return self.finish_if_idle(key);
                 }
-                if FAILOVER_CODES.contains(&code) && self.fail_over(key, now) {
-                    return;
+                let trunk = &self.config.trunks[call.b_trunk];
+                if (300..400).contains(&code) {
+                    return self.on_redirect(key, &resp, code, trunk.redirect, now);
+                }
+                if trunk.failover_on.contains(&code) {
+                    return self.attempt_failed(key, AttemptOutcome::Code(code), code, now);
+                }
+                if let Some(a) = call.attempts.last_mut() {
+                    a.outcome = Some(AttemptOutcome::Code(code));
                 }
                 self.fail_call(key, code, now);
             }
+        }
+    }
+
+    /// A 3xx from the trunk, handled as its `redirect` setting says.
+    fn on_redirect(
+        &mut self,
+        key: CallKey,
+        resp: &Message,
+        code: u16,
+        mode: Redirect,
+        now: Instant,
+    ) {
+        let call = self.calls.get_mut(&key).expect("live");
+        if let Some(a) = call.attempts.last_mut() {
+            a.outcome = Some(AttemptOutcome::Code(code));
+        }
+        match mode {
+            Redirect::Pass => {
+                let mut r = self.response_for_a(key, resp, None);
+                for contact in resp.headers_named("Contact") {
+                    r.push_header("Contact", contact.to_string());
+                }
+                let a_txn = self.calls[&key].a_txn;
+                self.txns.respond(a_txn, r, now);
+                self.end_call(key, now);
+                self.finish_if_idle(key);
+            }
+            Redirect::Follow => {
+                let target = resp
+                    .headers_named("Contact")
+                    .find_map(|c| redirect_target(header::uri_of(c)));
+                match target {
+                    Some((uri, addr)) if call.redirects < MAX_REDIRECTS => {
+                        call.redirects += 1;
+                        tracing::info!(call = %call.label, to = %uri, "following redirect");
+                        let a_invite = call.a_invite.clone();
+                        let (t, p) = (call.b_trunk, 0);
+                        let mut b = self.new_b_dialog(&a_invite, t, p);
+                        b.target.remote = addr;
+                        b.signalling_ip = addr.ip();
+                        b.remote_target = uri;
+                        self.replace_b(key, b, t, now);
+                    }
+                    _ => self.attempt_failed(key, AttemptOutcome::Code(code), 480, now),
+                }
+            }
+            Redirect::Reject => self.attempt_failed(key, AttemptOutcome::Code(code), 480, now),
         }
     }
 
@@ -651,16 +955,35 @@ impl B2bua {
         self.txns.respond(a_txn, r, now);
     }
 
-    /// Tries the next trunk of the route; false when none is left.
+    /// Tries the next peer of the current trunk, else the next available trunk of the route;
+    /// false when none is left.
     fn fail_over(&mut self, key: CallKey, now: Instant) -> bool {
         let call = self.calls.get_mut(&key).expect("live");
-        if call.remaining.is_empty() {
-            return false;
-        }
-        let next = call.remaining.remove(0);
-        tracing::info!(call = %call.label, to = %self.config.trunks[next].name, "failing over");
+        let (trunk, peer) = if call.remaining_peers.is_empty() {
+            let remaining = std::mem::take(&mut call.remaining_trunks);
+            let Some((t, mut peers, rest)) = self.next_trunk(&remaining, now) else {
+                return false;
+            };
+            let p = peers.remove(0);
+            let call = self.calls.get_mut(&key).expect("live");
+            call.remaining_peers = peers;
+            call.remaining_trunks = rest;
+            (t, p)
+        } else {
+            (call.b_trunk, call.remaining_peers.remove(0))
+        };
+        let call = &self.calls[&key];
+        tracing::info!(call = %call.label, to = %self.config.trunks[trunk].name,
+            peer = %self.config.trunks[trunk].peers[peer].addr, "failing over");
         let a_invite = call.a_invite.clone();
-        let b = self.new_b_dialog(&a_invite, next);
+        let b = self.new_b_dialog(&a_invite, trunk, peer);
+        self.replace_b(key, b, trunk, now);
+        true
+    }
+
+    /// Points leg B at a new dialog on `trunk` (fresh ports, counted against the new trunk)
+    /// and sends it the INVITE.
+    fn replace_b(&mut self, key: CallKey, b: Dialog, trunk: usize, now: Instant) {
         let call = self.calls.get_mut(&key).expect("live");
         self.by_call_id.remove(&call.b.call_id);
         call.media.reset_b(
@@ -669,9 +992,12 @@ impl B2bua {
             &mut self.media.borrow_mut().ctx(now),
         );
         call.b = b;
-        call.b_trunk = next;
+        if call.b_trunk != trunk {
+            self.limits.vacate(call.b_trunk);
+            self.limits.occupy(trunk);
+            call.b_trunk = trunk;
+        }
         self.send_b_invite(key, now);
-        true
     }
 
     /// Answers A's INVITE with `code` and ends the call.
@@ -698,9 +1024,7 @@ impl B2bua {
             Purpose::Invite
                 if call.phase == Phase::Setup && !call.cancelled && txn == call.b_txn =>
             {
-                if !self.fail_over(key, now) {
-                    self.fail_call(key, 408, now);
-                }
+                self.attempt_failed(key, AttemptOutcome::Timeout, 408, now);
             }
             _ => self.finish_if_idle(key),
         }
@@ -730,6 +1054,10 @@ impl B2bua {
     /// last transaction finishes.
     fn end_call(&mut self, key: CallKey, now: Instant) {
         let call = self.calls.get_mut(&key).expect("live call");
+        if std::mem::take(&mut call.occupying) {
+            self.limits.vacate(call.a_trunk);
+            self.limits.vacate(call.b_trunk);
+        }
         call.phase = Phase::Ending;
         call.ok_to_a = None;
         call.media.release(&mut self.media.borrow_mut().ctx(now));
@@ -820,16 +1148,23 @@ impl B2bua {
             .config
             .trunks
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 json!({
                     "name": t.name,
                     "kind": match t.kind { crate::config::TrunkKind::Lan => "lan", crate::config::TrunkKind::Itsp => "itsp" },
-                    "peers": t.peers.iter().map(|p| json!({
-                        "address": p.addr.to_string(),
-                        "transport": p.transport.to_string(),
-                        "state": "unprobed",
-                        "rtt_ms": null,
-                    })).collect::<Vec<_>>(),
+                    "active_calls": self.limits.active(i),
+                    "draining": self.limits.draining(i),
+                    "peers": t.peers.iter().enumerate().map(|(j, p)| {
+                        let mut peer = json!({
+                            "address": p.addr.to_string(),
+                            "transport": p.transport.to_string(),
+                        });
+                        if let (Value::Object(o), Value::Object(h)) = (&mut peer, self.health.status((i, j), now, wall)) {
+                            o.extend(h);
+                        }
+                        peer
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -842,6 +1177,23 @@ impl B2bua {
             "trunks": trunks,
         })
     }
+}
+
+/// The request URI and address of a redirect's Contact: `sip:` URIs with an IP host only (no
+/// DNS here), port 5060 when absent.
+fn redirect_target(uri: &str) -> Option<(String, std::net::SocketAddr)> {
+    let rest = uri.strip_prefix("sip:")?;
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = hostport.split([';', '?']).next()?;
+    let addr = hostport.parse::<std::net::SocketAddr>().ok().or_else(|| {
+        hostport
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, 5060))
+    })?;
+    Some((uri.to_string(), addr))
 }
 
 /// What a call keeps of the caller's INVITE: the request line and the headers its responses
