@@ -554,6 +554,33 @@ mod tests {
         assert_eq!(v["end_time"], "9999-12-31T23:59:59.000Z");
     }
 
+    /// The README's example line has exactly the fields a record has, nested ones included.
+    #[test]
+    fn readme_example_matches_the_format() {
+        fn keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+            if let Some(m) = v.as_object() {
+                for (k, v) in m {
+                    out.push(format!("{prefix}{k}"));
+                    keys(v, &format!("{prefix}{k}."), out);
+                }
+            }
+            if let Some(first) = v.as_array().and_then(|a| a.first()) {
+                keys(first, &format!("{prefix}[]."), out);
+            }
+        }
+        let readme = include_str!("../README.md");
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with("{\"call\":"))
+            .expect("README has an example CDR line");
+        let (mut documented, mut written) = (Vec::new(), Vec::new());
+        keys(&serde_json::from_str(line).unwrap(), "", &mut documented);
+        keys(&serde_json::to_value(record(1)).unwrap(), "", &mut written);
+        documented.sort();
+        written.sort();
+        assert_eq!(documented, written);
+    }
+
     #[test]
     fn one_json_line_per_record_in_a_0640_file() {
         let dir = TempDir::new("lines");
