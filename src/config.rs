@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::Regex;
@@ -146,6 +146,8 @@ pub struct Config {
     pub control: ControlConfig,
     pub trunks: Vec<Trunk>,
     pub routes: Vec<Route>,
+    /// Call detail records (`[cdr]`); `None` when the section is absent: no CDRs are written.
+    pub cdr: Option<CdrConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +185,18 @@ pub struct ControlConfig {
     pub ng: Option<SocketAddr>,
     /// How long a deleted NG call keeps forwarding when the request names no `delete-delay`.
     pub delete_delay: Duration,
+}
+
+/// Where and how call detail records are written (`[cdr]`, see [`crate::cdr::CdrWriter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrConfig {
+    /// The JSON-lines file; its directory must exist (it is not created, so a typo fails at
+    /// start-up instead of writing records somewhere nobody looks).
+    pub path: PathBuf,
+    /// Size beyond which the file is rotated, in bytes (`max_mb` MiB in the config).
+    pub max_bytes: u64,
+    /// Rotated files kept (`PATH.1` … `PATH.keep`).
+    pub keep: u32,
 }
 
 /// A named media address, for NG `direction` / `from-interface` / `to-interface`. A name can
@@ -253,6 +267,7 @@ struct RawConfig {
     trunk: Vec<RawTrunk>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    cdr: Option<RawCdr>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +387,27 @@ fn check_cps(v: f64) -> Result<f64, String> {
         Err(format!("{v} is not a positive number of calls per second"))
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdr {
+    path: String,
+    #[serde(default = "default_cdr_max_mb")]
+    max_mb: u64,
+    #[serde(default = "default_cdr_keep")]
+    keep: u32,
+}
+
+fn default_cdr_max_mb() -> u64 {
+    100
+}
+fn default_cdr_keep() -> u32 {
+    5
+}
+/// Largest `cdr.max_mb` (1 TiB): keeps the byte count far from overflow.
+const CDR_MAX_MB: u64 = 1 << 20;
+/// Largest `cdr.keep`: rotation renames every kept file, so the count stays small.
+const CDR_MAX_KEEP: u32 = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -781,6 +817,33 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         routes.push(Route { from, called, to });
     }
 
+    let cdr = match &raw.cdr {
+        None => None,
+        Some(c) => {
+            let at = |key| [Seg::Key("cdr"), Seg::Key(key)];
+            if c.path.trim().is_empty() {
+                return Err(err(&at("path"), "must name the CDR file".into()));
+            }
+            if c.max_mb == 0 || c.max_mb > CDR_MAX_MB {
+                return Err(err(
+                    &at("max_mb"),
+                    format!("must be between 1 and {CDR_MAX_MB} (MiB)"),
+                ));
+            }
+            if c.keep == 0 || c.keep > CDR_MAX_KEEP {
+                return Err(err(
+                    &at("keep"),
+                    format!("must be between 1 and {CDR_MAX_KEEP} rotated files"),
+                ));
+            }
+            Some(CdrConfig {
+                path: PathBuf::from(&c.path),
+                max_bytes: c.max_mb << 20,
+                keep: c.keep,
+            })
+        }
+    };
+
     Ok(Config {
         sip: SipConfig {
             listen,
@@ -809,6 +872,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         },
         trunks,
         routes,
+        cdr,
     })
 }
 
@@ -1030,6 +1094,46 @@ to = ["pbx"]
         }
         let e = error_of(&GOOD.replace("[media]", "max_cps = 0\n\n[media]"));
         assert_eq!(e.key, "sip.max_cps", "{e}");
+    }
+
+    #[test]
+    fn cdr_section_defaults_and_absence() {
+        assert_eq!(
+            parse("x.toml", GOOD).unwrap().cdr,
+            None,
+            "no section, no CDRs"
+        );
+        let c = parse(
+            "x.toml",
+            &format!("{GOOD}\n[cdr]\npath = \"/var/log/mediagate/cdr.jsonl\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.cdr,
+            Some(CdrConfig {
+                path: "/var/log/mediagate/cdr.jsonl".into(),
+                max_bytes: 100 << 20,
+                keep: 5,
+            })
+        );
+    }
+
+    #[test]
+    fn cdr_rejections_name_line_and_key() {
+        let cdr = |body: &str| error_of(&format!("{GOOD}\n[cdr]\n{body}"));
+        // GOOD ends on line 34; a blank line, `[cdr]` on 35, then the keys from line 36.
+        let e = cdr("path = \"/tmp/cdr.jsonl\"\nmax_mb = 0\n");
+        assert_eq!((e.line, e.key.as_str()), (37, "cdr.max_mb"), "{e}");
+        let e = cdr("path = \"/tmp/cdr.jsonl\"\nkeep = 0\n");
+        assert_eq!((e.line, e.key.as_str()), (37, "cdr.keep"), "{e}");
+        let e = cdr("path = \"\"\n");
+        assert_eq!((e.line, e.key.as_str()), (36, "cdr.path"), "{e}");
+        let e = cdr("max_mb = 10\n");
+        assert!(e.message.contains("path"), "path is required: {e}");
+        let e = cdr("path = \"/tmp/cdr.jsonl\"\nmax_mb = 2000000\n");
+        assert_eq!(e.key, "cdr.max_mb", "{e}");
+        let e = cdr("path = \"/tmp/cdr.jsonl\"\nkeep = 5000\n");
+        assert_eq!(e.key, "cdr.keep", "{e}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! Module map (see docs/ARCHITECTURE.md): [`sip`] and [`sdp`] are sans-IO protocol cores,
 //! [`media`] the session model shared by every forwarding tier, [`dataplane`] the forwarding
-//! tiers, [`signalling`] the I/O shell that drives the SIP core, [`metrics`] the status endpoint.
+//! tiers, [`signalling`] the I/O shell that drives the SIP core, [`metrics`] the status endpoint,
+//! [`cdr`] the call detail records.
 
+pub mod cdr;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use mediagate::cdr::CdrWriter;
 use mediagate::config::{self, Config};
 use mediagate::control::ng::NgServer;
 use mediagate::dataplane::{self, Dataplane};
@@ -176,6 +177,17 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot reserve the media port range; the kernel may hand its ports to other sockets")
         }
     }
+    // Opened before anything else starts, so a wrong path stops mediagate here and not at the
+    // end of the first call.
+    let cdr = match &config.cdr {
+        Some(c) => {
+            let w = CdrWriter::open(c)
+                .with_context(|| format!("opening the CDR file {}", c.path.display()))?;
+            tracing::info!(path = %c.path.display(), "writing call detail records");
+            Some(w)
+        }
+        None => None,
+    };
     let media = Resources::shared(config.media.port_first, config.media.port_last);
     let core = B2bua::with_resources(config.clone(), media.clone());
     let ng = NgServer::new(config.clone(), media.clone());
@@ -215,6 +227,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             b2bua: core,
             ng,
             media,
+            cdr,
         };
         mediagate::signalling::run(config.clone(), relay, frontends, control_rx, shutdown).await
     })

@@ -679,7 +679,11 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         sa.rx_packets, 3,
         "three packets accepted on A (and sent out of B)"
     );
-    assert_eq!(sa.rx_bytes, 3 * 160, "UDP payload, as the socket tier counts it");
+    assert_eq!(
+        sa.rx_bytes,
+        3 * 160,
+        "UDP payload, as the socket tier counts it"
+    );
     assert_eq!(sa.drops, 2, "unknown source and strict source");
     let now = mediagate::clock::monotonic_coarse_ns();
     assert!(

@@ -375,6 +375,16 @@ impl CallMedia {
             .max()
     }
 
+    /// Every stream of one leg (RTP and RTCP of each media line), for the leg's totals in the
+    /// call's CDR ([`crate::cdr::MediaCounters::from_streams`]).
+    pub fn streams(&self, side: Side) -> impl Iterator<Item = &StreamStats> + '_ {
+        self.legs[side.index()]
+            .pairs
+            .iter()
+            .flatten()
+            .flat_map(|p| [&*p.rtp, &*p.rtcp])
+    }
+
     /// `/status` entries for the streams of one leg.
     pub fn status(&self, side: Side) -> Vec<Value> {
         let leg = &self.legs[side.index()];

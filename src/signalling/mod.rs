@@ -1,6 +1,7 @@
 //! The I/O shell around the sans-IO SIP core: one control loop that owns the [`B2bua`], feeds it
 //! received messages and timer ticks, sends what it produces and hands its media commands to the
-//! data plane. Runs on a tokio current-thread runtime.
+//! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
+//! ([`CallRecords`]) and reopens it on SIGHUP.
 
 pub mod transport;
 
@@ -12,6 +13,7 @@ use anyhow::Context;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cdr::{Cdr, CdrWriter};
 use crate::config::Config;
 use crate::control::ng::NgServer;
 use crate::dataplane::Dataplane;
@@ -34,11 +36,53 @@ pub enum ControlRequest {
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
-/// The front ends the control loop drives, and the media resources they share.
+/// The front ends the control loop drives, the media resources they share, and where their
+/// finished calls are recorded.
 pub struct Frontends {
     pub b2bua: B2bua,
     pub ng: NgServer,
     pub media: SharedResources,
+    /// The CDR file, opened at start-up (`None` without a `[cdr]` section).
+    pub cdr: Option<CdrWriter>,
+}
+
+/// The control loop's end of the call detail records. It lives on the control thread, which
+/// owns all call state, so records need no lock or channel; each is written (one `write(2)`)
+/// as it arrives, so nothing is held in memory that a stop could lose.
+pub struct CallRecords {
+    writer: Option<CdrWriter>,
+}
+
+impl CallRecords {
+    /// Records go to `writer`, or nowhere when CDRs are not configured.
+    pub fn new(writer: Option<CdrWriter>) -> Self {
+        CallRecords { writer }
+    }
+
+    /// Writes the records of calls that ended, e.g. `records.write_cdrs(b2bua.drain_cdrs())`
+    /// after each turn of the loop; without `[cdr]` they are dropped. Write errors are logged
+    /// and counted by the writer and never stop the loop.
+    pub fn write_cdrs(&mut self, records: impl IntoIterator<Item = Cdr>) {
+        match &mut self.writer {
+            Some(w) => records.into_iter().for_each(|r| w.write(&r)),
+            None => records.into_iter().for_each(drop),
+        }
+    }
+
+    /// SIGHUP: reopens the CDR file (logrotate moved it away). The configuration is not
+    /// reloaded yet, and the log says so, so that nobody mistakes SIGHUP for a reload.
+    pub fn on_sighup(&mut self) {
+        let Some(w) = &mut self.writer else {
+            tracing::info!("SIGHUP: no [cdr] file to reopen; the configuration is NOT reloaded (not supported yet: restart to apply changes)");
+            return;
+        };
+        match w.reopen() {
+            Ok(()) => tracing::info!(path = %w.path().display(),
+                "SIGHUP: CDR file reopened; the configuration is NOT reloaded (not supported yet: restart to apply changes)"),
+            Err(e) => tracing::warn!(path = %w.path().display(), error = %e,
+                "SIGHUP: cannot reopen the CDR file; records keep going to the previously open file"),
+        }
+    }
 }
 
 /// Largest NG datagram accepted.
@@ -56,7 +100,13 @@ pub async fn run(
         b2bua: mut core,
         mut ng,
         media,
+        cdr,
     } = frontends;
+    let mut records = CallRecords::new(cdr);
+    // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
+    // action would kill the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
     let transports = Transports::bind(&config.sip.listen, inbound_tx).await?;
     for l in &config.sip.listen {
@@ -117,6 +167,7 @@ pub async fn run(
                     let _ = reply.send(core.set_draining(&trunk, on));
                 }
             },
+            Some(()) = hangup.recv() => records.on_sighup(),
             _ = &mut shutdown => break,
         }
         for t in core.drain_transmits() {
