@@ -13,6 +13,11 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod routing;
+pub use routing::{
+    Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
+};
+
 /// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
 /// calls from no one. It exists so that a bare start shows a working process, not a surprise.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -114,6 +119,9 @@ pub struct SipConfig {
     pub listen: Vec<Endpoint>,
     /// Concurrent calls beyond which new INVITEs get 503.
     pub max_calls: usize,
+    /// Dialled numbers (Request-URI user part as received) that are emergency calls: they bypass
+    /// deny-lists and limits (see `sip::policy::is_emergency`).
+    pub emergency: Vec<Regex>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,14 +171,20 @@ pub struct Trunk {
     pub peers: Vec<Endpoint>,
     /// The listen socket that faces this trunk; its IP is advertised in SDP toward the trunk.
     pub local: Endpoint,
+    /// Number translation, response mapping, deny-list and header policy.
+    pub policy: TrunkPolicy,
 }
 
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Indexes into [`Config::trunks`] of the trunks whose calls this route takes.
     pub from: Vec<usize>,
-    /// Matched against the user part of the Request-URI.
+    /// Matched against the called number (after the source trunk's inbound translation).
     pub called: Regex,
+    /// Matched against the calling number (after inbound translation); any when absent.
+    pub calling: Option<Regex>,
+    /// Called numbers this route refuses with 403 (unless emergency).
+    pub deny: Vec<Regex>,
     /// Trunks tried in order.
     pub to: Vec<usize>,
 }
@@ -204,6 +218,8 @@ struct RawSip {
     listen: Vec<String>,
     #[serde(default = "default_max_calls")]
     max_calls: usize,
+    #[serde(default)]
+    emergency: Vec<String>,
 }
 
 fn default_max_calls() -> usize {
@@ -270,6 +286,14 @@ struct RawTrunk {
     kind: TrunkKind,
     peers: Vec<String>,
     local: String,
+    #[serde(default)]
+    translate: Vec<routing::RawTranslate>,
+    #[serde(default)]
+    response_map: Vec<routing::RawResponseMap>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    headers: routing::RawHeaders,
 }
 
 #[derive(Deserialize)]
@@ -278,10 +302,14 @@ struct RawRoute {
     from: Vec<String>,
     #[serde(rename = "match")]
     called: String,
+    match_calling: Option<String>,
+    #[serde(default)]
+    deny: Vec<String>,
     to: Vec<String>,
 }
 
 /// One step of a key path: a table key or an array index.
+#[derive(Clone, Copy)]
 enum Seg<'a> {
     Key(&'a str),
     Index(usize),
@@ -408,6 +436,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             "must be at least 1".into(),
         ));
     }
+
+    let emergency = routing::regex_list(
+        &raw.sip.emergency,
+        &[Seg::Key("sip"), Seg::Key("emergency")],
+        &err,
+    )?;
 
     let ports_path = [Seg::Key("media"), Seg::Key("ports")];
     let (port_first, port_last) =
@@ -555,11 +589,22 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("`{}` is not one of sip.listen", t.local),
             ));
         }
+        let policy = routing::trunk_policy(
+            routing::RawTrunkPolicy {
+                translate: &t.translate,
+                response_map: &t.response_map,
+                deny: &t.deny,
+                headers: &t.headers,
+            },
+            &[Seg::Key("trunk"), Seg::Index(i)],
+            &err,
+        )?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
             peers,
             local,
+            policy,
         });
     }
 
@@ -598,13 +643,27 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("invalid regex: {e}"),
             )
         })?;
-        routes.push(Route { from, called, to });
+        let at = |key| [Seg::Key("route"), Seg::Index(i), Seg::Key(key)];
+        let calling = r
+            .match_calling
+            .as_deref()
+            .map(|p| routing::regex(p, &at("match_calling"), &err))
+            .transpose()?;
+        let deny = routing::regex_list(&r.deny, &at("deny"), &err)?;
+        routes.push(Route {
+            from,
+            called,
+            calling,
+            deny,
+            to,
+        });
     }
 
     Ok(Config {
         sip: SipConfig {
             listen,
             max_calls: raw.sip.max_calls,
+            emergency,
         },
         media: MediaConfig {
             port_first,
@@ -651,11 +710,14 @@ impl Config {
             .position(|t| t.peers.iter().any(|p| p.addr.ip() == ip))
     }
 
-    /// The first route taking calls from `trunk` whose regex matches `called`.
-    pub fn route_for(&self, trunk: usize, called: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.from.contains(&trunk) && r.called.is_match(called))
+    /// The first route (in config order) taking calls from `trunk` whose `match` accepts
+    /// `called` and whose `match_calling`, when present, accepts `calling`.
+    pub fn route_for(&self, trunk: usize, called: &str, calling: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.from.contains(&trunk)
+                && r.called.is_match(called)
+                && r.calling.as_ref().is_none_or(|c| c.is_match(calling))
+        })
     }
 }
 
@@ -703,9 +765,9 @@ to = ["pbx"]
         let c = parse("x.toml", GOOD).unwrap();
         assert_eq!(c.trunks.len(), 2);
         assert_eq!(c.media.port_first, 30000);
-        assert_eq!(c.route_for(0, "+4930123").unwrap().to, vec![1]);
-        assert!(c.route_for(0, "alice").is_none());
-        assert_eq!(c.route_for(1, "alice").unwrap().to, vec![0]);
+        assert_eq!(c.route_for(0, "+4930123", "100").unwrap().to, vec![1]);
+        assert!(c.route_for(0, "alice", "100").is_none());
+        assert_eq!(c.route_for(1, "alice", "").unwrap().to, vec![0]);
         assert_eq!(c.trunk_of_peer("10.99.2.2".parse().unwrap()), Some(1));
     }
 

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
+use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW};
 use super::header;
 use super::message::{Message, Method, StartLine};
+use super::policy;
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
-use crate::config::Config;
+use super::translate::Numbers;
+use crate::config::{Config, Direction, POLICY_HEADERS};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
@@ -64,6 +66,9 @@ struct Call {
     a_invite: Message,
     a_txn: TxnId,
     a_offer: Option<Sdp>,
+    /// Called and calling numbers after the source trunk's inbound translation; each B trunk's
+    /// outbound rules start from these.
+    numbers: Numbers,
     b: Dialog,
     b_trunk: usize,
     /// Trunks of the route not tried yet.
@@ -267,12 +272,23 @@ impl B2bua {
         if max_forwards == 0 {
             return self.respond(txn, &req, 483, now);
         }
-        let called = header::uri_user(req.uri().unwrap_or_default()).to_string();
-        let Some(route) = self.config.route_for(trunk, &called) else {
+        // Routing and translation (issue 5): inbound translation, route, deny-lists.
+        let dialled = Numbers::of_invite(&req);
+        let numbers =
+            dialled.translated(&self.config.trunks[trunk].policy.translate, Direction::In);
+        let Some(route) = self
+            .config
+            .route_for(trunk, &numbers.called, &numbers.calling)
+        else {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
             return self.respond(txn, &req, 404, now);
         };
-        let mut targets = route.to.clone();
+        let emergency = policy::is_emergency(&self.config, &dialled.called);
+        let mut targets = policy::permitted_trunks(&self.config, route, &numbers.called, emergency);
+        if targets.is_empty() {
+            tracing::info!(trunk = %self.config.trunks[trunk].name, "denied destination: 403");
+            return self.respond(txn, &req, 403, now);
+        }
         if self.active_calls() >= self.config.sip.max_calls {
             return self.respond(txn, &req, 503, now);
         }
@@ -311,7 +327,7 @@ impl B2bua {
             local_cseq: 0,
             signalling_ip: source.remote.ip(),
         };
-        let b = self.new_b_dialog(&req, b_trunk);
+        let b = self.new_b_dialog(&req, &numbers, b_trunk);
         let a_local = source.local.ip();
         let media = CallMedia::new(
             a_local,
@@ -331,6 +347,7 @@ impl B2bua {
             a_invite: essentials(req),
             a_txn: txn,
             a_offer: offer,
+            numbers,
             b,
             b_trunk,
             remaining: targets,
@@ -353,8 +370,9 @@ impl B2bua {
     }
 
     /// A fresh dialog toward `trunk`'s first peer: new Call-ID, tags and URIs built from
-    /// mediagate's own address, carrying only the caller's and callee's numbers.
-    fn new_b_dialog(&self, a_invite: &Message, trunk: usize) -> Dialog {
+    /// mediagate's own address, carrying only the caller's and callee's numbers (`numbers`
+    /// after `trunk`'s outbound translation).
+    fn new_b_dialog(&self, a_invite: &Message, numbers: &Numbers, trunk: usize) -> Dialog {
         let t = &self.config.trunks[trunk];
         let peer = t.peers[0];
         let target = Target {
@@ -362,11 +380,10 @@ impl B2bua {
             remote: peer.addr,
             local: t.local.addr,
         };
-        let called = header::uri_user(a_invite.uri().unwrap_or_default());
+        let Numbers { called, calling } = numbers.translated(&t.policy.translate, Direction::Out);
         let from = a_invite.header("From").unwrap_or_default();
-        let calling = header::uri_user(header::uri_of(from));
         let calling = if calling.is_empty() {
-            "anonymous"
+            "anonymous".to_string()
         } else {
             calling
         };
@@ -425,7 +442,17 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
-        inv.push_header("User-Agent", PRODUCT.into());
+        // Header policy of the B trunk (issue 5): passed, set and default headers.
+        let headers = policy::headers_toward(
+            &self.config,
+            call.a_trunk,
+            call.b_trunk,
+            &call.a_invite,
+            call.b.target.local,
+        );
+        for (name, value) in headers {
+            inv.push_header(name, value);
+        }
         let inv = with_sdp(inv, body);
         let txn = self.txns.send_request(inv, call.b.target, now);
         call.b_txn = txn;
@@ -594,10 +621,12 @@ impl B2bua {
                 if call.cancelled || call.phase == Phase::Ending {
                     return self.finish_if_idle(key);
                 }
+                // Failover looks at the trunk's own code; the caller sees it mapped (issue 5).
                 if FAILOVER_CODES.contains(&code) && self.fail_over(key, now) {
                     return;
                 }
-                self.fail_call(key, code, now);
+                let trunk = &self.config.trunks[self.calls[&key].b_trunk];
+                self.fail_call(key, policy::map_response(trunk, code), now);
             }
         }
     }
@@ -660,7 +689,8 @@ impl B2bua {
         let next = call.remaining.remove(0);
         tracing::info!(call = %call.label, to = %self.config.trunks[next].name, "failing over");
         let a_invite = call.a_invite.clone();
-        let b = self.new_b_dialog(&a_invite, next);
+        let numbers = call.numbers.clone();
+        let b = self.new_b_dialog(&a_invite, &numbers, next);
         let call = self.calls.get_mut(&key).expect("live");
         self.by_call_id.remove(&call.b.call_id);
         call.media.reset_b(
@@ -845,7 +875,8 @@ impl B2bua {
 }
 
 /// What a call keeps of the caller's INVITE: the request line and the headers its responses
-/// copy (RFC 3261 §8.2.6), plus From and Max-Forwards for a failover's new INVITE.
+/// copy (RFC 3261 §8.2.6), plus From and Max-Forwards for a failover's new INVITE, and the
+/// headers a trunk's header policy may pass.
 fn essentials(invite: Message) -> Message {
     const KEPT: [&str; 6] = ["Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards"];
     Message {
@@ -853,7 +884,12 @@ fn essentials(invite: Message) -> Message {
         headers: invite
             .headers
             .into_iter()
-            .filter(|h| KEPT.contains(&h.name.as_str()))
+            .filter(|h| {
+                KEPT.contains(&h.name.as_str())
+                    || POLICY_HEADERS
+                        .iter()
+                        .any(|p| p.eq_ignore_ascii_case(&h.name))
+            })
             .collect(),
         body: Vec::new(),
     }
