@@ -362,40 +362,10 @@ fn call_cap_answers_503() {
 // Routing and translation (issue 5): translation, match_calling, response_map, deny, emergency.
 // ---------------------------------------------------------------------------------------------
 
-/// The lab config with every routing and policy key: `00` → `+` inbound from the PBX, national
-/// format and a full calling number outbound to the ITSP, the ITSP's deny-list, response map and
-/// PAI passing, a route on the calling number, failover ITSP → PBX, and the route's deny-list
-/// that emergency 112 bypasses.
+/// tests/data/routing.toml: the lab config with every routing and policy key.
 fn policy_config() -> Arc<config::Config> {
-    let edits = [
-        ("max_calls = 100", "max_calls = 100\nemergency = [\"^112$\"]"),
-        (
-            "local = \"udp:10.99.1.1:5060\"",
-            "local = \"udp:10.99.1.1:5060\"\n[[trunk.translate]]\nfield = \"called\"\n\
-             direction = \"in\"\nmatch = '^00'\nreplace = \"+\"",
-        ),
-        (
-            "local = \"udp:10.99.2.1:5060\"",
-            "local = \"udp:10.99.2.1:5060\"\ndeny = ['^\\+1900']\n\
-             response_map = [{ from = 404, to = 480 }, { from = 503, to = 486 }]\n\
-             headers = { pass = [\"P-Asserted-Identity\"] }\n\
-             [[trunk.translate]]\nfield = \"called\"\ndirection = \"out\"\n\
-             match = '^\\+49(\\d+)$'\nreplace = \"0$1\"\n\
-             [[trunk.translate]]\nfield = \"calling\"\ndirection = \"out\"\n\
-             match = '^(\\d{3})$'\nreplace = \"+4930555$1\"",
-        ),
-        (
-            "[[route]]\nfrom = [\"pbx\"]",
-            "[[route]]\nfrom = [\"pbx\"]\nmatch = \".*\"\nmatch_calling = \"^999$\"\nto = [\"pbx\"]\n\n\
-             [[route]]\nfrom = [\"pbx\"]\ndeny = ['^\\+882', '^11']",
-        ),
-        ("to = [\"itsp\"]", "to = [\"itsp\", \"pbx\"]"),
-    ];
-    let text = edits.iter().fold(CONFIG.to_string(), |t, (old, new)| {
-        assert!(t.contains(old), "lab.toml changed: {old}");
-        t.replacen(old, new, 1)
-    });
-    Arc::new(config::parse("policy.toml", &text).unwrap())
+    let text = include_str!("data/routing.toml");
+    Arc::new(config::parse("routing.toml", text).unwrap())
 }
 
 fn policy_harness() -> Harness {
