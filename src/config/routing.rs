@@ -216,15 +216,17 @@ fn header_policy<'a>(
     err: ErrAt,
 ) -> Result<HeaderPolicy, ConfigError> {
     let mut policy = HeaderPolicy::default();
-    let lists = [("pass", &raw.pass), ("strip", &raw.strip)];
-    let listed = lists.iter().flat_map(|(key, names)| {
+    let lists = [
+        ("pass", &raw.pass, HeaderAction::Pass),
+        ("strip", &raw.strip, HeaderAction::Strip),
+    ];
+    let listed = lists.iter().flat_map(|(key, names, action)| {
         names.iter().enumerate().map(move |(i, n)| {
-            let action = if *key == "pass" {
-                HeaderAction::Pass
-            } else {
-                HeaderAction::Strip
-            };
-            (vec![Seg::Key(*key), Seg::Index(i)], n.as_str(), action)
+            (
+                vec![Seg::Key(key), Seg::Index(i)],
+                n.as_str(),
+                action.clone(),
+            )
         })
     });
     let set = raw.set.iter().map(|(n, v)| {
