@@ -13,6 +13,11 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod routing;
+pub use routing::{
+    Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
+};
+
 /// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
 /// calls from no one. It exists so that a bare start shows a working process, not a surprise.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -157,6 +162,9 @@ pub struct SipConfig {
     pub max_calls: usize,
     /// New calls per second accepted in all (token bucket, burst of one second's worth).
     pub max_cps: Option<f64>,
+    /// Dialled numbers (Request-URI user part as received) that are emergency calls: they bypass
+    /// deny-lists and limits (see `sip::policy::is_emergency`).
+    pub emergency: Vec<Regex>,
 }
 
 #[derive(Debug, Clone)]
@@ -234,14 +242,20 @@ pub struct Trunk {
     pub max_cps: Option<f64>,
     /// Calls through this trunk are hung up (BYE both legs) after this long answered.
     pub max_duration: Option<Duration>,
+    /// Number translation, response mapping, deny-list and header policy.
+    pub policy: TrunkPolicy,
 }
 
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Indexes into [`Config::trunks`] of the trunks whose calls this route takes.
     pub from: Vec<usize>,
-    /// Matched against the user part of the Request-URI.
+    /// Matched against the called number (after the source trunk's inbound translation).
     pub called: Regex,
+    /// Matched against the calling number (after inbound translation); any when absent.
+    pub calling: Option<Regex>,
+    /// Called numbers this route refuses with 403 (unless emergency).
+    pub deny: Vec<Regex>,
     /// Trunks tried in order.
     pub to: Vec<usize>,
 }
@@ -277,6 +291,8 @@ struct RawSip {
     #[serde(default = "default_max_calls")]
     max_calls: usize,
     max_cps: Option<f64>,
+    #[serde(default)]
+    emergency: Vec<String>,
 }
 
 fn default_max_calls() -> usize {
@@ -362,6 +378,14 @@ struct RawTrunk {
     max_calls: Option<usize>,
     max_cps: Option<f64>,
     max_duration_s: Option<u64>,
+    #[serde(default)]
+    translate: Vec<routing::RawTranslate>,
+    #[serde(default)]
+    response_map: Vec<routing::RawResponseMap>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    headers: routing::RawHeaders,
 }
 
 fn default_options_timeout() -> u64 {
@@ -415,10 +439,14 @@ struct RawRoute {
     from: Vec<String>,
     #[serde(rename = "match")]
     called: String,
+    match_calling: Option<String>,
+    #[serde(default)]
+    deny: Vec<String>,
     to: Vec<String>,
 }
 
 /// One step of a key path: a table key or an array index.
+#[derive(Clone, Copy)]
 enum Seg<'a> {
     Key(&'a str),
     Index(usize),
@@ -545,6 +573,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             "must be at least 1".into(),
         ));
     }
+
+    let emergency = routing::regex_list(
+        &raw.sip.emergency,
+        &[Seg::Key("sip"), Seg::Key("emergency")],
+        &err,
+    )?;
 
     let ports_path = [Seg::Key("media"), Seg::Key("ports")];
     let (port_first, port_last) =
@@ -762,6 +796,16 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         if t.max_duration_s == Some(0) {
             return Err(err(&at("max_duration_s"), "must be at least 1".into()));
         }
+        let policy = routing::trunk_policy(
+            routing::RawTrunkPolicy {
+                translate: &t.translate,
+                response_map: &t.response_map,
+                deny: &t.deny,
+                headers: &t.headers,
+            },
+            &[Seg::Key("trunk"), Seg::Index(i)],
+            &err,
+        )?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
@@ -776,6 +820,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_calls: t.max_calls,
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
+            policy,
         });
     }
 
@@ -814,7 +859,20 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("invalid regex: {e}"),
             )
         })?;
-        routes.push(Route { from, called, to });
+        let at = |key| [Seg::Key("route"), Seg::Index(i), Seg::Key(key)];
+        let calling = r
+            .match_calling
+            .as_deref()
+            .map(|p| routing::regex(p, &at("match_calling"), &err))
+            .transpose()?;
+        let deny = routing::regex_list(&r.deny, &at("deny"), &err)?;
+        routes.push(Route {
+            from,
+            called,
+            calling,
+            deny,
+            to,
+        });
     }
 
     let cdr = match &raw.cdr {
@@ -854,6 +912,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .map(check_cps)
                 .transpose()
                 .map_err(|m| err(&[Seg::Key("sip"), Seg::Key("max_cps")], m))?,
+            emergency,
         },
         media: MediaConfig {
             port_first,
@@ -901,11 +960,14 @@ impl Config {
             .position(|t| t.peers.iter().any(|p| p.addr.ip() == ip))
     }
 
-    /// The first route taking calls from `trunk` whose regex matches `called`.
-    pub fn route_for(&self, trunk: usize, called: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.from.contains(&trunk) && r.called.is_match(called))
+    /// The first route (in config order) taking calls from `trunk` whose `match` accepts
+    /// `called` and whose `match_calling`, when present, accepts `calling`.
+    pub fn route_for(&self, trunk: usize, called: &str, calling: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.from.contains(&trunk)
+                && r.called.is_match(called)
+                && r.calling.as_ref().is_none_or(|c| c.is_match(calling))
+        })
     }
 }
 
@@ -953,9 +1015,9 @@ to = ["pbx"]
         let c = parse("x.toml", GOOD).unwrap();
         assert_eq!(c.trunks.len(), 2);
         assert_eq!(c.media.port_first, 30000);
-        assert_eq!(c.route_for(0, "+4930123").unwrap().to, vec![1]);
-        assert!(c.route_for(0, "alice").is_none());
-        assert_eq!(c.route_for(1, "alice").unwrap().to, vec![0]);
+        assert_eq!(c.route_for(0, "+4930123", "100").unwrap().to, vec![1]);
+        assert!(c.route_for(0, "alice", "100").is_none());
+        assert_eq!(c.route_for(1, "alice", "").unwrap().to, vec![0]);
         assert_eq!(c.trunk_of_peer("10.99.2.2".parse().unwrap()), Some(1));
     }
 

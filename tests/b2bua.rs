@@ -653,3 +653,150 @@ fn redirects_are_followed_passed_or_rejected_as_configured() {
     assert_eq!(finals_to_pbx(&h, &out), vec![480], "reject is the default");
     assert!(h.ports_all_free());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Routing and translation (issue 5): translation, match_calling, response_map, deny, emergency.
+// ---------------------------------------------------------------------------------------------
+
+/// tests/data/routing.toml: the lab config with every routing and policy key.
+fn policy_config() -> Arc<config::Config> {
+    let text = include_str!("data/routing.toml");
+    Arc::new(config::parse("routing.toml", text).unwrap())
+}
+
+fn policy_harness() -> Harness {
+    let mut h = Harness::new();
+    h.core = B2bua::new(policy_config());
+    h
+}
+
+/// The PBX's INVITE dialling `called` from `calling`, with a P-Asserted-Identity; `n` keeps
+/// branches and Call-IDs apart.
+fn invite_from(called: &str, calling: &str, n: u32) -> Message {
+    let mut inv = parse(INVITE);
+    inv.start = mediagate::sip::message::StartLine::Request {
+        method: Method::Invite,
+        uri: format!("sip:{called}@10.99.1.1:5060"),
+    };
+    inv.set_header("To", format!("<sip:{called}@10.99.1.1:5060>"));
+    inv.set_header(
+        "From",
+        format!("\"Front Desk\" <sip:{calling}@10.99.1.2:5060>;tag=pbx-tag"),
+    );
+    inv.set_header(
+        "Via",
+        format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-p{n}"),
+    );
+    inv.set_header("Call-ID", format!("pbx-policy-{n}"));
+    inv.push_header(
+        "P-Asserted-Identity",
+        format!("\"Front Desk\" <sip:{calling}@10.99.1.2;user=phone>"),
+    );
+    inv.push_header("Privacy", "none".into());
+    inv
+}
+
+#[test]
+fn translation_reaches_request_uri_to_from_and_pai() {
+    let mut h = policy_harness();
+    let out = h.send(invite_from("004930123", "100", 1), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    assert_eq!(inv_b.uri(), Some("sip:030123@10.99.2.2:5060"));
+    assert_eq!(inv_b.header("To"), Some("<sip:030123@10.99.2.2:5060>"));
+    let from = inv_b.header("From").unwrap();
+    assert_eq!(header::uri_of(from), "sip:+4930555100@10.99.2.1:5060");
+    assert_eq!(
+        inv_b.header("P-Asserted-Identity"),
+        Some("\"Front Desk\" <sip:+4930555100@10.99.2.1:5060;user=phone>")
+    );
+    assert!(inv_b.header("Privacy").is_none(), "not passed: stripped");
+    assert!(inv_b
+        .header("User-Agent")
+        .unwrap()
+        .starts_with("mediagate/"));
+    let text = String::from_utf8(inv_b.to_bytes()).unwrap();
+    assert!(
+        !text.contains("10.99.1.2"),
+        "caller address leaked:\n{text}"
+    );
+}
+
+#[test]
+fn failover_applies_the_next_trunks_rules_and_looks_at_the_original_code() {
+    let mut h = policy_harness();
+    let out = h.send(invite_from("004930123", "100", 2), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    // 503 is mapped to 486 for the caller, yet it still fails over: failover sees 503.
+    let out = h.send(answer(&inv_b, 503, "b1", None), h.itsp);
+    let inv_pbx = only_to(&out, &h.pbx);
+    assert_eq!(inv_pbx.method(), Some(&Method::Invite));
+    assert_eq!(
+        inv_pbx.uri(),
+        Some("sip:+4930123@10.99.1.2:5060"),
+        "the PBX trunk's (empty) outbound rules start from the inbound-translated number"
+    );
+    assert_eq!(
+        header::uri_of(inv_pbx.header("From").unwrap()),
+        "sip:100@10.99.1.1:5060"
+    );
+    assert!(
+        inv_pbx.header("P-Asserted-Identity").is_none(),
+        "the PBX trunk passes no PAI"
+    );
+}
+
+#[test]
+fn match_calling_selects_the_route() {
+    let mut h = policy_harness();
+    let out = h.send(invite_from("+4930123", "999", 3), h.pbx);
+    let to_pbx: Vec<&Transmit> = out
+        .iter()
+        .filter(|t| t.message.method() == Some(&Method::Invite))
+        .collect();
+    assert_eq!(to_pbx.len(), 1, "{out:#?}");
+    assert_eq!(
+        to_pbx[0].target.remote, h.pbx.remote,
+        "calling 999 routes back to the PBX"
+    );
+    let out = h.send(invite_from("+4930123", "100", 4), h.pbx);
+    assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
+}
+
+#[test]
+fn response_map_translates_the_final_answer() {
+    let mut h = policy_harness();
+    let out = h.send(invite_from("+4930123", "100", 5), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    let out = h.send(answer(&inv_b, 404, "b1", None), h.itsp);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 480);
+    assert!(h.ports_all_free());
+}
+
+#[test]
+fn denied_destinations_get_403_or_skip_the_trunk() {
+    let mut h = policy_harness();
+    let out = h.send(invite_from("00882123", "100", 6), h.pbx);
+    assert_eq!(out.len(), 1, "only the 403: {out:#?}");
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 403);
+    let out = h.send(invite_from("113", "100", 7), h.pbx);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 403);
+    // The ITSP denies +1900: the route's next trunk takes the call.
+    let out = h.send(invite_from("+1900555", "100", 8), h.pbx);
+    assert!(out.iter().all(|t| t.target.remote != h.itsp.remote));
+    assert!(out
+        .iter()
+        .any(|t| t.message.method() == Some(&Method::Invite) && t.target.remote == h.pbx.remote));
+    assert_eq!(h.status()["active_calls"], 1);
+}
+
+#[test]
+fn emergency_calls_bypass_deny_lists() {
+    let mut h = policy_harness();
+    let out = h.send(invite_from("112", "100", 9), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    assert_eq!(inv_b.uri(), Some("sip:112@10.99.2.2:5060"));
+    assert!(mediagate::sip::policy::is_emergency(
+        &policy_config(),
+        "112"
+    ));
+}

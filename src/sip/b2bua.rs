@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
 use super::message::{Message, Method, StartLine};
+use super::policy;
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
-use crate::config::{Config, Redirect};
+use super::translate::Numbers;
+use crate::config::{Config, Direction, Redirect, POLICY_HEADERS};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
@@ -96,6 +98,9 @@ struct Call {
     a_invite: Message,
     a_txn: TxnId,
     a_offer: Option<Sdp>,
+    /// Called and calling numbers after the source trunk's inbound translation; each B trunk's
+    /// outbound rules start from these.
+    numbers: Numbers,
     b: Dialog,
     b_trunk: usize,
     /// Peers of `b_trunk` not tried yet, in the order the trunk's strategy gave.
@@ -109,6 +114,8 @@ struct Call {
     redirects: u32,
     /// Whether this call still counts against its trunks' limits.
     occupying: bool,
+    /// An emergency number: limits and drain do not apply to it (`sip.emergency`).
+    emergency: bool,
     b_txn: TxnId,
     b_invite_cseq: u32,
     cancelled: bool,
@@ -450,13 +457,29 @@ impl B2bua {
         if max_forwards == 0 {
             return self.respond(txn, &req, 483, now);
         }
-        let called = header::uri_user(req.uri().unwrap_or_default()).to_string();
-        let Some(route) = self.config.route_for(trunk, &called) else {
+        // Routing and translation (issue 5): inbound translation, route, deny-lists.
+        let dialled = Numbers::of_invite(&req);
+        let numbers =
+            dialled.translated(&self.config.trunks[trunk].policy.translate, Direction::In);
+        let Some(route) = self
+            .config
+            .route_for(trunk, &numbers.called, &numbers.calling)
+        else {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
             return self.respond(txn, &req, 404, now);
         };
-        let route_to = route.to.clone();
-        if let Err(why) = self.limits.admit_new(trunk, self.active_calls(), now) {
+        let emergency = policy::is_emergency(&self.config, &dialled.called);
+        let route_to = policy::permitted_trunks(&self.config, route, &numbers.called, emergency);
+        if route_to.is_empty() {
+            tracing::info!(trunk = %self.config.trunks[trunk].name, "denied destination: 403");
+            return self.respond(txn, &req, 403, now);
+        }
+        // Emergency calls bypass the limits, and drain (below, in next_trunk).
+        if let Err(why) = self
+            .limits
+            .admit_new(trunk, self.active_calls(), now)
+            .or_else(|why| if emergency { Ok(()) } else { Err(why) })
+        {
             tracing::info!(trunk = %self.config.trunks[trunk].name, ?why, "new call refused: 503");
             return self.refuse(txn, &req, why, now);
         }
@@ -473,7 +496,9 @@ impl B2bua {
                 }
             }
         };
-        let Some((b_trunk, mut peers, remaining_trunks)) = self.next_trunk(&route_to, now) else {
+        let Some((b_trunk, mut peers, remaining_trunks)) =
+            self.next_trunk(&route_to, emergency, now)
+        else {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "no trunk of the route is available: 503");
             return self.refuse(txn, &req, Refusal::Calls, now);
         };
@@ -499,7 +524,7 @@ impl B2bua {
             local_cseq: 0,
             signalling_ip: source.remote.ip(),
         };
-        let b = self.new_b_dialog(&req, b_trunk, b_peer);
+        let b = self.new_b_dialog(&req, &numbers, b_trunk, b_peer);
         let a_local = source.local.ip();
         let media = CallMedia::new(
             a_local,
@@ -519,6 +544,7 @@ impl B2bua {
             a_invite: essentials(req),
             a_txn: txn,
             a_offer: offer,
+            numbers,
             b,
             b_trunk,
             remaining_peers: peers,
@@ -527,6 +553,7 @@ impl B2bua {
             responded: false,
             redirects: 0,
             occupying: true,
+            emergency,
             b_txn: 0,
             b_invite_cseq: 1,
             cancelled: false,
@@ -547,16 +574,18 @@ impl B2bua {
         self.send_b_invite(key, now);
     }
 
-    /// The first trunk of `trunks` that can take a call now (not draining, under its limits,
-    /// with a peer that is not down): the trunk, its peers in the order to try, and the trunks
-    /// after it.
+    /// The first trunk of `trunks` that can take a call now (not draining, under its limits —
+    /// both ignored for an `emergency` call — with a peer that is not down): the trunk, its
+    /// peers in the order to try, and the trunks after it.
     fn next_trunk(
         &mut self,
         trunks: &[usize],
+        emergency: bool,
         now: Instant,
     ) -> Option<(usize, Vec<usize>, Vec<usize>)> {
         for (i, &t) in trunks.iter().enumerate() {
-            if let Err(why) = self.limits.outbound_available(t, now) {
+            let available = self.limits.outbound_available(t, now);
+            if let (Err(why), false) = (available, emergency) {
                 tracing::debug!(trunk = %self.config.trunks[t].name, ?why, "trunk skipped");
                 continue;
             }
@@ -573,8 +602,15 @@ impl B2bua {
     }
 
     /// A fresh dialog toward peer `peer` of `trunk`: new Call-ID, tags and URIs built from
-    /// mediagate's own address, carrying only the caller's and callee's numbers.
-    fn new_b_dialog(&self, a_invite: &Message, trunk: usize, peer: usize) -> Dialog {
+    /// mediagate's own address, carrying only the caller's and callee's numbers (`numbers`
+    /// after `trunk`'s outbound translation).
+    fn new_b_dialog(
+        &self,
+        a_invite: &Message,
+        numbers: &Numbers,
+        trunk: usize,
+        peer: usize,
+    ) -> Dialog {
         let t = &self.config.trunks[trunk];
         let peer = t.peers[peer];
         let target = Target {
@@ -582,11 +618,10 @@ impl B2bua {
             remote: peer.addr,
             local: t.local.addr,
         };
-        let called = header::uri_user(a_invite.uri().unwrap_or_default());
+        let Numbers { called, calling } = numbers.translated(&t.policy.translate, Direction::Out);
         let from = a_invite.header("From").unwrap_or_default();
-        let calling = header::uri_user(header::uri_of(from));
         let calling = if calling.is_empty() {
-            "anonymous"
+            "anonymous".to_string()
         } else {
             calling
         };
@@ -645,7 +680,17 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
-        inv.push_header("User-Agent", PRODUCT.into());
+        // Header policy of the B trunk (issue 5): passed, set and default headers.
+        let headers = policy::headers_toward(
+            &self.config,
+            call.a_trunk,
+            call.b_trunk,
+            &call.a_invite,
+            call.b.target.local,
+        );
+        for (name, value) in headers {
+            inv.push_header(name, value);
+        }
         let inv = with_sdp(inv, body);
         let txn = self.txns.send_request(inv, call.b.target, now);
         call.b_txn = txn;
@@ -848,13 +893,15 @@ impl B2bua {
                 if (300..400).contains(&code) {
                     return self.on_redirect(key, &resp, code, trunk.redirect, now);
                 }
+                // Failover looks at the trunk's own code; the caller sees it mapped.
+                let mapped = policy::map_response(trunk, code);
                 if trunk.failover_on.contains(&code) {
-                    return self.attempt_failed(key, AttemptOutcome::Code(code), code, now);
+                    return self.attempt_failed(key, AttemptOutcome::Code(code), mapped, now);
                 }
                 if let Some(a) = call.attempts.last_mut() {
                     a.outcome = Some(AttemptOutcome::Code(code));
                 }
-                self.fail_call(key, code, now);
+                self.fail_call(key, mapped, now);
             }
         }
     }
@@ -891,9 +938,9 @@ impl B2bua {
                     Some((uri, addr)) if call.redirects < MAX_REDIRECTS => {
                         call.redirects += 1;
                         tracing::info!(call = %call.label, to = %uri, "following redirect");
-                        let a_invite = call.a_invite.clone();
+                        let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
                         let (t, p) = (call.b_trunk, 0);
-                        let mut b = self.new_b_dialog(&a_invite, t, p);
+                        let mut b = self.new_b_dialog(&a_invite, &numbers, t, p);
                         b.target.remote = addr;
                         b.signalling_ip = addr.ip();
                         b.remote_target = uri;
@@ -961,7 +1008,8 @@ impl B2bua {
         let call = self.calls.get_mut(&key).expect("live");
         let (trunk, peer) = if call.remaining_peers.is_empty() {
             let remaining = std::mem::take(&mut call.remaining_trunks);
-            let Some((t, mut peers, rest)) = self.next_trunk(&remaining, now) else {
+            let emergency = call.emergency;
+            let Some((t, mut peers, rest)) = self.next_trunk(&remaining, emergency, now) else {
                 return false;
             };
             let p = peers.remove(0);
@@ -975,8 +1023,8 @@ impl B2bua {
         let call = &self.calls[&key];
         tracing::info!(call = %call.label, to = %self.config.trunks[trunk].name,
             peer = %self.config.trunks[trunk].peers[peer].addr, "failing over");
-        let a_invite = call.a_invite.clone();
-        let b = self.new_b_dialog(&a_invite, trunk, peer);
+        let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
+        let b = self.new_b_dialog(&a_invite, &numbers, trunk, peer);
         self.replace_b(key, b, trunk, now);
         true
     }
@@ -1197,7 +1245,8 @@ fn redirect_target(uri: &str) -> Option<(String, std::net::SocketAddr)> {
 }
 
 /// What a call keeps of the caller's INVITE: the request line and the headers its responses
-/// copy (RFC 3261 §8.2.6), plus From and Max-Forwards for a failover's new INVITE.
+/// copy (RFC 3261 §8.2.6), plus From and Max-Forwards for a failover's new INVITE, and the
+/// headers a trunk's header policy may pass.
 fn essentials(invite: Message) -> Message {
     const KEPT: [&str; 6] = ["Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards"];
     Message {
@@ -1205,7 +1254,12 @@ fn essentials(invite: Message) -> Message {
         headers: invite
             .headers
             .into_iter()
-            .filter(|h| KEPT.contains(&h.name.as_str()))
+            .filter(|h| {
+                KEPT.contains(&h.name.as_str())
+                    || POLICY_HEADERS
+                        .iter()
+                        .any(|p| p.eq_ignore_ascii_case(&h.name))
+            })
             .collect(),
         body: Vec::new(),
     }

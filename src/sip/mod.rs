@@ -5,4 +5,6 @@ pub mod b2bua;
 pub mod dialog;
 pub mod header;
 pub mod message;
+pub mod policy;
 pub mod transaction;
+pub mod translate;
