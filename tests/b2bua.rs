@@ -800,3 +800,133 @@ fn emergency_calls_bypass_deny_lists() {
         "112"
     ));
 }
+
+// ---- call detail records and emergency calls past the limits ----
+
+/// The records of calls that ended, as the JSON lines the CDR file gets.
+fn cdrs(h: &mut Harness) -> Vec<serde_json::Value> {
+    h.core
+        .drain_cdrs()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_ending_writes_one_record() {
+    // Answered, then the caller hangs up.
+    let (mut h, inv_b, ok) = answered_call();
+    assert!(cdrs(&mut h).is_empty(), "no record while the call is up");
+    h.send(ack_from_pbx(&ok), h.pbx);
+    let mut bye = ack_from_pbx(&ok);
+    bye.start = mediagate::sip::message::StartLine::Request {
+        method: Method::Bye,
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    bye.set_header("CSeq", "2 BYE".into());
+    bye.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
+    );
+    h.send(bye, h.pbx);
+    let records = cdrs(&mut h);
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r["sip_call_id"], "pbx-call-1");
+    assert_eq!(
+        (r["trunk_in"].as_str(), r["trunk_out"].as_str()),
+        (Some("pbx"), Some("itsp"))
+    );
+    assert_eq!(
+        (r["called_in"].as_str(), r["calling_in"].as_str()),
+        (Some("+4930123"), Some("100"))
+    );
+    assert_eq!(
+        (
+            r["final_code"].as_u64(),
+            r["ended_by"].as_str(),
+            r["end_reason"].as_str()
+        ),
+        (Some(200), Some("caller"), Some("bye"))
+    );
+    assert!(
+        r["answer_time"].is_string() && r["duration_s"].is_number(),
+        "{r}"
+    );
+    assert_eq!(
+        r["attempts"],
+        serde_json::json!([{"trunk": "itsp", "peer": "udp:10.99.2.2:5060", "code": 200}])
+    );
+    let _ = inv_b;
+
+    // Failover through two peers, both refusing: one record with both attempts.
+    let mut h = lab_with(TWO_PEERS, "");
+    let out = h.send(parse(INVITE), h.pbx);
+    let (_, first) = invites(&out).pop().unwrap();
+    let out = h.send(answer(&first, 503, "x", None), h.itsp);
+    let (to, second) = invites(&out).pop().unwrap();
+    h.send(
+        answer(&second, 404, "y", None),
+        target(&to.to_string(), "10.99.2.1:5060"),
+    );
+    let records = cdrs(&mut h);
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (r["final_code"].as_u64(), r["ended_by"].as_str()),
+        (Some(404), Some("callee"))
+    );
+    assert!(r["answer_time"].is_null() && r["duration_s"].is_null());
+    let codes: Vec<_> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["code"].clone())
+        .collect();
+    assert_eq!(codes, vec![serde_json::json!(503), serde_json::json!(404)]);
+
+    // A silent peer: the attempt is a timeout and mediagate ends the call.
+    let mut h = lab_with("peers = [\"udp:10.99.2.2:5060\"]\ninvite_timeout_s = 1", "");
+    h.send(parse(INVITE), h.pbx);
+    h.advance(Duration::from_secs(1));
+    let records = cdrs(&mut h);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["attempts"][0]["code"], "timeout");
+    assert_eq!(
+        (
+            records[0]["final_code"].as_u64(),
+            records[0]["ended_by"].as_str()
+        ),
+        (Some(408), Some("mediagate"))
+    );
+}
+
+#[test]
+fn emergency_calls_pass_a_full_or_draining_trunk() {
+    let text = include_str!("data/routing.toml")
+        .replace("name = \"itsp\"", "name = \"itsp\"\nmax_calls = 1")
+        .replace("to = [\"itsp\", \"pbx\"]", "to = [\"itsp\"]");
+    let mut h = Harness::new();
+    h.core = B2bua::new(Arc::new(config::parse("routing.toml", &text).unwrap()));
+    let out = h.send(invite_n(1), h.pbx);
+    assert_eq!(invites(&out).len(), 1, "first call takes the only slot");
+    let out = h.send(invite_n(2), h.pbx);
+    assert_eq!(finals_to_pbx(&h, &out), vec![503]);
+    let mut emergency = invite_n(3);
+    emergency.start = mediagate::sip::message::StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:112@10.99.1.1:5060".into(),
+    };
+    let out = h.send(emergency.clone(), h.pbx);
+    assert_eq!(
+        invites(&out).len(),
+        1,
+        "an emergency call passes the full trunk: {out:#?}"
+    );
+    h.core.set_draining("itsp", true).unwrap();
+    let mut again = emergency;
+    again.set_header("Via", "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-e2".into());
+    again.set_header("Call-ID", "pbx-call-e2".into());
+    let out = h.send(again, h.pbx);
+    assert_eq!(invites(&out).len(), 1, "and a draining one");
+}

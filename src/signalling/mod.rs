@@ -173,6 +173,7 @@ pub async fn run(
         for t in core.drain_transmits() {
             transports.send(t.target, &t.message);
         }
+        records.write_cdrs(core.drain_cdrs());
         let commands = media.borrow_mut().take_commands();
         for cmd in commands {
             if let Err(e) = relay.apply(cmd) {

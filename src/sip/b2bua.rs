@@ -18,7 +18,8 @@ use super::message::{Message, Method, StartLine};
 use super::policy;
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
 use super::translate::Numbers;
-use crate::config::{Config, Direction, Redirect, POLICY_HEADERS};
+use crate::cdr::{Attempt, AttemptResult, CallTimes, Cdr, Ending, MediaCounters};
+use crate::config::{Config, Direction, Endpoint, Redirect, POLICY_HEADERS};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
@@ -39,24 +40,6 @@ enum Deadline {
     Invite(u32),
     /// The trunk's `max_duration_s` since the answer.
     MaxDuration,
-}
-
-/// How one attempt of a call ended, for the failover record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// A final response with this code.
-    Code(u16),
-    /// No response within the trunk's `invite_timeout_s`, or the transaction timed out.
-    Timeout,
-}
-
-/// One INVITE sent toward a trunk peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempt {
-    pub trunk: usize,
-    pub peer: std::net::SocketAddr,
-    /// `None` while it is the call's current attempt.
-    pub outcome: Option<AttemptOutcome>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +90,15 @@ struct Call {
     remaining_peers: Vec<usize>,
     /// Trunks of the route not tried yet.
     remaining_trunks: Vec<usize>,
-    /// Every INVITE sent toward a trunk, the last one current.
+    /// INVITEs sent toward trunks so far; the last one is current.
+    invites_sent: u32,
+    /// How each finished INVITE toward a trunk ended, for the call's record.
     attempts: Vec<Attempt>,
+    /// Wall-clock start and answer, for the call's record.
+    started_wall: SystemTime,
+    answered_wall: Option<SystemTime>,
+    /// The final status code the caller got.
+    final_code: Option<u16>,
     /// Whether the current attempt got any response (a 100 Trying stops the invite timeout).
     responded: bool,
     redirects: u32,
@@ -148,6 +138,8 @@ pub struct B2bua {
     /// INVITEs given up on by the invite timeout, with the dialog they would have made: a late
     /// 2xx is ACKed and hung up, a late provisional cancelled.
     abandoned: HashMap<TxnId, Dialog>,
+    /// Records of ended calls not yet taken by [`Self::drain_cdrs`].
+    cdrs: Vec<Cdr>,
 }
 
 fn now_label(n: u64) -> String {
@@ -169,6 +161,7 @@ impl B2bua {
             limits: Limits::new(&config),
             deadlines: BinaryHeap::new(),
             abandoned: HashMap::new(),
+            cdrs: Vec::new(),
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -268,7 +261,7 @@ impl B2bua {
         }
         for key in unacked {
             tracing::info!(call = %self.calls[&key].label, "no ACK for 200: hanging up");
-            self.hang_up_both(key, now);
+            self.hang_up_both(key, Ending::NoAck, now);
         }
         if self.next_sweep.is_some_and(|s| s <= now) {
             self.next_sweep = Some(now + MEDIA_SWEEP);
@@ -329,17 +322,17 @@ impl B2bua {
                 if call.phase == Phase::Setup
                     && !call.cancelled
                     && !call.responded
-                    && attempt as usize == call.attempts.len() =>
+                    && attempt == call.invites_sent =>
             {
                 tracing::info!(call = %call.label, peer = %call.b.target.remote, "no response to INVITE: giving up on the peer");
                 let (txn, dialog) = (call.b_txn, call.b.clone());
                 self.txn_done(key, txn);
                 self.abandoned.insert(txn, dialog);
-                self.attempt_failed(key, AttemptOutcome::Timeout, 408, now);
+                self.attempt_failed(key, AttemptResult::Timeout, 408, now);
             }
             Deadline::MaxDuration if matches!(call.phase, Phase::Answered | Phase::Confirmed) => {
                 tracing::info!(call = %call.label, "maximum call duration reached: hanging up both legs");
-                self.hang_up_both(key, now);
+                self.hang_up_both(key, Ending::MaxDuration, now);
             }
             _ => {}
         }
@@ -347,13 +340,30 @@ impl B2bua {
 
     /// Records how the current attempt ended, then tries the next candidate; answers the caller
     /// `code` when none is left.
-    fn attempt_failed(&mut self, key: CallKey, outcome: AttemptOutcome, code: u16, now: Instant) {
-        if let Some(a) = self.calls.get_mut(&key).and_then(|c| c.attempts.last_mut()) {
-            a.outcome = Some(outcome);
-        }
+    fn attempt_failed(&mut self, key: CallKey, result: AttemptResult, code: u16, now: Instant) {
+        self.finish_attempt(key, result);
         if !self.fail_over(key, now) {
-            self.fail_call(key, code, now);
+            let ending = match result {
+                AttemptResult::Code(_) => Ending::CalleeRejected,
+                AttemptResult::Timeout => Ending::Failed,
+            };
+            self.fail_call(key, code, ending, now);
         }
+    }
+
+    /// Records how the call's current INVITE toward a trunk ended.
+    fn finish_attempt(&mut self, key: CallKey, result: AttemptResult) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.attempts.push(Attempt {
+            trunk: self.config.trunks[call.b_trunk].name.clone(),
+            peer: Endpoint {
+                transport: call.b.target.transport,
+                addr: call.b.target.remote,
+            },
+            code: result,
+        });
     }
 
     /// A response to an INVITE abandoned by the invite timeout: the peer came back too late.
@@ -443,7 +453,11 @@ impl B2bua {
                     return;
                 }
                 tracing::info!(call = %call.label, ?side, "hang-up");
-                self.end_call(key, now);
+                let ending = match side {
+                    Side::A => Ending::CallerBye,
+                    Side::B => Ending::CalleeBye,
+                };
+                self.end_call(key, ending, now);
                 self.send_bye(key, side.other(), now);
                 self.finish_if_idle(key);
             }
@@ -549,7 +563,11 @@ impl B2bua {
             b_trunk,
             remaining_peers: peers,
             remaining_trunks,
+            invites_sent: 0,
             attempts: Vec::new(),
+            started_wall: SystemTime::now(),
+            answered_wall: None,
+            final_code: None,
             responded: false,
             redirects: 0,
             occupying: true,
@@ -658,7 +676,7 @@ impl B2bua {
                     let code = if e == AnchorError::TooLarge { 488 } else { 503 };
                     tracing::warn!(call = %call.label, error = %e, code, "cannot anchor media");
                     self.calls.insert(key, call);
-                    self.fail_call(key, code, now);
+                    self.fail_call(key, code, Ending::Failed, now);
                     return;
                 }
             },
@@ -696,16 +714,12 @@ impl B2bua {
         call.b_txn = txn;
         call.open_txns.push(txn);
         call.responded = false;
-        call.attempts.push(Attempt {
-            trunk: call.b_trunk,
-            peer: call.b.target.remote,
-            outcome: None,
-        });
+        call.invites_sent += 1;
         let timeout = self.config.trunks[call.b_trunk].invite_timeout;
         self.deadlines.push(Reverse((
             now + timeout,
             key,
-            Deadline::Invite(call.attempts.len() as u32),
+            Deadline::Invite(call.invites_sent),
         )));
         self.by_client_txn.insert(txn, (key, Purpose::Invite));
         self.by_call_id
@@ -736,8 +750,9 @@ impl B2bua {
             response_to(&a_invite, 487, reason(487), tag.as_deref()),
             now,
         );
+        self.calls.get_mut(&key).expect("live").final_code = Some(487);
         self.cancel_b(key, now);
-        self.end_call(key, now);
+        self.end_call(key, Ending::CallerCancel, now);
     }
 
     /// Sends CANCEL to B when its INVITE has seen a provisional response; otherwise the CANCEL
@@ -859,12 +874,12 @@ impl B2bua {
                     return;
                 }
                 call.b.establish_from_response(&resp);
+                self.finish_attempt(key, AttemptResult::Code(code));
                 let body = self.anchor_from_b(key, &resp, now);
                 let call = self.calls.get_mut(&key).expect("live");
                 call.phase = Phase::Answered;
-                if let Some(a) = call.attempts.last_mut() {
-                    a.outcome = Some(AttemptOutcome::Code(code));
-                }
+                call.answered_wall = Some(SystemTime::now());
+                call.final_code = Some(code);
                 tracing::info!(call = %call.label, "answered");
                 let limit = [call.a_trunk, call.b_trunk]
                     .iter()
@@ -896,12 +911,10 @@ impl B2bua {
                 // Failover looks at the trunk's own code; the caller sees it mapped.
                 let mapped = policy::map_response(trunk, code);
                 if trunk.failover_on.contains(&code) {
-                    return self.attempt_failed(key, AttemptOutcome::Code(code), mapped, now);
+                    return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
                 }
-                if let Some(a) = call.attempts.last_mut() {
-                    a.outcome = Some(AttemptOutcome::Code(code));
-                }
-                self.fail_call(key, mapped, now);
+                self.finish_attempt(key, AttemptResult::Code(code));
+                self.fail_call(key, mapped, Ending::CalleeRejected, now);
             }
         }
     }
@@ -915,41 +928,42 @@ impl B2bua {
         mode: Redirect,
         now: Instant,
     ) {
-        let call = self.calls.get_mut(&key).expect("live");
-        if let Some(a) = call.attempts.last_mut() {
-            a.outcome = Some(AttemptOutcome::Code(code));
-        }
         match mode {
             Redirect::Pass => {
+                self.finish_attempt(key, AttemptResult::Code(code));
                 let mut r = self.response_for_a(key, resp, None);
                 for contact in resp.headers_named("Contact") {
                     r.push_header("Contact", contact.to_string());
                 }
-                let a_txn = self.calls[&key].a_txn;
+                let call = self.calls.get_mut(&key).expect("live");
+                call.final_code = Some(code);
+                let a_txn = call.a_txn;
                 self.txns.respond(a_txn, r, now);
-                self.end_call(key, now);
+                self.end_call(key, Ending::CalleeRejected, now);
                 self.finish_if_idle(key);
             }
             Redirect::Follow => {
                 let target = resp
                     .headers_named("Contact")
                     .find_map(|c| redirect_target(header::uri_of(c)));
+                let call = self.calls.get_mut(&key).expect("live");
                 match target {
                     Some((uri, addr)) if call.redirects < MAX_REDIRECTS => {
                         call.redirects += 1;
                         tracing::info!(call = %call.label, to = %uri, "following redirect");
                         let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
-                        let (t, p) = (call.b_trunk, 0);
-                        let mut b = self.new_b_dialog(&a_invite, &numbers, t, p);
+                        let t = call.b_trunk;
+                        self.finish_attempt(key, AttemptResult::Code(code));
+                        let mut b = self.new_b_dialog(&a_invite, &numbers, t, 0);
                         b.target.remote = addr;
                         b.signalling_ip = addr.ip();
                         b.remote_target = uri;
                         self.replace_b(key, b, t, now);
                     }
-                    _ => self.attempt_failed(key, AttemptOutcome::Code(code), 480, now),
+                    _ => self.attempt_failed(key, AttemptResult::Code(code), 480, now),
                 }
             }
-            Redirect::Reject => self.attempt_failed(key, AttemptOutcome::Code(code), 480, now),
+            Redirect::Reject => self.attempt_failed(key, AttemptResult::Code(code), 480, now),
         }
     }
 
@@ -1049,14 +1063,15 @@ impl B2bua {
     }
 
     /// Answers A's INVITE with `code` and ends the call.
-    fn fail_call(&mut self, key: CallKey, code: u16, now: Instant) {
-        let call = &self.calls[&key];
+    fn fail_call(&mut self, key: CallKey, code: u16, ending: Ending, now: Instant) {
+        let call = self.calls.get_mut(&key).expect("live");
         tracing::info!(call = %call.label, code, "call failed");
+        call.final_code = Some(code);
         let tag = header::param(&call.a.local, "tag").map(str::to_string);
         let r = response_to(&call.a_invite, code, reason(code), tag.as_deref());
         let a_txn = call.a_txn;
         self.txns.respond(a_txn, r, now);
-        self.end_call(key, now);
+        self.end_call(key, ending, now);
         self.finish_if_idle(key);
     }
 
@@ -1072,7 +1087,7 @@ impl B2bua {
             Purpose::Invite
                 if call.phase == Phase::Setup && !call.cancelled && txn == call.b_txn =>
             {
-                self.attempt_failed(key, AttemptOutcome::Timeout, 408, now);
+                self.attempt_failed(key, AttemptResult::Timeout, 408, now);
             }
             _ => self.finish_if_idle(key),
         }
@@ -1098,9 +1113,9 @@ impl B2bua {
         self.by_client_txn.insert(txn, (key, Purpose::Bye));
     }
 
-    /// Ends the call's media and removes it from the live set; signalling state stays until its
-    /// last transaction finishes.
-    fn end_call(&mut self, key: CallKey, now: Instant) {
+    /// Ends the call's media and removes it from the live set (signalling state stays until
+    /// its last transaction finishes), and writes its record.
+    fn end_call(&mut self, key: CallKey, ending: Ending, now: Instant) {
         let call = self.calls.get_mut(&key).expect("live call");
         if std::mem::take(&mut call.occupying) {
             self.limits.vacate(call.a_trunk);
@@ -1108,12 +1123,51 @@ impl B2bua {
         }
         call.phase = Phase::Ending;
         call.ok_to_a = None;
+        let record = self.record_of(&self.calls[&key], ending);
+        self.cdrs.push(record);
+        let call = self.calls.get_mut(&key).expect("live call");
         call.media.release(&mut self.media.borrow_mut().ctx(now));
     }
 
-    /// BYE on both legs (media timeout, missing ACK).
-    fn hang_up_both(&mut self, key: CallKey, now: Instant) {
-        self.end_call(key, now);
+    /// The call's detail record, as it ends (media counters read before its streams go).
+    fn record_of(&self, call: &Call, ending: Ending) -> Cdr {
+        let dialled = Numbers::of_invite(&call.a_invite);
+        let tried = call.invites_sent > 0;
+        let b_trunk = &self.config.trunks[call.b_trunk];
+        let out = tried.then(|| {
+            call.numbers
+                .translated(&b_trunk.policy.translate, Direction::Out)
+        });
+        Cdr {
+            call: call.label.clone(),
+            sip_call_id: call.a.call_id.clone(),
+            times: CallTimes {
+                start: call.started_wall,
+                answer: call.answered_wall,
+                end: SystemTime::now(),
+            },
+            trunk_in: self.config.trunks[call.a_trunk].name.clone(),
+            trunk_out: tried.then(|| b_trunk.name.clone()),
+            calling_in: dialled.calling,
+            called_in: dialled.called,
+            calling_out: out.as_ref().map(|n| n.calling.clone()),
+            called_out: out.map(|n| n.called),
+            final_code: call.final_code.unwrap_or(500),
+            ending,
+            attempts: call.attempts.clone(),
+            media_in: MediaCounters::from_streams(call.media.streams(Side::A)),
+            media_out: MediaCounters::from_streams(call.media.streams(Side::B)),
+        }
+    }
+
+    /// Records of calls that ended since the last call, for the CDR file.
+    pub fn drain_cdrs(&mut self) -> Vec<Cdr> {
+        std::mem::take(&mut self.cdrs)
+    }
+
+    /// BYE on both legs (media timeout, missing ACK, maximum duration).
+    fn hang_up_both(&mut self, key: CallKey, ending: Ending, now: Instant) {
+        self.end_call(key, ending, now);
         self.send_bye(key, Side::A, now);
         self.send_bye(key, Side::B, now);
     }
@@ -1148,7 +1202,7 @@ impl B2bua {
             .collect();
         for key in idle {
             tracing::info!(call = %self.calls[&key].label, "media timeout: hanging up both legs");
-            self.hang_up_both(key, now);
+            self.hang_up_both(key, Ending::MediaTimeout, now);
         }
     }
 
