@@ -930,3 +930,51 @@ fn emergency_calls_pass_a_full_or_draining_trunk() {
     let out = h.send(again, h.pbx);
     assert_eq!(invites(&out).len(), 1, "and a draining one");
 }
+
+#[test]
+fn server_header_toward_callers_follows_the_trunk_policy() {
+    // The Server headers of a relayed 180 and of mediagate's own 404 to the PBX.
+    let pbx_headers = |policy: &str| {
+        let text = CONFIG.replace(
+            "local = \"udp:10.99.1.1:5060\"",
+            &format!("local = \"udp:10.99.1.1:5060\"\nheaders = {{ {policy} }}"),
+        );
+        let mut h = Harness::new();
+        h.core = B2bua::new(Arc::new(config::parse("lab.toml", &text).unwrap()));
+        let out = h.send(parse(INVITE), h.pbx);
+        let inv_b = only_to(&out, &h.itsp);
+        let mut ringing = answer(&inv_b, 180, "b1", None);
+        ringing.set_header("Server", "itsp-switch/2.1".into());
+        let out = h.send(ringing, h.itsp);
+        let ringing = only_to(&out, &h.pbx);
+        let mut no_route = invite_n(7);
+        no_route.start = mediagate::sip::message::StartLine::Request {
+            method: Method::Invite,
+            uri: "sip:alice@10.99.1.1".into(),
+        };
+        let out = h.send(no_route, h.pbx);
+        let refused = only_to(&out, &h.pbx);
+        assert_eq!(code_of(&refused), 404);
+        (
+            ringing.header("Server").map(str::to_string),
+            refused.header("Server").map(str::to_string),
+        )
+    };
+    let ours = Some(mediagate::sip::dialog::PRODUCT.to_string());
+    assert_eq!(
+        pbx_headers("pass = []"),
+        (ours.clone(), ours.clone()),
+        "default"
+    );
+    assert_eq!(pbx_headers("strip = [\"Server\"]"), (None, None));
+    let acme = Some("acme-sbc".to_string());
+    assert_eq!(
+        pbx_headers("set = { \"Server\" = \"acme-sbc\" }"),
+        (acme.clone(), acme)
+    );
+    assert_eq!(
+        pbx_headers("pass = [\"Server\"]"),
+        (Some("itsp-switch/2.1".to_string()), ours),
+        "pass relays the callee's; mediagate's own answers keep its token"
+    );
+}

@@ -41,15 +41,17 @@ pub struct TranslateRule {
     pub replace: String,
 }
 
-/// Headers of the caller's INVITE whose fate toward a trunk the operator chooses; every other
-/// header of the caller is dropped by topology hiding.
-pub const POLICY_HEADERS: [&str; 6] = [
+/// Headers whose fate the operator chooses per trunk: the first six in the INVITE toward the
+/// trunk (every other header of the caller is dropped by topology hiding), `Server` in the
+/// responses mediagate sends to the trunk's callers.
+pub const POLICY_HEADERS: [&str; 7] = [
     "P-Asserted-Identity",
     "P-Preferred-Identity",
     "Privacy",
     "Diversion",
     "History-Info",
     "User-Agent",
+    "Server",
 ];
 
 /// What the INVITE toward a trunk carries for one of [`POLICY_HEADERS`].

@@ -187,9 +187,18 @@ impl B2bua {
             .count()
     }
 
-    /// Queued wire output, in the order it was produced.
-    pub fn drain_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
-        self.txns.drain_transmits()
+    /// Queued wire output, in the order it was produced, with each trunk's `Server` policy
+    /// applied to the responses its peers get.
+    pub fn drain_transmits(&mut self) -> impl Iterator<Item = Transmit> + '_ {
+        let config = &self.config;
+        self.txns.drain_transmits().map(move |mut t| {
+            if !t.message.is_request() {
+                if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+                    policy::server_policy(config, trunk, &mut t.message);
+                }
+            }
+            t
+        })
     }
 
     /// Queued session changes for the data plane (of every front end sharing the resources).
@@ -1003,6 +1012,12 @@ impl B2bua {
         };
         let tag = header::param(&call.a.local, "tag");
         let mut r = response_to(&call.a_invite, code, reason_phrase, tag);
+        if let (true, Some(server)) = (
+            policy::passes_server(&self.config, call.a_trunk),
+            resp.header("Server"),
+        ) {
+            r.set_header("Server", server.to_string());
+        }
         if code < 300 {
             r.push_header("Contact", contact_for(&call.a.target));
             r.push_header("Allow", ALLOW.into());

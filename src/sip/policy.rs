@@ -69,6 +69,9 @@ pub fn headers_toward(
     let host = host.to_string();
     let mut out = Vec::new();
     for (name, action) in config.trunks[b].policy.headers.actions() {
+        if name == "Server" {
+            continue; // a response header: see `server_policy`
+        }
         match action {
             HeaderAction::Default if name == "User-Agent" => out.push((name, PRODUCT.to_string())),
             HeaderAction::Default | HeaderAction::Strip => {}
@@ -87,6 +90,34 @@ pub fn headers_toward(
         }
     }
     out
+}
+
+/// Applies trunk `t`'s `Server` policy to a response mediagate sends to one of its peers:
+/// mediagate's product token (default and `pass`, whose relayed value the B2BUA copies before),
+/// removed (`strip`) or replaced (`set`).
+pub fn server_policy(config: &Config, t: usize, response: &mut Message) {
+    let Some((_, action)) = config.trunks[t]
+        .policy
+        .headers
+        .actions()
+        .find(|(name, _)| *name == "Server")
+    else {
+        return;
+    };
+    match action {
+        HeaderAction::Default | HeaderAction::Pass => {}
+        HeaderAction::Strip => response.remove_headers("Server"),
+        HeaderAction::Set(v) => response.set_header("Server", v.clone()),
+    }
+}
+
+/// Whether trunk `t` passes the callee's `Server` header to its callers.
+pub fn passes_server(config: &Config, t: usize) -> bool {
+    config.trunks[t]
+        .policy
+        .headers
+        .actions()
+        .any(|(name, action)| name == "Server" && *action == HeaderAction::Pass)
 }
 
 #[cfg(test)]
