@@ -193,6 +193,8 @@ pub struct ControlConfig {
     pub ng: Option<SocketAddr>,
     /// How long a deleted NG call keeps forwarding when the request names no `delete-delay`.
     pub delete_delay: Duration,
+    /// On SIGTERM, how long calls up may go on before they are hung up.
+    pub shutdown_grace: Duration,
 }
 
 /// Where and how call detail records are written (`[cdr]`, see [`crate::cdr::CdrWriter`]).
@@ -350,6 +352,12 @@ struct RawControl {
     ng: Option<String>,
     #[serde(default)]
     delete_delay_s: u64,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace_s: u64,
+}
+
+fn default_shutdown_grace() -> u64 {
+    30
 }
 
 #[derive(Deserialize)]
@@ -928,6 +936,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             http,
             ng,
             delete_delay: Duration::from_secs(raw.control.delete_delay_s),
+            shutdown_grace: Duration::from_secs(raw.control.shutdown_grace_s),
         },
         trunks,
         routes,

@@ -10,7 +10,7 @@ use mediagate::config::{self, Config};
 use mediagate::control::ng::NgServer;
 use mediagate::dataplane::{self, Dataplane};
 use mediagate::media::session::Resources;
-use mediagate::signalling::Frontends;
+use mediagate::signalling::{Frontends, Stop};
 use mediagate::sip::b2bua::B2bua;
 use tokio::sync::mpsc;
 
@@ -155,8 +155,30 @@ fn trunk_command(config: &std::path::Path, name: &str, drain: bool) -> anyhow::R
     }
 }
 
+/// SIGTERM asks for a graceful stop, SIGINT (or any second signal) for an immediate one.
+fn stop_signals() -> std::io::Result<mpsc::Receiver<Stop>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let how = tokio::select! {
+                Some(()) = term.recv() => Stop::Graceful,
+                Some(()) = int.recv() => Stop::Immediate,
+                else => break,
+            };
+            tracing::info!(?how, "stop requested");
+            if tx.send(how).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// A panic in any thread (a relay worker, say) turns into an orderly stop: the default report,
-/// then SIGTERM to ourselves, so the control loop detaches XDP programs and restores the host
+/// then SIGINT to ourselves, so the control loop detaches XDP programs and restores the host
 /// settings on its way out instead of leaving a half-working relay behind.
 fn stop_on_panic() {
     let report = std::panic::take_hook();
@@ -164,7 +186,7 @@ fn stop_on_panic() {
         report(info);
         tracing::error!("a thread panicked: stopping");
         // SAFETY: sending a signal to our own process.
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
     }));
 }
 
@@ -214,21 +236,13 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding the status endpoint {addr}"))?;
         }
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            }
-        };
+        let stop_rx = stop_signals().context("installing the SIGTERM/SIGINT handlers")?;
         let frontends = Frontends {
             b2bua: core,
             ng,
             media,
             cdr,
         };
-        mediagate::signalling::run(config.clone(), relay, frontends, control_rx, shutdown).await
+        mediagate::signalling::run(config.clone(), relay, frontends, control_rx, stop_rx).await
     })
 }

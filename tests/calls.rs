@@ -395,13 +395,13 @@ fn assert_afxdp_forwarded(
     );
 }
 
-/// Stop mediagate (SIGTERM): it must exit cleanly and leave nothing of the
+/// Stop mediagate (SIGINT, `Mediagate::stop`): it must exit cleanly and leave nothing of the
 /// kernel tier behind in its namespace.
 fn stop_and_assert_clean(lab: &Lab, mut mg: Mediagate) {
     let st = mg.stop();
     assert!(
         st.is_some_and(|s| s.success()),
-        "mediagate did not exit cleanly on SIGTERM: {st:?}\n{}",
+        "mediagate did not exit cleanly when stopped: {st:?}\n{}",
         mg.log_tail(40)
     );
     lab.assert_mg_clean();
@@ -900,4 +900,73 @@ fn tcpdump_parser_counts_udp_checksums() {
     );
     let flows = parse_tcpdump(text);
     assert_eq!(flows[&(sa(MG_GW_IP, 30000), sa(GW_IP, SIPP_MEDIA_PORT))], 2);
+}
+
+#[test]
+fn sigterm_refuses_new_calls_lets_calls_run_then_hangs_up() {
+    const GRACE_S: u64 = 3;
+    let lab = Lab::new("sigterm");
+    let (caller, callee) = sides(&lab, Origin::Gw);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_wait_bye", callee.peer_ip).timeout(40),
+    );
+    uas.settle();
+    let text = config(60).replace(
+        "[control]",
+        &format!("[control]\nshutdown_grace_s = {GRACE_S}"),
+    );
+    let mut mg = Mediagate::start(&lab, &text);
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_wait_bye", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"]),
+    );
+    let (up, st) = mg.wait_status(Duration::from_secs(10), |st| {
+        st["calls"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["state"] == "confirmed"))
+    });
+    assert!(up, "the call never got up: {st}\n{}", uac.describe());
+
+    let t0 = Instant::now();
+    mg.terminate();
+    // During the grace period a new call is refused with 503 and the call up goes on.
+    let mut late = Sipp::spawn(
+        &lab,
+        "late-caller",
+        SippOpts::new(caller.ns.clone(), "uac_expect_503", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1", "-p", "5070", "-mp", "6100"]),
+    );
+    late.assert_ok(None);
+    assert!(
+        t0.elapsed() < Duration::from_secs(GRACE_S),
+        "the refusal came after the grace period"
+    );
+    // Then both legs get a BYE and mediagate exits 0 by itself.
+    uac.assert_ok(None);
+    let hung_up = t0.elapsed();
+    assert!(
+        hung_up >= Duration::from_millis(GRACE_S * 1000 - 300)
+            && hung_up <= Duration::from_secs(GRACE_S + 5),
+        "BYE after {hung_up:?}, grace {GRACE_S} s"
+    );
+    let st = uas.stop();
+    assert!(
+        uas.received().iter().any(|m| m.is_request("BYE")),
+        "the callee got no BYE: {st}\n{}",
+        uas.describe()
+    );
+    let exit = mg.wait_exit(Duration::from_secs(5));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "mediagate did not exit 0 after the grace period: {exit:?}\n{}",
+        mg.log_tail(30)
+    );
+    lab.assert_mg_clean();
 }

@@ -71,7 +71,7 @@ fn cdr_file_reopened_on_sighup() {
     assert!(path.is_file() && moved.is_file());
 
     let st = mg.stop().expect("mediagate was running");
-    assert!(st.success(), "mediagate exit after SIGTERM: {st}");
+    assert!(st.success(), "mediagate exit when stopped: {st}");
 }
 
 #[test]

@@ -646,7 +646,7 @@ fn ipv6_call_relayed_by_kernel_tier() {
     mg.assert_idle(Duration::from_secs(3));
 
     let st = mg.stop().expect("mediagate was running");
-    assert!(st.success(), "mediagate exit status after SIGTERM: {st}");
+    assert!(st.success(), "mediagate exit status when stopped: {st}");
     lab.assert_mg_clean();
     assert_eq!(
         sysctl(&lab, &lab.mg(), "net.ipv6.conf.all.forwarding"),

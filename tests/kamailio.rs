@@ -513,7 +513,7 @@ fn kamailio_drives_mediagate_over_ng() {
     let st = mg.stop();
     assert!(
         st.is_some_and(|s| s.success()),
-        "mediagate did not exit cleanly on SIGTERM: {st:?}\n{}",
+        "mediagate did not exit cleanly when stopped: {st:?}\n{}",
         mg.log_tail(40)
     );
     eprintln!("[kamailio_drives_mediagate_over_ng] {:?}", t0.elapsed());
@@ -599,7 +599,7 @@ fn kamailio_spreads_calls_over_two_mediagate_nodes() {
     let st = mg_b.stop();
     assert!(
         st.is_some_and(|s| s.success()),
-        "mediagate-b did not exit cleanly on SIGTERM: {st:?}\n{}",
+        "mediagate-b did not exit cleanly when stopped: {st:?}\n{}",
         mg_b.log_tail(40)
     );
     let t2 = Instant::now();

@@ -204,7 +204,7 @@ fn tail_of(path: &Path, lines: usize) -> String {
 }
 
 /// A daemon started with `ip netns exec` (which execs it: the child is the daemon), in its own
-/// process group; SIGTERM on drop, SIGKILL after 5 s. Prints its log when the test failed.
+/// process group; SIGINT on drop, SIGKILL after 5 s. Prints its log when the test failed.
 struct Daemon {
     name: &'static str,
     child: Option<Child>,
@@ -267,13 +267,14 @@ impl Drop for Daemon {
         };
         let pid = child.id() as libc::pid_t;
         // SAFETY: signals to the child we spawned.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // SIGINT: both daemons stop at once (mediagate's SIGTERM would wait for its calls).
+        unsafe { libc::kill(pid, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
             sleep(Duration::from_millis(20));
         }
         if matches!(child.try_wait(), Ok(None)) {
-            eprintln!("{} did not exit 5 s after SIGTERM; killing it", self.name);
+            eprintln!("{} did not exit 5 s after SIGINT; killing it", self.name);
             // SAFETY: SIGKILL to the process group created for our own child.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }

@@ -152,6 +152,8 @@ pub struct NgServer {
     reply_expiry: VecDeque<(Instant, Vec<u8>)>,
     next_status_id: u64,
     totals: Totals,
+    /// Set by [`NgServer::begin_shutdown`].
+    draining: bool,
 }
 
 fn error_reply(reason: &str) -> Value {
@@ -172,6 +174,21 @@ impl NgServer {
             reply_expiry: VecDeque::new(),
             next_status_id: 0,
             totals: Totals::default(),
+            draining: false,
+        }
+    }
+
+    /// Shutting down: new calls are refused (`load limit` to Kamailio, which tries another
+    /// node), calls up continue.
+    pub fn begin_shutdown(&mut self) {
+        self.draining = true;
+    }
+
+    /// Ends every call at once (the end of a shutdown), freeing its ports.
+    pub fn release_all(&mut self, now: Instant) {
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        for id in ids {
+            self.release(&id, now);
         }
     }
 
@@ -396,7 +413,7 @@ impl NgServer {
             self.totals.offers += 1;
             return Ok(ok_with_sdp(body));
         }
-        if other_calls + self.active_calls() >= self.config.sip.max_calls {
+        if self.draining || other_calls + self.active_calls() >= self.config.sip.max_calls {
             let limit = msg.get("supports").map(Value::strings).unwrap_or_default();
             return Ok(if limit.contains(&"load limit") {
                 dict([("result", "load limit".into())])

@@ -5,7 +5,6 @@
 
 pub mod transport;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -87,14 +86,81 @@ impl CallRecords {
 
 /// Largest NG datagram accepted.
 const NG_MAX: usize = 65_535;
+/// How long the loop keeps running after hanging up every call, for the BYEs to be answered.
+const LINGER: Duration = Duration::from_secs(2);
 
-/// Runs the control loop until `shutdown` completes.
+/// How the process was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: refuse new calls, let calls up go on for `control.shutdown_grace_s`, then hang
+    /// up the rest.
+    Graceful,
+    /// SIGINT, or a second signal: hang up every call now.
+    Immediate,
+}
+
+/// Where a shutdown stands.
+#[derive(Default)]
+struct Shutdown {
+    /// When the calls still up get hung up; `None` while running normally.
+    hang_up_at: Option<Instant>,
+    /// Set once every call was hung up: when to stop waiting for the last transactions.
+    linger_until: Option<Instant>,
+}
+
+impl Shutdown {
+    fn begin(&mut self, how: Stop, grace: Duration, core: &mut B2bua, ng: &mut NgServer) {
+        let now = Instant::now();
+        let grace = match (how, self.hang_up_at) {
+            (Stop::Graceful, None) => grace,
+            _ => Duration::ZERO,
+        };
+        if self.hang_up_at.is_none() {
+            core.begin_shutdown();
+            ng.begin_shutdown();
+            tracing::info!(
+                ?how,
+                calls = core.active_calls() + ng.active_calls(),
+                grace_s = grace.as_secs(),
+                "stopping: new calls refused, calls up hung up after the grace period"
+            );
+        }
+        let at = now + grace;
+        self.hang_up_at = Some(self.hang_up_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// Advances the shutdown; true when the loop may end.
+    fn step(&mut self, core: &mut B2bua, ng: &mut NgServer) -> bool {
+        let Some(hang_up_at) = self.hang_up_at else {
+            return false;
+        };
+        let now = Instant::now();
+        if self.linger_until.is_none()
+            && (core.active_calls() + ng.active_calls() == 0 || now >= hang_up_at)
+        {
+            let left = core.active_calls() + ng.active_calls();
+            if left > 0 {
+                tracing::info!(
+                    calls = left,
+                    "grace period over: hanging up the calls still up"
+                );
+            }
+            core.hang_up_all(now);
+            ng.release_all(now);
+            self.linger_until = Some(now + LINGER);
+        }
+        self.linger_until
+            .is_some_and(|until| core.is_idle() || now >= until)
+    }
+}
+
+/// Runs the control loop until a [`Stop`] has been carried out.
 pub async fn run(
     config: Arc<Config>,
     mut relay: Dataplane,
     frontends: Frontends,
     mut control: mpsc::Receiver<ControlRequest>,
-    shutdown: impl Future<Output = ()>,
+    mut stop: mpsc::Receiver<Stop>,
 ) -> anyhow::Result<()> {
     let Frontends {
         b2bua: mut core,
@@ -123,7 +189,7 @@ pub async fn run(
         None => None,
     };
     let mut ng_buf = vec![0u8; NG_MAX];
-    tokio::pin!(shutdown);
+    let mut shutdown = Shutdown::default();
     loop {
         let deadline = core
             .poll_timeout()
@@ -168,8 +234,11 @@ pub async fn run(
                 }
             },
             Some(()) = hangup.recv() => records.on_sighup(),
-            _ = &mut shutdown => break,
+            Some(how) = stop.recv() => {
+                shutdown.begin(how, config.control.shutdown_grace, &mut core, &mut ng);
+            }
         }
+        let finished = shutdown.step(&mut core, &mut ng);
         for t in core.drain_transmits() {
             transports.send(t.target, &t.message);
         }
@@ -180,6 +249,10 @@ pub async fn run(
                 tracing::warn!(error = %e, "media command failed");
             }
         }
+        if finished {
+            break;
+        }
     }
+    tracing::info!("stopped");
     Ok(())
 }

@@ -140,6 +140,8 @@ pub struct B2bua {
     abandoned: HashMap<TxnId, Dialog>,
     /// Records of ended calls not yet taken by [`Self::drain_cdrs`].
     cdrs: Vec<Cdr>,
+    /// Shutting down: new calls get 503.
+    stopping: bool,
 }
 
 fn now_label(n: u64) -> String {
@@ -162,6 +164,7 @@ impl B2bua {
             deadlines: BinaryHeap::new(),
             abandoned: HashMap::new(),
             cdrs: Vec::new(),
+            stopping: false,
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -399,6 +402,37 @@ impl B2bua {
         }
     }
 
+    /// Shutting down: new calls are refused with 503 while calls up go on.
+    pub fn begin_shutdown(&mut self) {
+        self.stopping = true;
+    }
+
+    /// The end of a shutdown: calls being set up are answered 503 (and their INVITE
+    /// cancelled), answered ones get a BYE on both legs.
+    pub fn hang_up_all(&mut self, now: Instant) {
+        let live: Vec<(CallKey, Phase)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Ending)
+            .map(|(k, c)| (*k, c.phase))
+            .collect();
+        for (key, phase) in live {
+            if phase == Phase::Setup {
+                self.cancel_b(key, now);
+                let call = self.calls.get_mut(&key).expect("live");
+                call.cancelled = true;
+                self.fail_call(key, 503, Ending::Shutdown, now);
+            } else {
+                self.hang_up_both(key, Ending::Shutdown, now);
+            }
+        }
+    }
+
+    /// Whether nothing is left to finish: no call (ending ones included) and no transaction.
+    pub fn is_idle(&self) -> bool {
+        self.calls.is_empty() && self.txns.len() == 0
+    }
+
     /// Starts or stops draining the trunk named `name`: no new calls go to it while its calls
     /// up continue. Errors when no trunk has that name.
     pub fn set_draining(&mut self, name: &str, on: bool) -> Result<(), String> {
@@ -496,6 +530,10 @@ impl B2bua {
         if route_to.is_empty() {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "denied destination: 403");
             return self.respond(txn, &req, 403, now);
+        }
+        if self.stopping {
+            tracing::info!("shutting down: new call refused with 503");
+            return self.refuse(txn, &req, Refusal::Draining, now);
         }
         // Emergency calls bypass the limits, and drain (below, in next_trunk).
         if let Err(why) = self

@@ -422,6 +422,19 @@ impl Mediagate {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Sends SIGTERM: a graceful stop (no new calls, calls up get the grace period).
+    pub fn terminate(&self) {
+        signal(self.pid(), libc::SIGTERM);
+    }
+
+    /// Waits up to `within` for mediagate to exit by itself; its status, or `None` if it is
+    /// still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let st = wait_deadline(self.child.as_mut()?, within)?;
+        self.child = None;
+        Some(st)
+    }
+
     pub fn try_status(&self) -> Result<Value, String> {
         let out = Command::new("ip")
             .args([
@@ -493,13 +506,15 @@ impl Mediagate {
     }
 
     /// Stop with SIGTERM and return the exit status (SIGKILL after 5 s).
+    /// Stops mediagate with SIGINT: every call hung up at once (SIGTERM would give calls up
+    /// `control.shutdown_grace_s` first; tests of that send it themselves).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        signal(child.id(), libc::SIGTERM);
+        signal(child.id(), libc::SIGINT);
         match wait_deadline(&mut child, Duration::from_secs(5)) {
             Some(st) => Some(st),
             None => {
-                eprintln!("mediagate did not exit 5 s after SIGTERM; killing it");
+                eprintln!("mediagate did not exit 5 s after SIGINT; killing it");
                 let _ = child.kill();
                 child.wait().ok()
             }
