@@ -341,6 +341,32 @@ fn refusals_create_no_state() {
     assert!(h.ports_all_free());
     let media: Vec<Command> = h.core.drain_media_commands();
     assert!(media.is_empty(), "a refused call touched the data plane");
+
+    // The INVITEs refused from a trunk peer are recorded, as calls mediagate could not connect
+    // that reached no trunk; the stranger's 403 and the malformed request (400) are not.
+    let records = cdrs(&mut h);
+    let endings: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["final_code"].as_u64(),
+                r["ended_by"].as_str(),
+                r["end_reason"].as_str(),
+            )
+        })
+        .collect();
+    let failed = |code| (Some(code), Some("mediagate"), Some("failed"));
+    assert_eq!(endings, [failed(404), failed(488), failed(483)]);
+    for r in &records {
+        assert_eq!(r["trunk_in"], "pbx", "{r}");
+        assert!(
+            r["trunk_out"].is_null()
+                && r["called_out"].is_null()
+                && r["answer_time"].is_null()
+                && r["attempts"] == serde_json::json!([]),
+            "{r}"
+        );
+    }
 }
 
 #[test]
@@ -356,6 +382,20 @@ fn call_cap_answers_503() {
     let r = only_to(&out, &h.pbx);
     assert_eq!(code_of(&r), 503);
     assert!(r.header("Retry-After").is_some());
+    let records = cdrs(&mut h);
+    assert_eq!(records.len(), 1, "the refused call only: {records:?}");
+    assert_eq!(
+        (
+            &records[0]["sip_call_id"],
+            &records[0]["final_code"],
+            &records[0]["end_reason"]
+        ),
+        (
+            &serde_json::json!("pbx-call-2"),
+            &serde_json::json!(503),
+            &serde_json::json!("failed")
+        )
+    );
 }
 
 // ---- trunks: peers, failover, limits, health (issue: trunks as operators run them) ----

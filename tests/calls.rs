@@ -941,7 +941,8 @@ fn sigterm_refuses_new_calls_lets_calls_run_then_hangs_up() {
         "late-caller",
         SippOpts::new(caller.ns.clone(), "uac_expect_503", caller.peer_ip)
             .caller(DIALLED, &remote)
-            .args(&["-m", "1", "-p", "5070", "-mp", "6100"]),
+            .ports(5070, 6100)
+            .args(&["-m", "1"]),
     );
     late.assert_ok(None);
     assert!(

@@ -430,7 +430,7 @@ impl B2bua {
 
     /// Whether nothing is left to finish: no call (ending ones included) and no transaction.
     pub fn is_idle(&self) -> bool {
-        self.calls.is_empty() && self.txns.len() == 0
+        self.calls.is_empty() && self.txns.is_empty()
     }
 
     /// Starts or stops draining the trunk named `name`: no new calls go to it while its calls
@@ -463,6 +463,50 @@ impl B2bua {
         let mut r = response_to(request, 503, reason(503), Some(&token()));
         r.push_header("Retry-After", why.retry_after().as_secs().to_string());
         self.txns.respond(txn, r, now);
+    }
+
+    /// Answers a new INVITE from trunk `trunk` that is refused before it becomes a call (loop,
+    /// no route, denied, over a limit, no trunk available, unusable offer) with `code` (503
+    /// with the Retry-After of `why`), and records it: `ended_by` mediagate, `failed`, no
+    /// attempts (README "Call detail records").
+    fn refuse_invite(
+        &mut self,
+        txn: TxnId,
+        req: &Message,
+        trunk: usize,
+        code: u16,
+        why: Option<Refusal>,
+        now: Instant,
+    ) {
+        match why {
+            Some(why) => self.refuse(txn, req, why, now),
+            None => self.respond(txn, req, code, now),
+        }
+        self.next_call += 1;
+        let label = now_label(self.next_call);
+        tracing::info!(call = %label, code, "new call refused");
+        let dialled = Numbers::of_invite(req);
+        let wall = SystemTime::now();
+        self.cdrs.push(Cdr {
+            call: label,
+            sip_call_id: req.header("Call-ID").unwrap_or_default().to_string(),
+            times: CallTimes {
+                start: wall,
+                answer: None,
+                end: wall,
+            },
+            trunk_in: self.config.trunks[trunk].name.clone(),
+            trunk_out: None,
+            calling_in: dialled.calling,
+            called_in: dialled.called,
+            calling_out: None,
+            called_out: None,
+            final_code: code,
+            ending: Ending::Failed,
+            attempts: Vec::new(),
+            media_in: MediaCounters::default(),
+            media_out: MediaCounters::default(),
+        });
     }
 
     fn on_request(&mut self, txn: TxnId, req: Message, source: Target, now: Instant) {
@@ -512,7 +556,7 @@ impl B2bua {
     fn on_invite(&mut self, txn: TxnId, req: Message, source: Target, trunk: usize, now: Instant) {
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
-            return self.respond(txn, &req, 483, now);
+            return self.refuse_invite(txn, &req, trunk, 483, None, now);
         }
         // Routing and translation (issue 5): inbound translation, route, deny-lists.
         let dialled = Numbers::of_invite(&req);
@@ -523,17 +567,17 @@ impl B2bua {
             .route_for(trunk, &numbers.called, &numbers.calling)
         else {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
-            return self.respond(txn, &req, 404, now);
+            return self.refuse_invite(txn, &req, trunk, 404, None, now);
         };
         let emergency = policy::is_emergency(&self.config, &dialled.called);
         let route_to = policy::permitted_trunks(&self.config, route, &numbers.called, emergency);
         if route_to.is_empty() {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "denied destination: 403");
-            return self.respond(txn, &req, 403, now);
+            return self.refuse_invite(txn, &req, trunk, 403, None, now);
         }
         if self.stopping {
             tracing::info!("shutting down: new call refused with 503");
-            return self.refuse(txn, &req, Refusal::Draining, now);
+            return self.refuse_invite(txn, &req, trunk, 503, Some(Refusal::Draining), now);
         }
         // Emergency calls bypass the limits, and drain (below, in next_trunk).
         if let Err(why) = self
@@ -542,18 +586,18 @@ impl B2bua {
             .or_else(|why| if emergency { Ok(()) } else { Err(why) })
         {
             tracing::info!(trunk = %self.config.trunks[trunk].name, ?why, "new call refused: 503");
-            return self.refuse(txn, &req, why, now);
+            return self.refuse_invite(txn, &req, trunk, 503, Some(why), now);
         }
         let offer = if req.body.is_empty() {
             None
         } else if !header::has_sdp(&req) {
-            return self.respond(txn, &req, 488, now);
+            return self.refuse_invite(txn, &req, trunk, 488, None, now);
         } else {
             match Sdp::parse(&req.body) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::info!(error = %e, "bad SDP in INVITE: 488");
-                    return self.respond(txn, &req, 488, now);
+                    return self.refuse_invite(txn, &req, trunk, 488, None, now);
                 }
             }
         };
@@ -561,7 +605,7 @@ impl B2bua {
             self.next_trunk(&route_to, emergency, now)
         else {
             tracing::info!(trunk = %self.config.trunks[trunk].name, "no trunk of the route is available: 503");
-            return self.refuse(txn, &req, Refusal::Calls, now);
+            return self.refuse_invite(txn, &req, trunk, 503, Some(Refusal::Calls), now);
         };
         let b_peer = peers.remove(0);
         self.next_call += 1;

@@ -29,6 +29,9 @@ pub const GW_IP: &str = "10.99.1.2";
 pub const MG_GW_IP: &str = "10.99.1.1";
 pub const MG_IT_IP: &str = "10.99.2.1";
 pub const IT_IP: &str = "10.99.2.2";
+/// Second ITSP address, on it's veth next to `IT_IP` (`Lab::add_it_addr`): a second peer of
+/// the same trunk (tests/trunks.rs).
+pub const IT2_IP: &str = "10.99.2.3";
 /// Extra address on the gw side that is no configured peer (403 test).
 pub const GW_STRANGER_IP: &str = "10.99.1.3";
 /// Media port range given to mediagate by `config()`.
@@ -312,6 +315,16 @@ impl Lab {
     /// Add an extra address to gw's veth (e.g. an unknown peer for 403).
     pub fn add_gw_addr(&self, cidr: &str) {
         run(Command::new("ip").args(["-n", &self.gw(), "addr", "add", cidr, "dev", &self.gw_if()]));
+    }
+
+    /// Add an address (`IP/24`) to it's veth: a second ITSP peer next to `IT_IP`.
+    pub fn add_it_addr(&self, cidr: &str) {
+        run(Command::new("ip").args(["-n", &self.it(), "addr", "add", cidr, "dev", &self.it_if()]));
+    }
+
+    /// Take an address added by `add_it_addr` away again (the peer vanishes from the network).
+    pub fn del_it_addr(&self, cidr: &str) {
+        run(Command::new("ip").args(["-n", &self.it(), "addr", "del", cidr, "dev", &self.it_if()]));
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -731,6 +744,10 @@ pub struct SippOpts<'a> {
     pub extra: Vec<&'a str>,
     /// sipp `-timeout` in seconds (the outer timeout adds 10 s)
     pub timeout_s: u32,
+    /// `-p` SIP port (5060): another sipp on the same address needs its own
+    pub port: u16,
+    /// `-mp` media port (`SIPP_MEDIA_PORT`)
+    pub media_port: u16,
 }
 
 impl<'a> SippOpts<'a> {
@@ -743,6 +760,8 @@ impl<'a> SippOpts<'a> {
             remote: None,
             extra: Vec::new(),
             timeout_s: 20,
+            port: 5060,
+            media_port: SIPP_MEDIA_PORT,
         }
     }
     pub fn caller(mut self, service: &'a str, remote: &'a str) -> Self {
@@ -758,6 +777,12 @@ impl<'a> SippOpts<'a> {
         self.timeout_s = s;
         self
     }
+    /// SIP and media ports, for a second sipp on an address that already has one.
+    pub fn ports(mut self, sip: u16, media: u16) -> Self {
+        self.port = sip;
+        self.media_port = media;
+        self
+    }
 }
 
 impl Sipp {
@@ -769,7 +794,7 @@ impl Sipp {
         let sc = scenario(o.scenario);
         let outer = (o.timeout_s + 10).to_string();
         let sipp_timeout = format!("{}s", o.timeout_s);
-        let mp = SIPP_MEDIA_PORT.to_string();
+        let mp = o.media_port.to_string();
         let mut args: Vec<String> = vec![
             "netns".into(),
             "exec".into(),
@@ -786,7 +811,7 @@ impl Sipp {
             "-i".into(),
             o.local_ip.into(),
             "-p".into(),
-            "5060".into(),
+            o.port.to_string(),
             "-mp".into(),
             mp,
             "-timeout".into(),
