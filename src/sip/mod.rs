@@ -3,6 +3,7 @@
 
 pub mod b2bua;
 pub mod dialog;
+pub mod digest;
 pub mod header;
 pub mod message;
 pub mod policy;
