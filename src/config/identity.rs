@@ -154,7 +154,9 @@ pub(super) fn identity<'a>(
             check_password(&a.password).map_err(|m| err(&key("password"), m))?;
             if let Some(r) = &a.realm {
                 // A realm may hold '@' and ':' (e.g. `sip.example.com`, `user@host`).
-                if r.is_empty() || r.chars().any(|c| !c.is_ascii_graphic() || c == '"' || c == '\\')
+                if r.is_empty()
+                    || r.chars()
+                        .any(|c| !c.is_ascii_graphic() || c == '"' || c == '\\')
                 {
                     return Err(err(
                         &key("realm"),
@@ -247,9 +249,15 @@ register = { user = "4930123", password = "r3g", domain = "sip.example.net", exp
         assert_eq!(auth.realm.as_deref(), Some("sip.example.net"));
         assert!(id.challenge_inbound);
         let r = id.register.as_ref().unwrap();
-        assert_eq!((r.user.as_str(), r.domain.as_str(), r.expires), ("4930123", "sip.example.net", 600));
+        assert_eq!(
+            (r.user.as_str(), r.domain.as_str(), r.expires),
+            ("4930123", "sip.example.net", 600)
+        );
         let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cret") && !debug.contains("r3g"), "{debug}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("r3g"),
+            "{debug}"
+        );
         // Credentials: REGISTER prefers register's, other requests auth's.
         assert_eq!(id.credentials_for(true).unwrap().0, "4930123");
         assert_eq!(id.credentials_for(false).unwrap().0, "acme");
@@ -261,7 +269,10 @@ register = { user = "4930123", password = "r3g", domain = "sip.example.net", exp
                 .replace(", expires = 600", ""),
         )
         .unwrap();
-        assert_eq!(c.trunks[0].identity.register.as_ref().unwrap().expires, 3600);
+        assert_eq!(
+            c.trunks[0].identity.register.as_ref().unwrap().expires,
+            3600
+        );
         assert!(!c.trunks[0].identity.challenge_inbound);
     }
 
@@ -270,23 +281,47 @@ register = { user = "4930123", password = "r3g", domain = "sip.example.net", exp
         let cases: &[(&str, &str, &str)] = &[
             (r#"user = "acme""#, r#"user = """#, "trunk[0].auth.user"),
             (r#"user = "acme""#, r#"user = "a b""#, "trunk[0].auth.user"),
-            (r#"password = "s3cret!""#, r#"password = """#, "trunk[0].auth.password"),
-            (r#"realm = "sip.example.net" }"#, r#"realm = "" }"#, "trunk[0].auth.realm"),
+            (
+                r#"password = "s3cret!""#,
+                r#"password = """#,
+                "trunk[0].auth.password",
+            ),
+            (
+                r#"realm = "sip.example.net" }"#,
+                r#"realm = "" }"#,
+                "trunk[0].auth.realm",
+            ),
             (
                 r#"auth = { user = "acme", password = "s3cret!", realm = "sip.example.net" }"#,
                 "",
                 "trunk[0].challenge_inbound",
             ),
-            (r#"user = "4930123""#, r#"user = "49<1>""#, "trunk[0].register.user"),
-            (r#"password = "r3g""#, r#"password = "a\nb""#, "trunk[0].register.password"),
+            (
+                r#"user = "4930123""#,
+                r#"user = "49<1>""#,
+                "trunk[0].register.user",
+            ),
+            (
+                r#"password = "r3g""#,
+                r#"password = "a\nb""#,
+                "trunk[0].register.password",
+            ),
             (
                 r#"domain = "sip.example.net", expires"#,
                 r#"domain = "a b", expires"#,
                 "trunk[0].register.domain",
             ),
             ("expires = 600", "expires = 10", "trunk[0].register.expires"),
-            ("expires = 600", "expires = 600, proxy = 1", "trunk[0].register.proxy"),
-            (r#"realm = "sip.example.net" }"#, r#"realm = "x", nonce = 1 }"#, "trunk[0].auth.nonce"),
+            (
+                "expires = 600",
+                "expires = 600, proxy = 1",
+                "trunk[0].register.proxy",
+            ),
+            (
+                r#"realm = "sip.example.net" }"#,
+                r#"realm = "x", nonce = 1 }"#,
+                "trunk[0].auth.nonce",
+            ),
         ];
         for (old, new, key) in cases {
             assert!(BASE.contains(old), "{old}");
@@ -296,14 +331,23 @@ register = { user = "4930123", password = "r3g", domain = "sip.example.net", exp
                 .lines()
                 .position(|l| l.contains(&key.rsplit('.').next().unwrap().replace("trunk[0]", "")))
                 .map(|l| l + 1);
-            assert!(e.key.starts_with(key) || e.key == *key, "{old} -> {new}: {e}");
+            assert!(
+                e.key.starts_with(key) || e.key == *key,
+                "{old} -> {new}: {e}"
+            );
             assert!(!e.to_string().contains("s3cret"), "{e}");
             // The line is the key's own line (or its table's, for a missing key).
-            assert!(e.line >= 11 && e.line <= 13, "{old} -> {new}: {e} ({line:?})");
+            assert!(
+                e.line >= 11 && e.line <= 13,
+                "{old} -> {new}: {e} ({line:?})"
+            );
         }
         let e = parse("a.toml", &BASE.replace(", realm = \"sip.example.net\"", "")).unwrap();
         assert!(e.trunks[0].identity.auth.as_ref().unwrap().realm.is_none());
-        let ok = BASE.replace(r#"domain = "sip.example.net""#, r#"domain = "10.0.0.2:5060""#);
+        let ok = BASE.replace(
+            r#"domain = "sip.example.net""#,
+            r#"domain = "10.0.0.2:5060""#,
+        );
         assert!(parse("a.toml", &ok).is_ok());
     }
 }

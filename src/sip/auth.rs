@@ -231,12 +231,9 @@ impl Inbound {
             return Verdict::Challenge(challenge(false));
         };
         let uri_ok = invite.uri() == Some(creds.uri.as_str());
-        let nonce = self
-            .key
-            .check(&creds.nonce, &bind, now_s, NONCE_LIFETIME_S);
-        let right = uri_ok
-            && creds.username == auth.user
-            && creds.verify("INVITE", auth.password.expose());
+        let nonce = self.key.check(&creds.nonce, &bind, now_s, NONCE_LIFETIME_S);
+        let right =
+            uri_ok && creds.username == auth.user && creds.verify("INVITE", auth.password.expose());
         match (nonce, right) {
             (NonceCheck::Valid, true) => Verdict::Accept,
             (NonceCheck::Stale, true) => Verdict::Challenge(challenge(true)),
@@ -316,7 +313,10 @@ challenge_inbound = true
         assert!(creds.verify("INVITE", "pw") && creds.uri == "sip:1@10.0.0.1");
         a.resume(2, retry);
         // Not stale: the second challenge is a failure.
-        assert!(matches!(a.on_challenge(&c, 2, &resp), OnChallenge::Failed(_)));
+        assert!(matches!(
+            a.on_challenge(&c, 2, &resp),
+            OnChallenge::Failed(_)
+        ));
         assert!(a.is_empty());
         // Stale: one more.
         a.track(3, 0, invite(), target());
@@ -332,15 +332,30 @@ challenge_inbound = true
             panic!()
         };
         assert_eq!(r.cseq, 7);
-        assert_eq!(r.tracked.request.headers_named("Proxy-Authorization").count(), 0);
+        assert_eq!(
+            r.tracked
+                .request
+                .headers_named("Proxy-Authorization")
+                .count(),
+            0
+        );
         assert!(r.tracked.request.header("Authorization").is_some());
         a.resume(5, r);
-        assert!(matches!(a.on_challenge(&c, 5, &stale), OnChallenge::Failed(_)));
+        assert!(matches!(
+            a.on_challenge(&c, 5, &stale),
+            OnChallenge::Failed(_)
+        ));
         // Other realm, untracked.
         a.track(6, 0, invite(), target());
         let other = challenge_resp(401, &[r#"Digest realm="r2", nonce="n""#]);
-        assert!(matches!(a.on_challenge(&c, 6, &other), OnChallenge::Failed(_)));
-        assert!(matches!(a.on_challenge(&c, 99, &other), OnChallenge::NotOurs));
+        assert!(matches!(
+            a.on_challenge(&c, 6, &other),
+            OnChallenge::Failed(_)
+        ));
+        assert!(matches!(
+            a.on_challenge(&c, 99, &other),
+            OnChallenge::NotOurs
+        ));
     }
 
     #[test]
@@ -364,8 +379,14 @@ challenge_inbound = true
             inv
         };
         let now = t0 + Duration::from_secs(10);
-        assert_eq!(inbound.check(&c, 0, &answer("pw", "acme", &values[1]), src, now), Verdict::Accept);
-        assert_eq!(inbound.check(&c, 0, &answer("pw", "acme", &values[0]), src, now), Verdict::Accept);
+        assert_eq!(
+            inbound.check(&c, 0, &answer("pw", "acme", &values[1]), src, now),
+            Verdict::Accept
+        );
+        assert_eq!(
+            inbound.check(&c, 0, &answer("pw", "acme", &values[0]), src, now),
+            Verdict::Accept
+        );
         assert_eq!(
             inbound.check(&c, 0, &answer("bad", "acme", &values[0]), src, now),
             Verdict::Forbidden
@@ -382,7 +403,8 @@ challenge_inbound = true
         ));
         // Expired nonce with the right password: stale challenge.
         let late = t0 + Duration::from_secs(NONCE_LIFETIME_S + 5);
-        let Verdict::Challenge(v) = inbound.check(&c, 0, &answer("pw", "acme", &values[0]), src, late)
+        let Verdict::Challenge(v) =
+            inbound.check(&c, 0, &answer("pw", "acme", &values[0]), src, late)
         else {
             panic!()
         };

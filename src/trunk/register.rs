@@ -286,11 +286,11 @@ impl Registrations {
 
     /// Stops every registration: the trunks to un-REGISTER (`Expires: 0`) now, those with a
     /// binding or a REGISTER out; nothing is scheduled afterwards.
-    pub fn unregister_all(&mut self) -> Vec<usize> {
+    pub fn unregister_all(&mut self, now: Instant) -> Vec<usize> {
         let mut out = Vec::new();
         for (&trunk, reg) in &mut self.regs {
             reg.next = None;
-            if reg.expires_at.is_some() || reg.txn.is_some() {
+            if reg.expires_at.is_some_and(|e| e > now) || reg.txn.is_some() {
                 reg.state = State::Unregistering;
                 out.push(trunk);
             } else {
@@ -329,9 +329,14 @@ impl Registrations {
             };
             humantime::format_rfc3339_seconds(w).to_string()
         };
+        let lapsed = r.expires_at.is_some_and(|e| e <= now);
+        let state = match r.state {
+            State::Registered if lapsed => "expired",
+            s => s.name(),
+        };
         Some(json!({
-            "state": r.state.name(),
-            "expires_at": r.expires_at.filter(|_| r.state == State::Registered).map(at),
+            "state": state,
+            "expires_at": r.expires_at.filter(|_| r.state == State::Registered && !lapsed).map(at),
             "next_attempt": r.next.map(at),
             "last_error": r.last_error,
         }))
@@ -410,7 +415,13 @@ register = { user = "4930", password = "pw", domain = "sip.example.net", expires
         assert_eq!(regs.state(0), None);
         assert_eq!(regs.poll_timeout(), Some(t0));
         let due = regs.due(t0);
-        assert_eq!(due, vec![Due { trunk: 1, expires: 600 }]);
+        assert_eq!(
+            due,
+            vec![Due {
+                trunk: 1,
+                expires: 600
+            }]
+        );
         assert!(regs.due(t0).is_empty(), "not twice");
         let (req, target) = regs.request(&config, 1, 600, 0).unwrap();
         assert_eq!(req.uri(), Some("sip:sip.example.net"));
@@ -424,7 +435,13 @@ register = { user = "4930", password = "pw", domain = "sip.example.net", expires
         let t1 = t0 + Duration::from_millis(40);
         assert!(regs.on_response(
             10,
-            &ok(&req, &[("Contact", "<sip:4930@10.0.0.1:5060>;expires=300"), ("Expires", "900")]),
+            &ok(
+                &req,
+                &[
+                    ("Contact", "<sip:4930@10.0.0.1:5060>;expires=300"),
+                    ("Expires", "900")
+                ]
+            ),
             None,
             t1
         ));
@@ -458,7 +475,11 @@ register = { user = "4930", password = "pw", domain = "sip.example.net", expires
             if t >= t1 + Duration::from_secs(300) {
                 assert_eq!(regs.state(1), Some(State::Failed), "binding lapsed");
             } else {
-                assert_eq!(regs.state(1), Some(State::Registered), "binding still valid");
+                assert_eq!(
+                    regs.state(1),
+                    Some(State::Registered),
+                    "binding still valid"
+                );
             }
             assert_eq!(regs.next_attempt(1), Some(t + Duration::from_secs(expect)));
             t += Duration::from_secs(expect);
@@ -471,7 +492,11 @@ register = { user = "4930", password = "pw", domain = "sip.example.net", expires
         assert_eq!(regs.due(t).len(), 1);
         regs.sent(1, 21, None);
         assert!(regs.on_response(21, &ok(&req2, &[]), None, t));
-        assert_eq!(regs.next_attempt(1), Some(t + Duration::from_secs(300)), "asked 600");
+        assert_eq!(
+            regs.next_attempt(1),
+            Some(t + Duration::from_secs(300)),
+            "asked 600"
+        );
         assert!(!regs.on_response(99, &ok(&req2, &[]), None, t));
     }
 
@@ -486,11 +511,17 @@ register = { user = "4930", password = "pw", domain = "sip.example.net", expires
         let mut brief = code(&req, 423);
         brief.push_header("Min-Expires", "1200".into());
         regs.on_response(1, &brief, None, t0);
-        assert_eq!(regs.due(t0), vec![Due { trunk: 1, expires: 1200 }]);
+        assert_eq!(
+            regs.due(t0),
+            vec![Due {
+                trunk: 1,
+                expires: 1200
+            }]
+        );
         regs.sent(1, 2, None);
         regs.on_response(2, &ok(&req, &[]), None, t0);
         assert_eq!(regs.next_attempt(1), Some(t0 + Duration::from_secs(600)));
-        assert_eq!(regs.unregister_all(), vec![1]);
+        assert_eq!(regs.unregister_all(t0), vec![1]);
         assert_eq!(regs.poll_timeout(), None);
         let (unreg, _) = regs.request(&config, 1, 0, 0).unwrap();
         assert_eq!(unreg.header("Expires"), Some("0"));
@@ -502,6 +533,6 @@ register = { user = "4930", password = "pw", domain = "sip.example.net", expires
         assert_eq!(regs.state(1), Some(State::Unregistered));
         // Never registered: nothing to remove.
         let mut fresh = Registrations::new(&config, t0);
-        assert!(fresh.unregister_all().is_empty());
+        assert!(fresh.unregister_all(t0).is_empty());
     }
 }
