@@ -13,7 +13,9 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod identity;
 mod routing;
+pub use identity::{Credentials, Identity, Register, Secret};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
 };
@@ -246,6 +248,9 @@ pub struct Trunk {
     pub max_duration: Option<Duration>,
     /// Number translation, response mapping, deny-list and header policy.
     pub policy: TrunkPolicy,
+    /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
+    /// `register`).
+    pub identity: Identity,
 }
 
 #[derive(Debug, Clone)]
@@ -394,6 +399,10 @@ struct RawTrunk {
     deny: Vec<String>,
     #[serde(default)]
     headers: routing::RawHeaders,
+    auth: Option<identity::RawAuth>,
+    #[serde(default)]
+    challenge_inbound: bool,
+    register: Option<identity::RawRegister>,
 }
 
 fn default_options_timeout() -> u64 {
@@ -814,6 +823,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
         )?;
+        let identity = identity::identity(
+            identity::RawIdentity {
+                auth: t.auth.as_ref(),
+                challenge_inbound: t.challenge_inbound,
+                register: t.register.as_ref(),
+            },
+            &[Seg::Key("trunk"), Seg::Index(i)],
+            &err,
+        )?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
@@ -829,6 +847,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
             policy,
+            identity,
         });
     }
 

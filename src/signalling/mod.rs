@@ -32,6 +32,9 @@ pub enum ControlRequest {
     },
 }
 
+/// How long shutdown waits for the answers to its un-REGISTERs.
+const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -251,6 +254,23 @@ pub async fn run(
         }
         if finished {
             break;
+        }
+    }
+    // Shutdown: remove the trunks' registrations, waiting (bounded) for the answers so that a
+    // challenge to the un-REGISTER is answered too.
+    core.unregister_all(Instant::now());
+    let end = Instant::now() + UNREGISTER_GRACE;
+    loop {
+        for t in core.drain_transmits() {
+            transports.send(t.target, &t.message);
+        }
+        if !core.unregistering() || Instant::now() >= end {
+            break;
+        }
+        let deadline = core.poll_timeout().map_or(end, |d| d.min(end));
+        tokio::select! {
+            Some((msg, source)) = inbound.recv() => core.handle_message(msg, source, Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
         }
     }
     tracing::info!("stopped");

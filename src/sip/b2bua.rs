@@ -12,6 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+#[path = "b2bua_identity.rs"]
+mod identity;
+
+use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
 use super::message::{Message, Method, StartLine};
@@ -25,6 +29,7 @@ use crate::media::Command;
 use crate::sdp::Sdp;
 use crate::trunk::health::Health;
 use crate::trunk::limits::{Limits, Refusal};
+use crate::trunk::register::Registrations;
 use crate::trunk::select::Selector;
 
 /// How often media activity is checked for timeouts.
@@ -142,6 +147,10 @@ pub struct B2bua {
     cdrs: Vec<Cdr>,
     /// Shutting down: new calls get 503.
     stopping: bool,
+    /// Digest client, inbound challenge and registrations (`b2bua_identity.rs`).
+    auth: ClientAuth,
+    inbound: Inbound,
+    registrations: Registrations,
 }
 
 fn now_label(n: u64) -> String {
@@ -165,6 +174,9 @@ impl B2bua {
             abandoned: HashMap::new(),
             cdrs: Vec::new(),
             stopping: false,
+            auth: ClientAuth::default(),
+            inbound: Inbound::new(Inbound::random_secret(), Instant::now()),
+            registrations: Registrations::new(&config, Instant::now()),
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -219,6 +231,7 @@ impl B2bua {
             self.txns.poll_timeout(),
             self.next_sweep,
             self.health.poll_timeout(),
+            self.registrations.poll_timeout(),
             self.deadlines.peek().map(|Reverse((at, _, _))| *at),
         ]
         .into_iter()
@@ -290,6 +303,7 @@ impl B2bua {
         for peer in self.health.due(now) {
             self.send_probe(peer, now);
         }
+        self.send_registers(now);
     }
 
     /// Sends an OPTIONS keepalive to trunk peer `(t, p)`.
@@ -320,7 +334,7 @@ impl B2bua {
         options.push_header("Contact", contact_for(&target));
         options.push_header("User-Agent", PRODUCT.into());
         options.push_header("Content-Length", "0".into());
-        let txn = self.txns.send_request(options, target, now);
+        let txn = self.send_request_to(t, options, target, now);
         self.health.sent((t, p), txn, now);
     }
 
@@ -557,6 +571,9 @@ impl B2bua {
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
             return self.refuse_invite(txn, &req, trunk, 483, None, now);
+        }
+        if !self.inbound_allowed(txn, &req, source.remote.ip(), trunk, now) {
+            return;
         }
         // Routing and translation (issue 5): inbound translation, route, deny-lists.
         let dialled = Numbers::of_invite(&req);
@@ -801,7 +818,7 @@ impl B2bua {
             inv.push_header(name, value);
         }
         let inv = with_sdp(inv, body);
-        let txn = self.txns.send_request(inv, call.b.target, now);
+        let txn = self.send_request_to(call.b_trunk, inv, call.b.target, now);
         call.b_txn = txn;
         call.open_txns.push(txn);
         call.responded = false;
@@ -888,6 +905,9 @@ impl B2bua {
 
     fn on_response(&mut self, txn: TxnId, resp: Message, now: Instant) {
         let code = resp.code().unwrap_or(500);
+        if self.on_identity_response(txn, &resp, code, now) {
+            return;
+        }
         if code >= 200 && self.health.on_response(txn, code, now) {
             return;
         }
@@ -1001,6 +1021,12 @@ impl B2bua {
                 }
                 // Failover looks at the trunk's own code; the caller sees it mapped.
                 let mapped = policy::map_response(trunk, code);
+                // A trunk with credentials that still challenges rejected them: its failure,
+                // never the caller's to answer (503 unless response_map says otherwise).
+                if matches!(code, 401 | 407) && ClientAuth::wants(&self.config, call.b_trunk) {
+                    let mapped = if mapped == code { 503 } else { mapped };
+                    return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
+                }
                 if trunk.failover_on.contains(&code) {
                     return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
                 }
@@ -1173,6 +1199,10 @@ impl B2bua {
     }
 
     fn on_txn_timeout(&mut self, txn: TxnId, now: Instant) {
+        self.auth.forget(txn);
+        if self.registrations.on_timeout(txn, now) {
+            return;
+        }
         let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
             return;
         };
@@ -1205,7 +1235,12 @@ impl B2bua {
         };
         let bye = dialog.request(Method::Bye, None);
         let target = dialog.target;
-        let txn = self.txns.send_request(bye, target, now);
+        let trunk = match side {
+            Side::A => call.a_trunk,
+            Side::B => call.b_trunk,
+        };
+        let txn = self.send_request_to(trunk, bye, target, now);
+        let call = self.calls.get_mut(&key).expect("live");
         call.open_txns.push(txn);
         self.by_client_txn.insert(txn, (key, Purpose::Bye));
     }
@@ -1354,6 +1389,7 @@ impl B2bua {
                     "kind": match t.kind { crate::config::TrunkKind::Lan => "lan", crate::config::TrunkKind::Itsp => "itsp" },
                     "active_calls": self.limits.active(i),
                     "draining": self.limits.draining(i),
+                    "registration": self.registrations.status(i, now, wall),
                     "peers": t.peers.iter().enumerate().map(|(j, p)| {
                         let mut peer = json!({
                             "address": p.addr.to_string(),

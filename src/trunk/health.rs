@@ -133,6 +133,23 @@ impl Health {
         true
     }
 
+    /// Whether `txn` is an outstanding probe.
+    pub fn probing(&self, txn: TxnId) -> bool {
+        self.by_txn.contains_key(&txn)
+    }
+
+    /// A probe was resent as `new` (answering a digest challenge); its send time stays.
+    pub fn replace_txn(&mut self, old: TxnId, new: TxnId) -> bool {
+        let Some(peer) = self.by_txn.remove(&old) else {
+            return false;
+        };
+        if let Some((txn, _)) = &mut self.peers[peer.0][peer.1].outstanding {
+            *txn = new;
+        }
+        self.by_txn.insert(new, peer);
+        true
+    }
+
     /// Fails the probes whose timeout passed by `now`. Their transactions may still end later;
     /// those late answers are ignored.
     pub fn expire(&mut self, now: Instant) {

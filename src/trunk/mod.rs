@@ -4,4 +4,5 @@
 
 pub mod health;
 pub mod limits;
+pub mod register;
 pub mod select;
