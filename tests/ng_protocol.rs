@@ -603,3 +603,55 @@ fn forked_call_ending_by_delay_frees_every_branch() {
     ng.server.handle_timeout(ng.now);
     assert_eq!(ng.ports_free(), total);
 }
+
+#[test]
+fn loop_protect_marks_the_sdp_and_leaves_a_marked_one_alone_and_rtcp_lines_can_be_omitted() {
+    use mediagate::control::bencode::dict;
+    let mut ng = Ng::new();
+    let with_rtcp = OFFER_SDP.replace("a=sendrecv\r\n", "a=rtcp:6001\r\na=sendrecv\r\n");
+    let request = |call: &str, sdp: &[u8], flags: &[&str]| {
+        dict([
+            ("call-id", call.into()),
+            ("command", "offer".into()),
+            (
+                "flags",
+                Value::List(flags.iter().map(|f| (*f).into()).collect()),
+            ),
+            ("from-tag", "ft".into()),
+            ("sdp", Value::Bytes(sdp.to_vec())),
+        ])
+        .encode()
+    };
+    let reply = ng.send(&request(
+        "lp-1",
+        with_rtcp.as_bytes(),
+        &["loop protect", "no-rtcp-attribute"],
+    ));
+    assert_eq!(result(&reply), "ok", "{reply:?}");
+    let Some(Value::Bytes(out)) = reply.get("sdp") else {
+        panic!("no sdp")
+    };
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(
+        !text.contains("a=rtcp:"),
+        "no-rtcp-attribute (spaces or hyphens): {text}"
+    );
+    let marker = text
+        .lines()
+        .find(|l| l.starts_with("a=rtpengine:"))
+        .expect("marker");
+    assert!(
+        text.find(marker).unwrap() < text.find("m=audio").unwrap(),
+        "session level: {text}"
+    );
+    // The marked SDP comes back (a signalling loop): returned untouched, no call made.
+    let free = ng.ports_free();
+    let looped = ng.send(&request("lp-2", out, &["loop-protect"]));
+    assert_eq!(result(&looped), "ok");
+    assert_eq!(looped.get("sdp"), Some(&Value::Bytes(out.clone())));
+    assert_eq!(ng.ports_free(), free, "no ports for the looped offer");
+    // Without the flag the marker means nothing: the SDP is anchored again.
+    let again = ng.send(&request("lp-3", out, &[]));
+    assert_ne!(again.get("sdp"), Some(&Value::Bytes(out.clone())));
+    assert!(ng.ports_free() < free);
+}

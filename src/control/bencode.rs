@@ -67,6 +67,14 @@ impl Value {
         }
     }
 
+    /// A dictionary entry, to change it in place.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        match self {
+            Value::Dict(d) => d.get_mut(key.as_bytes()),
+            _ => None,
+        }
+    }
+
     /// The value as UTF-8 text, when it is a byte string holding text.
     pub fn as_str(&self) -> Option<&str> {
         match self {

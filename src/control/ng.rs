@@ -154,6 +154,8 @@ pub struct NgServer {
     totals: Totals,
     /// Set by [`NgServer::begin_shutdown`].
     draining: bool,
+    /// This process's `loop-protect` marker (`a=rtpengine:INSTANCE`).
+    instance: String,
 }
 
 fn error_reply(reason: &str) -> Value {
@@ -175,6 +177,7 @@ impl NgServer {
             next_status_id: 0,
             totals: Totals::default(),
             draining: false,
+            instance: format!("{:016x}", fastrand::u64(..)),
         }
     }
 
@@ -246,8 +249,7 @@ impl NgServer {
         };
         let result = match command {
             "ping" => Ok(dict([("result", "pong".into())])),
-            "offer" => self.offer(msg, other_calls, now, wall),
-            "answer" => self.answer(msg, now),
+            "offer" | "answer" => self.offer_or_answer(msg, other_calls, now, wall),
             "delete" => self.delete(msg, now),
             "query" => self.query(msg),
             "list" => Ok(self.list(msg)),
@@ -315,7 +317,8 @@ impl NgServer {
             .map(Value::strings)
             .unwrap_or_default()
             .into_iter()
-            .map(|f| f.to_ascii_lowercase())
+            // rtpengine: "spaces in each string may be replaced by hyphens".
+            .map(|f| f.to_ascii_lowercase().replace(' ', "-"))
             .collect();
         const KNOWN: [&str; 12] = [
             "trust-address",
@@ -464,6 +467,42 @@ impl NgServer {
         self.totals.offers += 1;
         tracing::info!(call_id, from_tag, "NG offer");
         Ok(ok_with_sdp(body))
+    }
+
+    /// `offer` or `answer`, with the flags that shape the outgoing SDP as a whole: with
+    /// `loop-protect`, an SDP that already carries this instance's `a=rtpengine:` marker went
+    /// through it before and is returned untouched, and the outgoing SDP gets the marker;
+    /// `no-rtcp-attribute` omits `a=rtcp` lines. (`a=rtcp` lines are always written in their
+    /// full form, so `full-rtcp-attribute` changes nothing; directions are never rewritten, so
+    /// neither does `original-sendrecv`.)
+    fn offer_or_answer(
+        &mut self,
+        msg: &Value,
+        other_calls: usize,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Value, NgError> {
+        let flags = Self::flags(msg);
+        let protect = flags.iter().any(|f| f == "loop-protect");
+        let marker = format!("a=rtpengine:{}", self.instance);
+        if let (true, Some(Value::Bytes(body))) = (protect, msg.get("sdp")) {
+            if body
+                .split(|b| *b == b'\n')
+                .any(|l| l.trim_ascii() == marker.as_bytes())
+            {
+                return Ok(ok_with_sdp(body.clone()));
+            }
+        }
+        let mut reply = if msg.get("command").and_then(Value::as_str) == Some("offer") {
+            self.offer(msg, other_calls, now, wall)?
+        } else {
+            self.answer(msg, now)?
+        };
+        if let Some(Value::Bytes(body)) = reply.get_mut("sdp") {
+            let no_rtcp = flags.iter().any(|f| f == "no-rtcp-attribute");
+            *body = reshape_sdp(body, no_rtcp, protect.then_some(marker.as_str()));
+        }
+        Ok(reply)
     }
 
     fn answer(&mut self, msg: &Value, now: Instant) -> Result<Value, NgError> {
@@ -871,6 +910,32 @@ fn required<'a>(msg: &'a Value, key: &str) -> Result<&'a str, NgError> {
         .and_then(Value::as_str)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| format!("No {key} in message"))
+}
+
+/// The outgoing SDP without its `a=rtcp` lines (`no_rtcp`) and with `marker` as a session-level
+/// attribute (before the first `m=` line), keeping the SDP's line endings.
+fn reshape_sdp(body: &[u8], no_rtcp: bool, marker: Option<&str>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut marked = marker.is_none();
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if no_rtcp && bare.starts_with("a=rtcp:") {
+            continue;
+        }
+        if !marked && bare.starts_with("m=") {
+            out.push_str(marker.unwrap_or_default());
+            out.push_str(eol);
+            marked = true;
+        }
+        out.push_str(line);
+    }
+    if let (false, Some(m)) = (marked, marker) {
+        out.push_str(m);
+        out.push_str(eol);
+    }
+    out.into_bytes()
 }
 
 fn ok_with_sdp(body: Vec<u8>) -> Value {
