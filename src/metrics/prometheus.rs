@@ -498,8 +498,8 @@ impl Metrics {
             );
         }
         out.gauge(
-            "mediagate_media_ports",
-            "Media ports of the pool (state=total or free).",
+            "mediagate_media_port_pairs",
+            "RTP/RTCP port pairs (an even port and the next) of the media port pool, state=total or free.",
             [("total", s.ports.0), ("free", s.ports.1)]
                 .map(|(k, n)| (vec![("state", k.to_string())], n as f64)),
         );
@@ -617,7 +617,7 @@ pub struct Sources<'a> {
     /// The `/status` document (its `trunks`).
     pub status: &'a Value,
     pub dataplane: &'a DataplaneSnapshot,
-    /// Media ports (total, free).
+    /// Media port pairs (total, free).
     pub ports: (usize, usize),
 }
 
@@ -1066,7 +1066,7 @@ mod tests {
         assert!(!p
             .keys()
             .any(|k| k.starts_with("mediagate_trunk_registration_state") && k.contains("pbx")));
-        assert_eq!(get("mediagate_media_ports{state=\"free\"}"), 96.0);
+        assert_eq!(get("mediagate_media_port_pairs{state=\"free\"}"), 96.0);
         // The histogram: 10 samples of 3 µs in le=5e-6, cumulative 11 by le=50e-6.
         assert_eq!(get("mediagate_relay_latency_seconds_count"), 11.0);
         assert_eq!(
