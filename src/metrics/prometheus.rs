@@ -1157,6 +1157,44 @@ mod tests {
         }
     }
 
+    /// Every family is in README's table, and the example dashboard uses only real series.
+    #[test]
+    fn readme_and_dashboard_match_the_exposition() {
+        let dp = DataplaneSnapshot {
+            tier: "afxdp",
+            program_counters: vec![("forwarded", 1)],
+            workers: vec![crate::dataplane::WorkerCounters::default()],
+            latency: Some(crate::dataplane::afxdp::worker::new_latency_histogram()),
+            ..Default::default()
+        };
+        let mut m = Metrics::new();
+        m.calls_ended(&[cdr("pbx", 200)]);
+        let invite = msg("INVITE sip:1@x SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
+        let ok = msg("SIP/2.0 200 OK\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
+        m.sip_message(Direction::Received, Transport::Udp, &invite);
+        m.sip_message(Direction::Sent, Transport::Udp, &ok);
+        let text = to_classic(&render(&m, &dp));
+        let samples = parse_exposition(&text).unwrap();
+        let readme = include_str!("../../README.md");
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            let short = name.strip_prefix("mediagate_afxdp_worker").unwrap_or(name);
+            assert!(
+                readme.contains(&format!("`{name}`")) || readme.contains(&format!("`{short}`")),
+                "README does not list {name}"
+            );
+        }
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let re = regex::Regex::new(r"mediagate_[a-z_]+").unwrap();
+        for m in re.find_iter(dashboard) {
+            let name = m.as_str();
+            assert!(
+                samples.keys().any(|k| k.split('{').next() == Some(name)),
+                "the dashboard uses {name}, which is not exported"
+            );
+        }
+    }
+
     #[test]
     fn strict_parser_rejects_what_prometheus_would() {
         let ok = "# HELP mediagate_x X.\n# TYPE mediagate_x counter\nmediagate_x_total 1\n# EOF\n";
