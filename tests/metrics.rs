@@ -281,8 +281,27 @@ fn metrics_call(test: &str, dataplane: Dataplane) {
         sum(&after, "mediagate_media_packets_total", &[])
             >= sum(&during, "mediagate_media_packets_total", &[])
     );
-    if dataplane == Dataplane::Kernel {
-        assert!(get(&after, "mediagate_xdp_packets_total{outcome=\"forwarded\"}") >= 200.0);
+    match dataplane {
+        Dataplane::Kernel => {
+            assert!(get(&after, "mediagate_xdp_packets_total{outcome=\"forwarded\"}") >= 200.0);
+        }
+        Dataplane::Afxdp => {
+            assert!(get(&after, "mediagate_xdp_packets_total{outcome=\"to_afxdp\"}") >= 200.0);
+            let worker_rx = sum(&after, "mediagate_afxdp_worker_received_packets_total", &[]);
+            assert!(worker_rx >= 200.0, "workers received {worker_rx}");
+            assert!(sum(&after, "mediagate_afxdp_worker_iterations_total", &[]) > 0.0);
+            // Latency samples are merged once a second: wait for the last ones.
+            std::thread::sleep(Duration::from_millis(1200));
+            let l = scrape(&mg);
+            let count = get(&l, "mediagate_relay_latency_seconds_count");
+            assert!(count >= 100.0, "latency samples {count}");
+            assert_eq!(
+                get(&l, "mediagate_relay_latency_seconds_bucket{le=\"+Inf\"}"),
+                count
+            );
+            assert!(get(&l, "mediagate_relay_latency_seconds_sum") > 0.0);
+        }
+        Dataplane::Socket => {}
     }
 
     // Trunk peers: state gauges exist for both trunks' peers.
@@ -305,6 +324,11 @@ fn metrics_call(test: &str, dataplane: Dataplane) {
 #[test]
 fn metrics_follow_a_call_with_rtp_socket_tier() {
     metrics_call("m_socket", Dataplane::Socket);
+}
+
+#[test]
+fn metrics_follow_a_call_with_rtp_afxdp_tier() {
+    metrics_call("m_afxdp", Dataplane::Afxdp);
 }
 
 #[test]
