@@ -200,6 +200,15 @@ fn offer_answer_query_delete() {
         again.get("warning").is_some(),
         "unknown call on delete: ok with a warning"
     );
+    // The /metrics counters: one call created (the answer re-uses it), one released (the
+    // second delete found nothing).
+    let t = ng.server.totals();
+    assert_eq!((t.calls_created, t.calls_deleted), (1, 1));
+    assert_eq!(
+        (t.offers, t.answers, t.deletes),
+        (1, 1, 1),
+        "deletes of known calls"
+    );
 }
 
 #[test]

@@ -134,13 +134,17 @@ struct FamilyWish {
     required: bool,
 }
 
-/// What NG statistics count.
-#[derive(Default)]
-struct Totals {
-    offers: u64,
-    answers: u64,
-    deletes: u64,
-    errors: u64,
+/// What NG statistics count (also read by the metrics endpoint).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub offers: u64,
+    pub answers: u64,
+    pub deletes: u64,
+    pub errors: u64,
+    /// NG calls created (first offer of a call-id).
+    pub calls_created: u64,
+    /// NG calls whose state was released (delete, delete-delay, timeout, shutdown).
+    pub calls_deleted: u64,
 }
 
 /// The NG protocol server state.
@@ -193,6 +197,11 @@ impl NgServer {
         for id in ids {
             self.release(&id, now);
         }
+    }
+
+    /// Command and call counters since start, for `/metrics`.
+    pub fn totals(&self) -> Totals {
+        self.totals
     }
 
     /// Calls not deleted yet.
@@ -444,6 +453,7 @@ impl NgServer {
             }
         };
         self.next_status_id += 1;
+        self.totals.calls_created += 1;
         self.calls.insert(
             call_id.to_string(),
             NgCall {
@@ -664,6 +674,7 @@ impl NgServer {
 
     fn release(&mut self, call_id: &str, now: Instant) {
         if let Some(mut call) = self.calls.remove(call_id) {
+            self.totals.calls_deleted += 1;
             call.release(&mut self.media.borrow_mut().ctx(now));
             tracing::info!(call_id, "NG call deleted");
         }

@@ -91,6 +91,32 @@ impl Dataplane {
         self.socket.apply(cmd)
     }
 
+    /// Counters of the tiers for `/metrics`, read at scrape time (never on the packet path).
+    pub fn snapshot(&self) -> Snapshot {
+        let (workers, neighbour_probes, latency) = match &self.afxdp {
+            Some(a) => {
+                let (w, p, h) = a.snapshot();
+                (w, p, Some(h))
+            }
+            None => (Vec::new(), 0, None),
+        };
+        Snapshot {
+            tier: match (&self.afxdp, &self.kernel) {
+                (Some(_), _) => "afxdp",
+                (None, Some(_)) => "kernel",
+                (None, None) => "socket",
+            },
+            program_counters: self
+                .kernel
+                .as_ref()
+                .map(|k| k.counters())
+                .unwrap_or_default(),
+            workers,
+            neighbour_probes,
+            latency,
+        }
+    }
+
     /// The `dataplane` object of `/status`.
     pub fn status(&self) -> serde_json::Value {
         let mut v = match &self.kernel {
@@ -108,6 +134,32 @@ impl Dataplane {
         .into();
         v
     }
+}
+
+/// What [`Dataplane::snapshot`] reads.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The tier in use: `socket`, `kernel` or `afxdp`.
+    pub tier: &'static str,
+    /// The XDP program's counters by outcome (empty without an XDP tier).
+    pub program_counters: Vec<(&'static str, u64)>,
+    /// One entry per AF_XDP worker.
+    pub workers: Vec<WorkerCounters>,
+    /// Empty datagrams sent to make the kernel resolve a next hop (AF_XDP tier).
+    pub neighbour_probes: u64,
+    /// The AF_XDP workers' merged relay-latency histogram in nanoseconds.
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// One AF_XDP worker's loop counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub core: usize,
+    pub iterations: u64,
+    pub rx: u64,
+    pub tx: u64,
+    pub dropped: u64,
+    pub no_neighbour: u64,
 }
 
 /// Adds the media port range to `net.ipv4.ip_local_reserved_ports` of the current network

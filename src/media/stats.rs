@@ -156,6 +156,34 @@ impl StreamStats {
         self.total(&self.tx_bytes, 3)
     }
 
+    /// The user-space tiers' counters alone (`drops` summed over reasons).
+    pub fn user_totals(&self) -> KernelTotals {
+        KernelTotals {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            drops: self.drops.iter().map(|d| d.load(Relaxed)).sum(),
+        }
+    }
+
+    /// The kernel tier's latest totals alone.
+    pub fn kernel_totals(&self) -> KernelTotals {
+        let k = |i: usize| self.kernel[i].load(Relaxed);
+        KernelTotals {
+            rx_packets: k(0),
+            rx_bytes: k(1),
+            tx_packets: k(2),
+            tx_bytes: k(3),
+            drops: k(4),
+        }
+    }
+
+    /// User-space drops for one reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Relaxed)
+    }
+
     /// Packets handled by the kernel tier (received and sent), to show which tier carried a
     /// stream.
     pub fn kernel_packets(&self) -> u64 {

@@ -1,7 +1,10 @@
 //! The operator-facing HTTP endpoint: `GET /status` returns the control loop's JSON snapshot;
+//! `GET /metrics` the Prometheus (OpenMetrics text) exposition ([`prometheus`]);
 //! `POST /trunks/NAME/drain` and `POST /trunks/NAME/resume` stop and restart new calls to a
 //! trunk. A deliberately small HTTP/1.1 server (one request per connection) so that the control
 //! plane carries no web framework.
+
+pub mod prometheus;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,8 +57,27 @@ async fn handle(mut stream: TcpStream, control: mpsc::Sender<ControlRequest>) {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let shutting_down = || (503, "{\"error\":\"shutting down\"}\n".to_string());
+    let mut content_type = "application/json";
+    let accept = header_value(&buf, "accept").unwrap_or_default();
     let (code, body) = match (parts.next(), parts.next()) {
         _ if buf.len() > MAX_REQUEST => (431, "{\"error\":\"request too large\"}\n".to_string()),
+        (Some("GET"), Some("/metrics")) => {
+            let (tx, rx) = oneshot::channel();
+            if control.send(ControlRequest::Metrics(tx)).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(text) if prometheus::wants_openmetrics(&accept) => {
+                    content_type = prometheus::CONTENT_TYPE_OPENMETRICS;
+                    (200, text)
+                }
+                Ok(text) => {
+                    content_type = prometheus::CONTENT_TYPE_CLASSIC;
+                    (200, prometheus::to_classic(&text))
+                }
+                Err(_) => shutting_down(),
+            }
+        }
         (Some("GET"), Some("/status")) => {
             let (tx, rx) = oneshot::channel();
             if control.send(ControlRequest::Status(tx)).await.is_err() {
@@ -99,10 +121,21 @@ async fn handle(mut stream: TcpStream, control: mpsc::Sender<ControlRequest>) {
         _ => "Service Unavailable",
     };
     let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// The value of header `name` (lower case) in a request head, if present.
+fn header_value(head: &[u8], name: &str) -> Option<String> {
+    let head = String::from_utf8_lossy(head);
+    head.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
 }
 
 /// `/trunks/NAME/drain` or `/trunks/NAME/resume`: the trunk name and whether to drain.
@@ -135,5 +168,13 @@ mod tests {
         assert_eq!(drain_request("/trunks/a/b/drain"), None);
         assert_eq!(drain_request("/trunks/itsp/stop"), None);
         assert_eq!(drain_request("/status"), None);
+    }
+
+    #[test]
+    fn accept_header() {
+        let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: application/openmetrics-text;version=1.0.0\r\n\r\n";
+        let accept = header_value(head, "accept").unwrap();
+        assert!(prometheus::wants_openmetrics(&accept));
+        assert_eq!(header_value(b"GET / HTTP/1.1\r\n\r\n", "accept"), None);
     }
 }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::control::ng::NgServer;
 use crate::dataplane::Dataplane;
 use crate::media::session::SharedResources;
+use crate::metrics::prometheus::{Direction, Metrics, Sources};
 use crate::sip::b2bua::B2bua;
 use transport::Transports;
 
@@ -24,6 +25,8 @@ use transport::Transports;
 pub enum ControlRequest {
     /// The `/status` document.
     Status(oneshot::Sender<serde_json::Value>),
+    /// The `/metrics` exposition text.
+    Metrics(oneshot::Sender<String>),
     /// Start (`on`) or stop draining a trunk; an error names what is wrong.
     Drain {
         trunk: String,
@@ -172,6 +175,8 @@ pub async fn run(
         cdr,
     } = frontends;
     let mut records = CallRecords::new(cdr);
+    let mut metrics = Metrics::new();
+    let trunk_names: Vec<String> = config.trunks.iter().map(|t| t.name.clone()).collect();
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -211,9 +216,11 @@ pub async fn run(
                 }
             }
             Some((msg, source)) = inbound.recv() => {
+                metrics.sip_message(Direction::Received, source.transport, &msg);
                 core.handle_message(msg, source, Instant::now());
                 // Drain what is already queued before flushing, to batch under load.
                 while let Ok((msg, source)) = inbound.try_recv() {
+                    metrics.sip_message(Direction::Received, source.transport, &msg);
                     core.handle_message(msg, source, Instant::now());
                 }
             }
@@ -232,6 +239,25 @@ pub async fn run(
                     status["dataplane"] = relay.status();
                     let _ = reply.send(status);
                 }
+                ControlRequest::Metrics(reply) => {
+                    let status = core.status(Instant::now(), SystemTime::now());
+                    let dataplane = relay.snapshot();
+                    let ports = {
+                        let m = media.borrow();
+                        (m.pool.total(), m.pool.free())
+                    };
+                    let text = metrics.render(&Sources {
+                        trunk_names: &trunk_names,
+                        b2bua: core.counters(),
+                        ng: ng.totals(),
+                        sip_active: core.active_calls(),
+                        ng_active: ng.active_calls(),
+                        status: &status,
+                        dataplane: &dataplane,
+                        ports,
+                    });
+                    let _ = reply.send(text);
+                }
                 ControlRequest::Drain { trunk, on, reply } => {
                     let _ = reply.send(core.set_draining(&trunk, on));
                 }
@@ -243,11 +269,15 @@ pub async fn run(
         }
         let finished = shutdown.step(&mut core, &mut ng);
         for t in core.drain_transmits() {
+            metrics.sip_message(Direction::Sent, t.target.transport, &t.message);
             transports.send(t.target, &t.message);
         }
-        records.write_cdrs(core.drain_cdrs());
+        let cdrs = core.drain_cdrs();
+        metrics.calls_ended(&cdrs);
+        records.write_cdrs(cdrs);
         let commands = media.borrow_mut().take_commands();
         for cmd in commands {
+            metrics.media_command(&cmd);
             if let Err(e) = relay.apply(cmd) {
                 tracing::warn!(error = %e, "media command failed");
             }

@@ -151,6 +151,22 @@ pub struct B2bua {
     auth: ClientAuth,
     inbound: Inbound,
     registrations: Registrations,
+    /// New INVITEs per trunk they came from (index as `config.trunks`), for `/metrics`.
+    calls_started: Vec<u64>,
+}
+
+/// What [`B2bua::counters`] reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters<'a> {
+    /// New INVITEs per trunk they came from, indexed like `config.trunks`.
+    pub calls_started: &'a [u64],
+    pub retransmissions: crate::sip::transaction::Retransmissions,
+    /// Live transactions.
+    pub transactions: usize,
+    /// Calls in the table, including ones being torn down.
+    pub calls: usize,
+    /// Dialogs: two per call, plus abandoned forks kept to BYE them.
+    pub dialogs: usize,
 }
 
 fn now_label(n: u64) -> String {
@@ -177,6 +193,7 @@ impl B2bua {
             auth: ClientAuth::default(),
             inbound: Inbound::new(Inbound::random_secret(), Instant::now()),
             registrations: Registrations::new(&config, Instant::now()),
+            calls_started: vec![0; config.trunks.len()],
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -192,6 +209,18 @@ impl B2bua {
     /// Number of streams the data plane must be able to hold (two per port pair).
     pub fn stream_capacity(&self) -> usize {
         self.media.borrow().pool.total() * 2
+    }
+
+    /// Counters and sizes for `/metrics` (trunk, peer and registration state come from
+    /// [`Self::status`]).
+    pub fn counters(&self) -> Counters<'_> {
+        Counters {
+            calls_started: &self.calls_started,
+            retransmissions: self.txns.retransmissions(),
+            transactions: self.txns.len(),
+            calls: self.calls.len(),
+            dialogs: self.calls.len() * 2 + self.abandoned.len(),
+        }
     }
 
     /// Calls not yet ended.
@@ -568,6 +597,7 @@ impl B2bua {
     }
 
     fn on_invite(&mut self, txn: TxnId, req: Message, source: Target, trunk: usize, now: Instant) {
+        self.calls_started[trunk] += 1;
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
             return self.refuse_invite(txn, &req, trunk, 483, None, now);

@@ -132,6 +132,19 @@ pub struct Transactions {
     client_index: HashMap<(String, String), TxnId>,
     timers: BinaryHeap<Reverse<(Instant, TxnId, u32)>>,
     out: Vec<Transmit>,
+    retransmissions: Retransmissions,
+}
+
+/// Retransmission counters since start (for `/metrics`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retransmissions {
+    /// Requests sent again by timer A/E (client transactions).
+    pub requests_sent: u64,
+    /// Final responses sent again by timer G (INVITE server transactions).
+    pub responses_sent: u64,
+    /// Requests received again for a live server transaction (absorbed; the last response,
+    /// if any, repeated).
+    pub requests_received: u64,
 }
 
 /// A fresh RFC 3261 branch (magic cookie + randomness).
@@ -156,6 +169,11 @@ impl Transactions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Retransmissions sent and received since start.
+    pub fn retransmissions(&self) -> Retransmissions {
+        self.retransmissions
     }
 
     /// Drains all queued wire output.
@@ -253,6 +271,7 @@ impl Transactions {
         let key = (branch.clone(), method == Method::Invite);
         if let Some(&id) = self.server_index.get(&key) {
             // A retransmission: repeat the last response, if any.
+            self.retransmissions.requests_received += 1;
             let t = &self.servers[&id];
             if let Some(resp) = &t.last_response {
                 self.out.push(Transmit {
@@ -538,6 +557,7 @@ impl Transactions {
                         target: t.source,
                         message: resp.clone(),
                     });
+                    self.retransmissions.responses_sent += 1;
                 }
                 let next = (interval * 2).min(T2);
                 t.retransmit = Some((now + next, next));
@@ -566,6 +586,7 @@ impl Transactions {
                     target: t.target,
                     message: t.request.clone(),
                 });
+                self.retransmissions.requests_sent += 1;
                 let next = if t.invite {
                     interval * 2
                 } else {
@@ -669,6 +690,7 @@ mod tests {
         }
         // Timer A at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s; timer B at 32 s.
         assert_eq!(retransmits, 6);
+        assert_eq!(tx.retransmissions().requests_sent, 6);
         assert!(timed_out);
         assert_eq!(now - t0, 64 * T1);
         assert!(tx.is_empty());
@@ -775,6 +797,8 @@ mod tests {
         tx.handle_timeout(t0 + T1);
         tx.handle_timeout(t0 + 3 * T1);
         assert_eq!(sent_count(&mut tx), 2, "timer G fired twice");
+        let r = tx.retransmissions();
+        assert_eq!((r.requests_received, r.responses_sent), (1, 2));
         let mut ack = request("ACK", "z9hG4bKs");
         ack.set_header("CSeq", "1 ACK".into());
         assert_eq!(

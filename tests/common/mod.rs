@@ -448,31 +448,35 @@ impl Mediagate {
         Some(st)
     }
 
-    pub fn try_status(&self) -> Result<Value, String> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "curl",
-                "-s",
-                "-m",
-                "2",
-                "--fail",
-                &self.status_url,
-            ])
+    /// `GET path` (e.g. `/metrics`) on the status endpoint, with extra request headers
+    /// (`"Accept: ..."`): the response's `Content-Type` and body.
+    pub fn http_get(&self, path: &str, headers: &[&str]) -> Result<(String, String), String> {
+        let base = self
+            .status_url
+            .strip_suffix("/status")
+            .expect("status URL ends with /status");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "curl", "-s", "-m", "2", "--fail"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd
+            .args(["-w", "\n%{content_type}"])
+            .arg(format!("{base}{path}"))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run curl: {e}"))?;
         if !out.status.success() {
             return Err(format!("curl exited {}", out.status));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "/status is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        let text = String::from_utf8(out.stdout).map_err(|e| format!("not UTF-8: {e}"))?;
+        let (body, content_type) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        Ok((content_type.to_string(), body.to_string()))
+    }
+
+    pub fn try_status(&self) -> Result<Value, String> {
+        let (_, body) = self.http_get("/status", &[])?;
+        serde_json::from_str(&body).map_err(|e| format!("/status is not JSON ({e}): {body}"))
     }
 
     pub fn status(&self) -> Value {

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
 
 use super::kernel::KernelTier;
 use super::netlink::Netlink;
@@ -222,6 +223,30 @@ impl AfxdpTier {
                 broadcast(&|| WorkerCmd::Remove(*id))
             }
         }
+    }
+
+    /// Per-worker counters and the workers' merged latency histogram (ns), for `/metrics`:
+    /// atomics read and one histogram copy per worker, taken at scrape time.
+    pub fn snapshot(&self) -> (Vec<super::WorkerCounters>, u64, Histogram<u64>) {
+        let mut merged = worker::new_latency_histogram();
+        let workers = self
+            .stats
+            .iter()
+            .map(|(core, s)| {
+                if let Ok(h) = s.latency.lock() {
+                    let _ = merged.add(&*h);
+                }
+                super::WorkerCounters {
+                    core: *core,
+                    iterations: s.iterations.load(Relaxed),
+                    rx: s.rx.load(Relaxed),
+                    tx: s.tx.load(Relaxed),
+                    dropped: s.dropped.load(Relaxed),
+                    no_neighbour: s.no_neighbour.load(Relaxed),
+                }
+            })
+            .collect();
+        (workers, self.probes.load(Relaxed), merged)
     }
 
     /// Per-worker counters for `/status`.

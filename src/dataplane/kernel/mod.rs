@@ -321,6 +321,22 @@ impl KernelTier {
             .map_err(io::Error::other)
     }
 
+    /// Program-wide counters by outcome (names from `abi::COUNTERS`), summed over CPUs.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        COUNTERS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let total: u64 = self
+                    .counters
+                    .get(&(i as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+
     /// Program-wide counters summed over CPUs, and the attached devices, for `/status`.
     pub fn status(&self) -> serde_json::Value {
         let mut counters = serde_json::Map::new();
