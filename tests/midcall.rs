@@ -84,7 +84,7 @@ fn hold_and_resume(test: &str, from_gw: bool) {
             .timeout(45),
     );
     uas.settle();
-    let mg = Mediagate::start(&lab, &config(30));
+    let mut mg = Mediagate::start(&lab, &config(30));
     let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
     let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
     let remote = format!("{}:5060", caller.mg_ip);
@@ -198,10 +198,7 @@ fn hold_and_resume(test: &str, from_gw: bool) {
         to_caller > 100,
         "echo toward the caller after resume: {to_caller}\n{desc}"
     );
-    let st = {
-        let mut mg = mg;
-        mg.stop()
-    };
+    let st = mg.stop();
     assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
     lab.assert_mg_clean();
 }
@@ -216,12 +213,138 @@ fn invites_sent_call_id(s: &Sipp) -> String {
 
 #[test]
 fn caller_on_pbx_holds_and_resumes_with_rtp_after() {
-    require_root_and_tools();
     hold_and_resume("hold_gw", true);
 }
 
 #[test]
 fn caller_on_itsp_holds_and_resumes_with_rtp_after() {
-    require_root_and_tools();
     hold_and_resume("hold_it", false);
+}
+
+/// The requests of `method` a sipp run received, in order.
+fn requests(s: &Sipp, method: &str) -> Vec<SipMsg> {
+    s.received()
+        .into_iter()
+        .filter(|m| m.is_request(method))
+        .collect()
+}
+
+/// The callee holds and resumes (re-INVITEs on mediagate's callee leg, relayed on the caller
+/// leg in mediagate's dialog with the caller), RTP flows after the resume, and the caller's
+/// INFO (DTMF) reaches the callee.
+#[test]
+fn callee_holds_and_resumes_and_info_is_relayed() {
+    let lab = Lab::new("held_by_callee");
+    let (caller, callee) = sides(&lab, true);
+    let mut uas = Sipp::spawn(
+        &lab,
+        "callee",
+        SippOpts::new(callee.ns.clone(), "uas_holds", callee.peer_ip)
+            .args(&["-rtp_echo"])
+            .timeout(45),
+    );
+    uas.settle();
+    let mut mg = Mediagate::start(&lab, &config(30));
+    let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
+    let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
+    let remote = format!("{}:5060", caller.mg_ip);
+    let mut uac = Sipp::spawn(
+        &lab,
+        "caller",
+        SippOpts::new(caller.ns.clone(), "uac_held", caller.peer_ip)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    let (flowing, st) = mg.wait_status(Duration::from_secs(10), |st| rtp_flowing(st, 1));
+    assert!(
+        flowing,
+        "no RTP after the resume: {st:#}\n{}",
+        mg.log_tail(40)
+    );
+    uac.assert_ok(Some(&mg));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    mg.assert_idle(Duration::from_secs(5));
+
+    // The caller got the callee's re-INVITEs in its own dialog with mediagate.
+    let own_call_id = invites_sent_call_id(&uac);
+    let reinv = requests(&uac, "INVITE");
+    assert_eq!(reinv.len(), 2, "{}", uac.describe());
+    let caller_port = invite_oks(&uac)[0].sdp_audio_port().unwrap();
+    for (i, m) in reinv.iter().enumerate() {
+        assert_eq!(m.header("Call-ID").as_deref(), Some(own_call_id.as_str()));
+        assert_eq!(cseq_of(m), format!("{} INVITE", i + 1));
+        assert_eq!(
+            m.sdp_conn_addr().as_deref(),
+            Some(caller.mg_ip),
+            "{}",
+            m.text
+        );
+        assert_eq!(m.sdp_audio_port(), Some(caller_port));
+        assert!(
+            !m.text.contains(callee.peer_ip),
+            "callee address leaked:\n{}",
+            m.text
+        );
+    }
+    assert!(attr(&reinv[0], "sendonly") && attr(&reinv[1], "sendrecv"));
+    assert_eq!(requests(&uac, "ACK").len(), 2, "ACKs relayed end to end");
+    // The callee got the caller's answers, anchored.
+    let oks = invite_oks(&uas);
+    assert_eq!(oks.len(), 2, "{}", uas.describe());
+    let callee_port = requests(&uas, "INVITE")[0].sdp_audio_port().unwrap();
+    for m in &oks {
+        assert_eq!(
+            m.sdp_conn_addr().as_deref(),
+            Some(callee.mg_ip),
+            "{}",
+            m.text
+        );
+        assert_eq!(m.sdp_audio_port(), Some(callee_port));
+        assert!(
+            !m.text.contains(caller.peer_ip),
+            "caller address leaked:\n{}",
+            m.text
+        );
+    }
+    assert!(attr(&oks[0], "recvonly") && attr(&oks[1], "sendrecv"));
+    // INFO relayed with its body, the 200 back.
+    let info = requests(&uas, "INFO");
+    assert_eq!(info.len(), 1, "{}", uas.describe());
+    assert!(info[0].body().contains("Signal=5"), "{}", info[0].text);
+    assert_eq!(
+        info[0].header("Content-Type").as_deref(),
+        Some("application/dtmf-relay")
+    );
+    assert!(!info[0].text.contains(caller.peer_ip));
+
+    let desc = format!("{}\n{}", caller_cap.describe(), callee_cap.describe());
+    let to_callee = callee_cap
+        .flows()
+        .get(&(
+            sa(callee.mg_ip, callee_port),
+            sa(callee.peer_ip, SIPP_MEDIA_PORT),
+        ))
+        .copied()
+        .unwrap_or(0);
+    let to_caller = caller_cap
+        .flows()
+        .get(&(
+            sa(caller.mg_ip, caller_port),
+            sa(caller.peer_ip, SIPP_MEDIA_PORT),
+        ))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        to_callee > 100,
+        "RTP toward the callee after resume: {to_callee}\n{desc}"
+    );
+    assert!(
+        to_caller > 100,
+        "echo toward the caller after resume: {to_caller}\n{desc}"
+    );
+    let st = mg.stop();
+    assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
+    lab.assert_mg_clean();
 }
