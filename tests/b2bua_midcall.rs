@@ -791,3 +791,85 @@ fn held_calls_use_the_hold_timeout() {
     assert_eq!(byes(&out), 2);
     assert_eq!(h.active_calls(), 0);
 }
+
+#[test]
+fn hang_up_during_a_reinvite_acks_the_late_answer_and_forgets_the_call() {
+    let (mut h, _, ok) = confirmed_call();
+    let out = h.send(
+        pbx_request(
+            &ok,
+            Method::Invite,
+            2,
+            "re2",
+            Some(&pbx_sdp(2353687638, 6000, "sendonly")),
+        ),
+        h.pbx,
+    );
+    let reinv = only_to(&out, &h.itsp);
+    let out = h.send(pbx_request(&ok, Method::Bye, 3, "bye3", None), h.pbx);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 200);
+    let bye_b = one_to(&out, &h.itsp);
+    assert_eq!(bye_b.method(), Some(&Method::Bye));
+    assert_eq!(h.active_calls(), 0);
+    let out = h.send(reply(&bye_b, 200, "itsptag", ITSP_CONTACT, None), h.itsp);
+    assert!(out.is_empty());
+    // The re-INVITE is answered after the hang-up: ACKed; the PBX's re-INVITE gets 487.
+    let out = h.send(
+        reply(
+            &reinv,
+            200,
+            "itsptag",
+            ITSP_CONTACT,
+            Some(&itsp_sdp(2, "10.99.2.2", 7000, "recvonly")),
+        ),
+        h.itsp,
+    );
+    assert_eq!(one_to(&out, &h.itsp).method(), Some(&Method::Ack));
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 487);
+    h.send(pbx_request(&ok, Method::Ack, 2, "re2", None), h.pbx);
+    h.advance(Duration::from_secs(40));
+    assert!(h.core.is_idle(), "call and transactions forgotten");
+}
+
+#[test]
+fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
+    let config = CONFIG.replace("timeout_s = 30", "timeout_s = 300");
+    let (mut h, _, ok) = confirmed_call_with(&config);
+    let out = h.send(
+        pbx_request(
+            &ok,
+            Method::Invite,
+            2,
+            "re2",
+            Some(&pbx_sdp(2353687638, 6002, "sendrecv")),
+        ),
+        h.pbx,
+    );
+    only_to(&out, &h.itsp);
+    h.core.drain_media_commands();
+    let mut out = Vec::new();
+    for _ in 0..33 {
+        out.extend(h.advance(Duration::from_secs(1)));
+    }
+    // (repeated by the server transaction until the PBX ACKs it)
+    let to_pbx = to_peer(&out, &h.pbx);
+    assert!(!to_pbx.is_empty(), "{out:#?}");
+    assert!(to_pbx.iter().all(|m| code_of(m) == 408), "{to_pbx:#?}");
+    assert!(
+        renegotiated(&mut h).contains(&addr("10.99.1.2:6000")),
+        "previous media restored"
+    );
+    assert_eq!(h.active_calls(), 1);
+    // The next offer is not glare.
+    let out = h.send(
+        pbx_request(
+            &ok,
+            Method::Invite,
+            3,
+            "re3",
+            Some(&pbx_sdp(2353687639, 6000, "sendrecv")),
+        ),
+        h.pbx,
+    );
+    assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
+}

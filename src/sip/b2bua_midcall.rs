@@ -249,7 +249,12 @@ impl B2bua {
             return;
         };
         if rel.answered || call.phase == Phase::Ending {
-            // A 2xx retransmission (or a late answer): repeat or send the ACK.
+            // A 2xx retransmission (or an answer after the hang-up): repeat or send the ACK.
+            let ending = call.phase == Phase::Ending;
+            if ending && !std::mem::replace(&mut rel.answered, true) {
+                let r = response_to(&rel.request, 487, reason(487), None);
+                self.txns.respond(rel.server_txn, r, now);
+            }
             if code < 300 && rel.is_invite() {
                 let ack = match &rel.ack {
                     Some(a) => a.clone(),
@@ -260,6 +265,9 @@ impl B2bua {
                 };
                 let target = leg(call, to).0.target;
                 self.txns.send_stateless(ack, target);
+            }
+            if ending {
+                self.finish_if_idle(key);
             }
             return;
         }
@@ -287,7 +295,8 @@ impl B2bua {
             return self.txns.respond(rel.server_txn, answer, now);
         }
         // 2xx: a target refresh on the answering leg; its SDP is the answer or a new offer.
-        if let (true, Some(contact)) = (is_invite, resp.header("Contact")) {
+        let refresh = is_invite || rel.request.method() == Some(&Method::Other("UPDATE".into()));
+        if let (true, Some(contact)) = (refresh, resp.header("Contact")) {
             leg(call, to).0.remote_target = header::uri_of(contact).to_string();
         }
         let mut body = None;
