@@ -1,5 +1,6 @@
-//! Mid-call re-INVITEs through mediagate between real sipp peers (issue 7): a call held with
-//! `a=sendonly` and resumed with `a=sendrecv`, with RTP relayed through mediagate afterwards.
+//! Mid-call re-INVITEs through mediagate between real peers (issue 7): sipp calls held with
+//! `a=sendonly` and resumed with `a=sendrecv` by either side, with RTP relayed through mediagate
+//! afterwards and an INFO (DTMF) relayed; a baresip-to-baresip call held and resumed.
 //!
 //!   gw (10.99.1.2, "pbx" trunk) -- 10.99.1.1 [mediagate] 10.99.2.1 -- it (10.99.2.2, "itsp")
 //!
@@ -346,5 +347,286 @@ fn callee_holds_and_resumes_and_info_is_relayed() {
     );
     let st = mg.stop();
     assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
+    lab.assert_mg_clean();
+}
+
+// ---------------------------------------------------------------------------
+// baresip to baresip
+// ---------------------------------------------------------------------------
+
+/// A headless baresip in a lab namespace: PCMA, a sine tone as microphone, `aubridge` as the
+/// (discarding) player, driven over `ctrl_tcp` on the namespace's loopback.
+struct Baresip {
+    ns: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Baresip {
+    fn start(lab: &Lab, name: &str, ns: String, ip: &str, user: &str) -> Baresip {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("baresip").is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "`baresip` not found in PATH; install with `apt-get install -y baresip`"
+        );
+        let dir = lab.path(&format!("baresip-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wav = dir.join("tone.wav");
+        write_tone(&wav, 60);
+        let wav = wav.display();
+        std::fs::write(
+            dir.join("config"),
+            format!(
+                "sip_listen {ip}:5060\n\
+                 audio_player aubridge,{name}\n\
+                 audio_alert aubridge,{name}\n\
+                 audio_source aufile,{wav}\n\
+                 rtp_ports 6000-6099\n\
+                 module_path /usr/lib/baresip/modules\n\
+                 module g711.so\n\
+                 module aufile.so\n\
+                 module aubridge.so\n\
+                 module_app account.so\n\
+                 module_app menu.so\n\
+                 module_app ctrl_tcp.so\n\
+                 ctrl_tcp_listen 127.0.0.1:4444\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("accounts"),
+            format!("<sip:{user}@{ip}>;regint=0;answermode=auto;audio_codecs=PCMA\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("log.txt")).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "baresip", "-f"])
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn baresip");
+        let b = Baresip { ns, child, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.try_command("reginfo", "").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "baresip {name} did not start:\n{}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log.txt")).unwrap_or_default()
+    }
+
+    /// One `ctrl_tcp` command (netstring JSON); the response text.
+    fn try_command(&self, command: &str, params: &str) -> Result<String, String> {
+        const CLIENT: &str = r#"
+import json, socket, sys
+s = socket.create_connection(("127.0.0.1", 4444), timeout=3)
+m = json.dumps({"command": sys.argv[1], "params": sys.argv[2], "token": "t"})
+s.sendall(f"{len(m)}:{m},".encode())
+buf = b""
+while b'"response"' not in buf:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+print(buf.decode(errors="replace"))
+"#;
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "python3", "-c", CLIENT, command, params,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn command(&self, command: &str, params: &str) -> String {
+        self.try_command(command, params)
+            .unwrap_or_else(|e| panic!("baresip {command}: {e}\n{}", self.log()))
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("baresip log {}:\n{}", self.dir.display(), self.log());
+        }
+    }
+}
+
+/// A WAV file of `seconds` of a 440 Hz tone, 8 kHz mono 16 bit (baresip's `aufile` source; it
+/// hangs up when the file ends).
+fn write_tone(path: &std::path::Path, seconds: u32) {
+    let samples = 8000 * seconds;
+    let mut w = Vec::with_capacity(44 + 2 * samples as usize);
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + 2 * samples).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    w.extend_from_slice(&1u16.to_le_bytes()); // mono
+    w.extend_from_slice(&8000u32.to_le_bytes());
+    w.extend_from_slice(&16000u32.to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(2 * samples).to_le_bytes());
+    for i in 0..samples {
+        let v = (f64::from(i) * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0;
+        w.extend_from_slice(&(v as i16).to_le_bytes());
+    }
+    std::fs::write(path, w).unwrap();
+}
+
+/// Received RTP packets on each leg's streams of the only call, from `/status`.
+fn rx_per_leg(st: &serde_json::Value) -> Vec<u64> {
+    st["calls"][0]["legs"]
+        .as_array()
+        .map(|legs| {
+            legs.iter()
+                .map(|l| {
+                    l["streams"]
+                        .as_array()
+                        .map(|ss| {
+                            ss.iter()
+                                .map(|s| s["rx_packets"].as_u64().unwrap_or(0))
+                                .sum()
+                        })
+                        .unwrap_or(0)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIP seen on an interface, as tcpdump's ASCII dump; tcpdump stopped on drop.
+struct SipCapture {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl SipCapture {
+    fn start(lab: &Lab, ns: &str, iface: &str, name: &str) -> SipCapture {
+        let out = lab.path(&format!("sip-{name}.txt"));
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tcpdump", "-U", "-nn", "-l", "-A", "-s0", "-i", iface,
+            ])
+            .arg("udp port 5060")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(Duration::from_millis(1000));
+        SipCapture { child, out }
+    }
+
+    /// Stops tcpdump (after a short drain) and returns what it saw.
+    fn text(&mut self) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop();
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SipCapture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// baresip calls baresip through mediagate, puts the call on hold and resumes it: the callee
+/// sees mediagate's re-INVITEs with `a=sendonly` then `a=sendrecv`, the call stays up, and RTP
+/// flows both ways through mediagate after the resume.
+#[test]
+fn baresip_to_baresip_hold_and_resume() {
+    let lab = Lab::new("baresip_hold");
+    let callee = Baresip::start(&lab, "callee", lab.it(), IT_IP, "+4930123");
+    let mut mg = Mediagate::start(&lab, &config(30));
+    let caller = Baresip::start(&lab, "caller", lab.gw(), GW_IP, "100");
+    let mut cap = SipCapture::start(&lab, &lab.it(), &lab.it_if(), "callee");
+
+    caller.command("dial", &format!("sip:+4930123@{MG_GW_IP}"));
+    let (flowing, st) = mg.wait_status(Duration::from_secs(10), |st| rtp_flowing(st, 1));
+    assert!(flowing, "no RTP in the call: {st:#}\n{}", mg.log_tail(40));
+
+    caller.command("hold", "");
+    std::thread::sleep(Duration::from_secs(2));
+    let st = mg.status();
+    assert_eq!(st["active_calls"], 1, "call dropped on hold: {st:#}");
+    caller.command("resume", "");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rx_per_leg(&mg.status());
+    std::thread::sleep(Duration::from_secs(2));
+    let st = mg.status();
+    let after = rx_per_leg(&st);
+    assert_eq!(st["active_calls"], 1, "{st:#}");
+    assert_eq!(after.len(), 2, "{st:#}");
+    for (leg, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            a > &(b + 50),
+            "leg {leg}: RTP after resume {b} -> {a}\n{st:#}"
+        );
+    }
+
+    caller.command("hangup", "");
+    mg.assert_idle(Duration::from_secs(5));
+    let sip = cap.text();
+    let invites = sip.matches("INVITE sip:").count();
+    assert!(
+        invites >= 3,
+        "initial INVITE, hold and resume re-INVITEs expected:\n{sip}"
+    );
+    assert!(sip.contains("a=sendonly"), "hold offer relayed:\n{sip}");
+    // (baresip's `a=ssrc:… cname:sip:100@10.99.1.2` passes, as every unknown SDP line does)
+    let leaked: Vec<&str> = sip
+        .lines()
+        .filter(|l| l.contains(GW_IP) && !l.starts_with("a=ssrc:"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "caller address leaked to the callee side: {leaked:?}"
+    );
+    let st = mg.stop();
+    assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
+    drop(caller);
+    drop(callee);
     lab.assert_mg_clean();
 }
