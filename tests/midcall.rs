@@ -354,8 +354,11 @@ fn callee_holds_and_resumes_and_info_is_relayed() {
 // baresip to baresip
 // ---------------------------------------------------------------------------
 
-/// A headless baresip in a lab namespace: PCMA, a sine tone as microphone, `aubridge` as the
-/// (discarding) player, driven over `ctrl_tcp` on the namespace's loopback.
+/// A headless baresip 1.0.0 in a lab namespace: PCMA, a WAV tone as microphone (`aufile`;
+/// `ausine` only runs at 48 kHz), `aubridge` as the (discarding) player (the only player module
+/// without a sound device), auto-answer, driven over `ctrl_tcp` on the namespace's loopback
+/// (`dial`, `hold`, `resume`, `hangup` come from the `menu` module). The account's user must be
+/// the Request-URI user of incoming calls.
 struct Baresip {
     ns: String,
     child: std::process::Child,
