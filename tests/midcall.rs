@@ -74,7 +74,7 @@ fn invite_oks(s: &Sipp) -> Vec<SipMsg> {
 
 /// A call from `from_gw`'s side, held and resumed by the caller (re-INVITEs on mediagate's
 /// caller leg, relayed on the callee leg), with the pcap played after the resume and echoed.
-fn hold_and_resume(test: &str, from_gw: bool) {
+fn hold_and_resume(test: &str, from_gw: bool, dataplane: Dataplane) {
     let lab = Lab::new(test);
     let (caller, callee) = sides(&lab, from_gw);
     let mut uas = Sipp::spawn(
@@ -85,7 +85,7 @@ fn hold_and_resume(test: &str, from_gw: bool) {
             .timeout(45),
     );
     uas.settle();
-    let mut mg = Mediagate::start(&lab, &config(30));
+    let mut mg = Mediagate::start(&lab, &config_with(30, dataplane));
     let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
     let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
     let remote = format!("{}:5060", caller.mg_ip);
@@ -98,7 +98,10 @@ fn hold_and_resume(test: &str, from_gw: bool) {
             .timeout(30),
     );
     // RTP flows after the resume: both legs latched.
-    let (flowing, st) = mg.wait_status(Duration::from_secs(10), |st| rtp_flowing(st, 1));
+    let (flowing, st) = mg.wait_status(Duration::from_secs(10), |st| {
+        media_flowing(st, 1, dataplane)
+    });
+    assert_rtp_call_status(&st, 1, dataplane);
     assert!(
         flowing,
         "no RTP after the resume: {st:#}\n{}",
@@ -214,12 +217,17 @@ fn invites_sent_call_id(s: &Sipp) -> String {
 
 #[test]
 fn caller_on_pbx_holds_and_resumes_with_rtp_after() {
-    hold_and_resume("hold_gw", true);
+    hold_and_resume("hold_gw", true, Dataplane::Socket);
+}
+
+#[test]
+fn kernel_tier_caller_holds_and_resumes_with_rtp_after() {
+    hold_and_resume("hold_kernel", true, Dataplane::Kernel);
 }
 
 #[test]
 fn caller_on_itsp_holds_and_resumes_with_rtp_after() {
-    hold_and_resume("hold_it", false);
+    hold_and_resume("hold_it", false, Dataplane::Socket);
 }
 
 /// The requests of `method` a sipp run received, in order.
