@@ -177,6 +177,9 @@ pub struct MediaConfig {
     pub dataplane: Dataplane,
     /// No media in either direction for this long ends the call.
     pub timeout: Duration,
+    /// The same for a held call (every media line `inactive`, `sendonly`/`recvonly` or
+    /// `c=0.0.0.0` in the latest offer or answer): `hold_timeout_s`.
+    pub hold_timeout: Duration,
     /// Socket relay threads.
     pub threads: usize,
     /// CPUs of the AF_XDP workers, one pinned worker each.
@@ -314,6 +317,8 @@ struct RawMedia {
     dataplane: String,
     #[serde(default = "default_timeout")]
     timeout_s: u64,
+    #[serde(default = "default_hold_timeout")]
+    hold_timeout_s: u64,
     #[serde(default = "default_threads")]
     threads: usize,
     #[serde(default = "default_cores")]
@@ -345,6 +350,9 @@ fn default_dataplane() -> String {
 }
 fn default_timeout() -> u64 {
     30
+}
+fn default_hold_timeout() -> u64 {
+    3600
 }
 fn default_threads() -> usize {
     1
@@ -634,6 +642,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("timeout_s")],
             "must be at least 1 second".into(),
+        ));
+    }
+    if raw.media.hold_timeout_s == 0 || raw.media.hold_timeout_s > 86_400 {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("hold_timeout_s")],
+            "must be between 1 and 86400 seconds".into(),
         ));
     }
     if raw.media.threads == 0 || raw.media.threads > 64 {
@@ -946,6 +960,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             port_last,
             dataplane,
             timeout: Duration::from_secs(raw.media.timeout_s),
+            hold_timeout: Duration::from_secs(raw.media.hold_timeout_s),
             threads: raw.media.threads,
             cores: raw.media.cores.clone(),
             busy_poll,
@@ -1073,6 +1088,9 @@ to = ["pbx"]
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = \"x\""));
         assert_eq!((e.line, e.key.as_str()), (8, "media.timeout_s"), "{e}");
+
+        let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = 30\nhold_timeout_s = 0"));
+        assert_eq!((e.line, e.key.as_str()), (9, "media.hold_timeout_s"), "{e}");
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_z = 3"));
         assert_eq!(e.line, 8, "{e}");

@@ -222,16 +222,33 @@ impl CallMedia {
     /// Anchors a description received on `from`: makes sure every media line has ports on both
     /// legs, points `from`'s streams at the addresses in `sdp`, and returns the description to
     /// send on the other leg.
+    /// A's descriptions are offers and B's answers here (the initial offer/answer, NG); see
+    /// [`Self::anchor_as`] for renegotiation, where either side may offer.
     pub fn anchor(
         &mut self,
         from: Side,
         sdp: &Sdp,
         ctx: &mut MediaCtx,
     ) -> Result<Vec<u8>, AnchorError> {
+        self.anchor_as(from, sdp, from == Side::A, ctx)
+    }
+
+    /// [`Self::anchor`] for a description that is an `offer` (it may add media lines and
+    /// re-enable disabled ones) or an answer, whichever side sent it: a re-INVITE or UPDATE
+    /// from either leg. The side's streams re-open latching toward the new addresses
+    /// (`Command::Renegotiate`), and the `o=` version toward the other side is bumped when the
+    /// anchored description changed.
+    pub fn anchor_as(
+        &mut self,
+        from: Side,
+        sdp: &Sdp,
+        offer: bool,
+        ctx: &mut MediaCtx,
+    ) -> Result<Vec<u8>, AnchorError> {
         let to = from.other();
         for (i, m) in sdp.media().iter().enumerate() {
             if i == self.line_ids.len() {
-                if from == Side::B {
+                if !offer {
                     // An answer cannot add media lines (RFC 3264 §6).
                     return Err(AnchorError::MediaMismatch);
                 }
@@ -241,7 +258,7 @@ impl CallMedia {
                 self.enabled.push(true);
             }
             let enabled = m.rtp.port() != 0;
-            if from == Side::A || !enabled {
+            if offer || !enabled {
                 self.enabled[i] = enabled;
             }
             if !self.enabled[i] {
@@ -267,6 +284,41 @@ impl CallMedia {
             }
         }
         self.description_for(to, sdp)
+    }
+
+    /// Where each media line of `side` currently sends (RTP, RTCP), to put back with
+    /// [`Self::restore`] when an offer from that side is rejected.
+    pub fn remotes(&self, side: Side) -> Vec<Option<[Option<SocketAddr>; 2]>> {
+        self.legs[side.index()]
+            .pairs
+            .iter()
+            .map(|p| p.as_ref().map(|p| [p.rtp.remote(), p.rtcp.remote()]))
+            .collect()
+    }
+
+    /// Points `side`'s streams back at the addresses of a [`Self::remotes`] snapshot (a
+    /// rejected re-offer: the previous session description stays in force, RFC 3264 §8).
+    pub fn restore(
+        &mut self,
+        side: Side,
+        snapshot: &[Option<[Option<SocketAddr>; 2]>],
+        ctx: &mut MediaCtx,
+    ) {
+        for (line, remote) in snapshot.iter().enumerate() {
+            let (Some(remote), Some(Some(pair))) =
+                (remote, self.legs[side.index()].pairs.get(line))
+            else {
+                continue;
+            };
+            let (rtp, rtcp) = stream_ids(self.line_ids[line], side);
+            for ((id, stats), addr) in [(rtp, &pair.rtp), (rtcp, &pair.rtcp)]
+                .into_iter()
+                .zip(*remote)
+            {
+                ctx.commands.push(Command::Renegotiate { id, sdp: addr });
+                stats.set_remote(addr, false);
+            }
+        }
     }
 
     fn ensure_pair(
@@ -525,6 +577,28 @@ mod tests {
         assert_eq!(ctx.pool.free(), 3);
         m.release(&mut ctx);
         assert_eq!(ctx.pool.free(), 5);
+    }
+
+    #[test]
+    fn re_offer_from_b_may_add_a_line_and_a_rejected_offer_is_restored() {
+        let resources = Resources::shared(30000, 30009);
+        let mut resources = resources.borrow_mut();
+        let mut ctx = resources.ctx(Instant::now());
+        let ip = "10.0.0.1".parse().unwrap();
+        let mut m = CallMedia::new(ip, ip, ip, ip);
+        m.anchor(Side::A, &Sdp::parse(OFFER).unwrap(), &mut ctx)
+            .unwrap();
+        m.anchor(Side::B, &Sdp::parse(ANSWER).unwrap(), &mut ctx)
+            .unwrap();
+        let before = m.remotes(Side::B);
+        let video = [ANSWER, b"m=video 7002 RTP/AVP 96\r\n"].concat();
+        let to_a = m
+            .anchor_as(Side::B, &Sdp::parse(&video).unwrap(), true, &mut ctx)
+            .unwrap();
+        assert_eq!(Sdp::parse(&to_a).unwrap().media().len(), 2);
+        assert_eq!(ctx.pool.free(), 1, "the new line has ports on both sides");
+        m.restore(Side::B, &before, &mut ctx);
+        assert_eq!(m.remotes(Side::B)[0], before[0]);
     }
 
     #[test]

@@ -256,6 +256,15 @@ impl Sdp {
         copy
     }
 
+    /// Whether the description puts the call on hold: every enabled media line is `inactive`,
+    /// `sendonly` or `recvonly`, or has the unspecified address (RFC 2543 `c=0.0.0.0`). False
+    /// when no line is enabled.
+    pub fn is_hold(&self) -> bool {
+        let enabled = || self.media.iter().filter(|m| m.rtp.port() != 0);
+        enabled().next().is_some()
+            && enabled().all(|m| m.direction != Direction::SendRecv || m.rtp.ip().is_unspecified())
+    }
+
     /// The media streams, in `m=` line order.
     pub fn media(&self) -> &[Media] {
         &self.media
@@ -437,5 +446,23 @@ m=video 0 RTP/AVP 96\r\n";
             Err(SdpError::NoConnection(0))
         );
         assert!(Sdp::parse(b"v=0\nc=IN IP6 1.1.1.1\n").is_err());
+    }
+
+    #[test]
+    fn hold_is_every_enabled_line_not_sendrecv_or_a_null_address() {
+        let base = "v=0\r\no=a 1 2 IN IP4 10.1.1.10\r\ns=-\r\nc=IN IP4 10.1.1.10\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\n";
+        let hold = |extra: &str| {
+            Sdp::parse(format!("{base}{extra}").as_bytes())
+                .unwrap()
+                .is_hold()
+        };
+        assert!(!hold(""));
+        assert!(!hold("a=sendrecv\r\n"));
+        assert!(hold("a=sendonly\r\n"));
+        assert!(hold("a=inactive\r\n"));
+        assert!(hold("a=recvonly\r\n"));
+        assert!(!hold("a=inactive\r\nm=video 6002 RTP/AVP 96\r\n"));
+        let null = base.replace("c=IN IP4 10.1.1.10", "c=IN IP4 0.0.0.0");
+        assert!(Sdp::parse(null.as_bytes()).unwrap().is_hold());
     }
 }

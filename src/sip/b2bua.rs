@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 #[path = "b2bua_identity.rs"]
 mod identity;
+#[path = "b2bua_midcall.rs"]
+mod midcall;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
@@ -64,12 +66,15 @@ enum Purpose {
     Invite,
     Cancel,
     Bye,
+    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO).
+    Relay,
 }
 
 /// The 2xx sent to A, retransmitted until A's ACK (RFC 3261 §13.3.1.4).
 #[derive(Debug)]
 struct PendingOk {
     response: Message,
+    target: Target,
     next: Instant,
     interval: Duration,
     give_up: Instant,
@@ -120,6 +125,8 @@ struct Call {
     /// Client transactions still running for this call.
     open_txns: Vec<TxnId>,
     media: CallMedia,
+    /// Mid-call requests relayed to the other leg and negotiation state (`b2bua_midcall.rs`).
+    mid: midcall::MidCall,
 }
 
 /// Identifies a call inside the B2BUA.
@@ -133,6 +140,8 @@ pub struct B2bua {
     by_call_id: HashMap<String, (CallKey, Side)>,
     by_client_txn: HashMap<TxnId, (CallKey, Purpose)>,
     by_server_invite: HashMap<TxnId, CallKey>,
+    /// In-dialog requests relayed from one leg to the other, by client transaction.
+    relayed: HashMap<TxnId, midcall::Relayed>,
     media: SharedResources,
     next_call: CallKey,
     next_sweep: Option<Instant>,
@@ -200,6 +209,7 @@ impl B2bua {
             by_call_id: HashMap::new(),
             by_client_txn: HashMap::new(),
             by_server_invite: HashMap::new(),
+            relayed: HashMap::new(),
             media,
             next_call: 0,
             next_sweep: None,
@@ -252,10 +262,12 @@ impl B2bua {
 
     /// The next instant at which [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let oks = self
-            .calls
-            .values()
-            .filter_map(|c| c.ok_to_a.as_ref().map(|p| p.next));
+        let oks = self.calls.values().flat_map(|c| {
+            [&c.ok_to_a, &c.mid.ok]
+                .into_iter()
+                .flatten()
+                .map(|p| p.next)
+        });
         [
             self.txns.poll_timeout(),
             self.next_sweep,
@@ -304,15 +316,17 @@ impl B2bua {
         }
         let mut unacked = Vec::new();
         for (key, call) in &mut self.calls {
-            let Some(p) = &mut call.ok_to_a else { continue };
-            if p.give_up <= now {
-                unacked.push(*key);
-            } else if p.next <= now {
-                self.txns.send_stateless(p.response.clone(), call.a.target);
-                p.interval = (p.interval * 2).min(T2);
-                p.next = now + p.interval;
+            for p in [&mut call.ok_to_a, &mut call.mid.ok].into_iter().flatten() {
+                if p.give_up <= now {
+                    unacked.push(*key);
+                } else if p.next <= now {
+                    self.txns.send_stateless(p.response.clone(), p.target);
+                    p.interval = (p.interval * 2).min(T2);
+                    p.next = now + p.interval;
+                }
             }
         }
+        unacked.dedup();
         for key in unacked {
             tracing::info!(call = %self.calls[&key].label, "no ACK for 200: hanging up");
             self.hang_up_both(key, Ending::NoAck, now);
@@ -592,6 +606,9 @@ impl B2bua {
                 self.finish_if_idle(key);
             }
             Method::Options => self.respond(txn, &req, 200, now),
+            Method::Invite => self.on_reoffer(key, side, txn, req, now),
+            Method::Other(ref m) if m == "UPDATE" => self.on_reoffer(key, side, txn, req, now),
+            Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
     }
@@ -718,6 +735,7 @@ impl B2bua {
             ack_to_b: None,
             open_txns: Vec::new(),
             media,
+            mid: midcall::MidCall::default(),
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
@@ -908,12 +926,12 @@ impl B2bua {
 
     fn on_ack(&mut self, ack: Message, _source: Target, now: Instant) {
         let call_id = ack.header("Call-ID").unwrap_or_default();
-        let Some(&(key, Side::A)) = self.by_call_id.get(call_id) else {
+        let Some(&(key, side)) = self.by_call_id.get(call_id) else {
             return;
         };
         let call = self.calls.get_mut(&key).expect("indexed call");
-        if call.phase != Phase::Answered {
-            return;
+        if side == Side::B || call.phase != Phase::Answered {
+            return self.on_midcall_ack(key, side, &ack, now);
         }
         call.ok_to_a = None;
         call.phase = Phase::Confirmed;
@@ -947,7 +965,7 @@ impl B2bua {
         let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
             return;
         };
-        if code >= 200 && purpose == Purpose::Invite && code < 300 {
+        if code >= 200 && matches!(purpose, Purpose::Invite | Purpose::Relay) && code < 300 {
             // Keep the index so that 2xx retransmissions are still recognised and re-ACKed;
             // `finish_if_idle` drops it with the call.
             if let Some(call) = self.calls.get_mut(&key) {
@@ -960,6 +978,7 @@ impl B2bua {
             Purpose::Invite => self.on_invite_response(key, txn, resp, code, now),
             Purpose::Cancel => {}
             Purpose::Bye => self.finish_if_idle(key),
+            Purpose::Relay => self.on_relayed_response(txn, resp, code, now),
         }
     }
 
@@ -1034,6 +1053,7 @@ impl B2bua {
                 let call = self.calls.get_mut(&key).expect("live");
                 call.ok_to_a = Some(PendingOk {
                     response: ok.clone(),
+                    target: call.a.target,
                     next: now + T1,
                     interval: T1,
                     give_up: now + 64 * T1,
@@ -1246,6 +1266,7 @@ impl B2bua {
             {
                 self.attempt_failed(key, AttemptResult::Timeout, 408, now);
             }
+            Purpose::Relay => self.on_relayed_timeout(txn, now),
             _ => self.finish_if_idle(key),
         }
     }
@@ -1285,6 +1306,7 @@ impl B2bua {
         }
         call.phase = Phase::Ending;
         call.ok_to_a = None;
+        call.mid.ok = None;
         let record = self.record_of(&self.calls[&key], ending);
         self.cdrs.push(record);
         let call = self.calls.get_mut(&key).expect("live call");
@@ -1347,15 +1369,25 @@ impl B2bua {
         self.by_call_id.remove(&call.b.call_id);
         self.by_server_invite.remove(&call.a_txn);
         self.by_client_txn.remove(&call.b_txn);
+        for txn in &call.mid.relays {
+            self.relayed.remove(txn);
+            self.by_client_txn.remove(txn);
+        }
     }
 
     fn sweep_media(&mut self, now: Instant) {
-        let timeout = self.config.media.timeout;
+        let media = &self.config.media;
         let idle: Vec<CallKey> = self
             .calls
             .iter()
             .filter(|(_, c)| matches!(c.phase, Phase::Confirmed | Phase::Answered))
             .filter(|(_, c)| {
+                // A held call (`media.hold_timeout_s`) may be silent for longer.
+                let timeout = if c.mid.held {
+                    media.hold_timeout
+                } else {
+                    media.timeout
+                };
                 c.media
                     .last_activity()
                     .is_some_and(|last| now.saturating_duration_since(last) >= timeout)

@@ -11,7 +11,7 @@ use crate::config::Transport;
 /// Product token sent in User-Agent and Server headers.
 pub const PRODUCT: &str = concat!("mediagate/", env!("CARGO_PKG_VERSION"));
 /// Methods mediagate accepts, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 
 /// A dialog as seen from mediagate's side of one leg.
 #[derive(Debug, Clone)]
@@ -62,6 +62,7 @@ pub fn reason(code: u16) -> &'static str {
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        491 => "Request Pending",
         500 => "Server Internal Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
