@@ -2,72 +2,23 @@
 //! virtual clock: challenges from the trunk are answered without the caller seeing them,
 //! rejected credentials fail the attempt, inbound challenges, REGISTER refresh and back-off.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod sansio;
 
-use mediagate::config;
-use mediagate::config::Transport;
-use mediagate::sip::b2bua::B2bua;
+use std::time::Duration;
+
 use mediagate::sip::dialog::response_to;
 use mediagate::sip::digest::{self, Challenge, Credentials};
 use mediagate::sip::header;
 use mediagate::sip::message::{Message, Method, StartLine};
 use mediagate::sip::transaction::{Target, Transmit};
+use sansio::{parse, Harness, INVITE, LAB};
 
-const LAB: &str = include_str!("data/lab.toml");
-const INVITE: &str = include_str!("data/sip/invite_from_pbx.txt");
 const ITSP_TRUNK: &str = "local = \"udp:10.99.2.1:5060\"\n";
 
-fn config_with(itsp_extra: &str) -> config::Config {
+/// The lab's B2BUA with `itsp_extra` added to the ITSP trunk.
+fn lab_with(itsp_extra: &str) -> Harness {
     assert!(LAB.contains(ITSP_TRUNK));
-    let text = LAB.replace(ITSP_TRUNK, &format!("{ITSP_TRUNK}{itsp_extra}\n"));
-    config::parse("lab.toml", &text).unwrap()
-}
-
-fn target(remote: &str, local: &str) -> Target {
-    Target {
-        transport: Transport::Udp,
-        remote: remote.parse().unwrap(),
-        local: local.parse().unwrap(),
-    }
-}
-
-fn parse(text: &str) -> Message {
-    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
-    Message::parse_datagram(text.as_bytes()).unwrap()
-}
-
-struct Harness {
-    core: B2bua,
-    now: Instant,
-    pbx: Target,
-    itsp: Target,
-}
-
-impl Harness {
-    fn new(itsp_extra: &str) -> Self {
-        Harness {
-            core: B2bua::new(Arc::new(config_with(itsp_extra))),
-            now: Instant::now(),
-            pbx: target("10.99.1.2:5060", "10.99.1.1:5060"),
-            itsp: target("10.99.2.2:5060", "10.99.2.1:5060"),
-        }
-    }
-
-    fn send(&mut self, msg: Message, from: Target) -> Vec<Transmit> {
-        self.core.handle_message(msg, from, self.now);
-        self.core.drain_transmits().collect()
-    }
-
-    fn advance(&mut self, by: Duration) -> Vec<Transmit> {
-        self.now += by;
-        self.core.handle_timeout(self.now);
-        self.core.drain_transmits().collect()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        self.core.status(self.now, SystemTime::now())
-    }
+    Harness::with_config(&LAB.replace(ITSP_TRUNK, &format!("{ITSP_TRUNK}{itsp_extra}\n")))
 }
 
 fn to(out: &[Transmit], t: &Target) -> Vec<Message> {
@@ -120,7 +71,7 @@ fn assert_authorized(req: &Message, header: &str, password: &str) -> Credentials
 
 #[test]
 fn challenged_invite_is_resent_with_credentials_and_the_caller_sees_no_401() {
-    let mut h = Harness::new(AUTH);
+    let mut h = lab_with(AUTH);
     let out = h.send(parse(INVITE), h.pbx);
     let inv1 = requests(&out, &h.itsp, Method::Invite).remove(0);
     let out = h.send(challenge(&inv1, 401, MD5_CHALLENGE), h.itsp);
@@ -194,7 +145,7 @@ fn challenged_invite_is_resent_with_credentials_and_the_caller_sees_no_401() {
 
 #[test]
 fn rejected_credentials_end_the_attempt_and_the_caller_gets_503() {
-    let mut h = Harness::new(AUTH);
+    let mut h = lab_with(AUTH);
     let out = h.send(parse(INVITE), h.pbx);
     let inv1 = requests(&out, &h.itsp, Method::Invite).remove(0);
     let out = h.send(challenge(&inv1, 407, MD5_CHALLENGE), h.itsp);
@@ -213,7 +164,7 @@ fn rejected_credentials_end_the_attempt_and_the_caller_gets_503() {
 
 #[test]
 fn challenges_of_another_realm_are_not_answered() {
-    let mut h = Harness::new(AUTH);
+    let mut h = lab_with(AUTH);
     let out = h.send(parse(INVITE), h.pbx);
     let inv1 = requests(&out, &h.itsp, Method::Invite).remove(0);
     let other = r#"Digest realm="elsewhere", nonce="n""#;
@@ -224,7 +175,7 @@ fn challenges_of_another_realm_are_not_answered() {
 
 #[test]
 fn without_credentials_a_challenge_is_the_trunks_answer_as_before() {
-    let mut h = Harness::new("");
+    let mut h = lab_with("");
     let out = h.send(parse(INVITE), h.pbx);
     let inv1 = requests(&out, &h.itsp, Method::Invite).remove(0);
     let out = h.send(challenge(&inv1, 401, MD5_CHALLENGE), h.itsp);
@@ -235,7 +186,7 @@ fn without_credentials_a_challenge_is_the_trunks_answer_as_before() {
 #[test]
 fn inbound_challenge_then_right_credentials_route_and_wrong_ones_get_403() {
     let extra = format!("{AUTH}\nchallenge_inbound = true");
-    let mut h = Harness::new(&extra);
+    let mut h = lab_with(&extra);
     let from_itsp = |cseq: u32, branch: &str| {
         let mut m = parse(INVITE);
         m.start = StartLine::Request {
@@ -295,7 +246,7 @@ const REGISTER: &str = r#"register = { user = "4930123", password = "reg-pw", do
 
 #[test]
 fn register_at_start_with_digest_refresh_at_half_and_back_off() {
-    let mut h = Harness::new(REGISTER);
+    let mut h = lab_with(REGISTER);
     let out = h.advance(Duration::ZERO);
     let reg1 = requests(&out, &h.itsp, Method::Register).remove(0);
     assert_eq!(reg1.uri(), Some("sip:itsp.example"));
@@ -374,7 +325,7 @@ fn register_at_start_with_digest_refresh_at_half_and_back_off() {
 
 #[test]
 fn unregister_on_shutdown_answers_a_challenge_too() {
-    let mut h = Harness::new(REGISTER);
+    let mut h = lab_with(REGISTER);
     let out = h.advance(Duration::ZERO);
     let reg1 = requests(&out, &h.itsp, Method::Register).remove(0);
     h.send(answer(&reg1, 200, false), h.itsp);
@@ -405,7 +356,7 @@ fn unregister_on_shutdown_answers_a_challenge_too() {
 #[test]
 fn challenged_probe_is_answered() {
     let extra = format!("{AUTH}\noptions_interval_s = 10");
-    let mut h = Harness::new(&extra);
+    let mut h = lab_with(&extra);
     let out = h.advance(Duration::ZERO);
     let opt1 = requests(&out, &h.itsp, Method::Options).remove(0);
     let out = h.send(challenge(&opt1, 407, MD5_CHALLENGE), h.itsp);

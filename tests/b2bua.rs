@@ -1,70 +1,18 @@
 //! The B2BUA state machine driven message by message with a virtual clock: what each side
 //! receives, topology hiding, every ending path releasing its ports.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod sansio;
 
-use mediagate::config::{self, Transport};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mediagate::config;
 use mediagate::media::Command;
 use mediagate::sip::b2bua::B2bua;
 use mediagate::sip::header;
 use mediagate::sip::message::{Message, Method};
 use mediagate::sip::transaction::{Target, Transmit};
-
-const CONFIG: &str = include_str!("data/lab.toml");
-const INVITE: &str = include_str!("data/sip/invite_from_pbx.txt");
-
-struct Harness {
-    core: B2bua,
-    now: Instant,
-    pbx: Target,
-    itsp: Target,
-}
-
-fn target(remote: &str, local: &str) -> Target {
-    Target {
-        transport: Transport::Udp,
-        remote: remote.parse().unwrap(),
-        local: local.parse().unwrap(),
-    }
-}
-
-fn parse(text: &str) -> Message {
-    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
-    Message::parse_datagram(text.as_bytes()).unwrap()
-}
-
-impl Harness {
-    fn new() -> Self {
-        let config = config::parse("lab.toml", CONFIG).unwrap();
-        Harness {
-            core: B2bua::new(Arc::new(config)),
-            now: Instant::now(),
-            pbx: target("10.99.1.2:5060", "10.99.1.1:5060"),
-            itsp: target("10.99.2.2:5060", "10.99.2.1:5060"),
-        }
-    }
-
-    fn send(&mut self, msg: Message, from: Target) -> Vec<Transmit> {
-        self.core.handle_message(msg, from, self.now);
-        self.core.drain_transmits().collect()
-    }
-
-    fn advance(&mut self, by: Duration) -> Vec<Transmit> {
-        self.now += by;
-        self.core.handle_timeout(self.now);
-        self.core.drain_transmits().collect()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        self.core.status(self.now, SystemTime::now())
-    }
-
-    fn ports_all_free(&self) -> bool {
-        let s = self.status();
-        s["ports"]["free"] == s["ports"]["total"]
-    }
-}
+use sansio::{parse, target, Harness, INVITE, LAB as CONFIG};
 
 /// The one message sent to `to`, asserting there is exactly one.
 fn only_to(out: &[Transmit], to: &Target) -> Message {

@@ -17,40 +17,6 @@ use common::*;
 const DIALLED: &str = "+4930123";
 
 /// Which side places the call.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Origin {
-    Gw,
-    Itsp,
-}
-
-struct Side {
-    ns: String,
-    iface: String,
-    /// the sipp peer's address
-    peer_ip: &'static str,
-    /// mediagate's address facing that peer
-    mg_ip: &'static str,
-}
-
-fn sides(lab: &Lab, from: Origin) -> (Side, Side) {
-    let gw = Side {
-        ns: lab.gw(),
-        iface: lab.gw_if(),
-        peer_ip: GW_IP,
-        mg_ip: MG_GW_IP,
-    };
-    let it = Side {
-        ns: lab.it(),
-        iface: lab.it_if(),
-        peer_ip: IT_IP,
-        mg_ip: MG_IT_IP,
-    };
-    match from {
-        Origin::Gw => (gw, it),
-        Origin::Itsp => (it, gw),
-    }
-}
-
 fn tag_of(header: &str) -> Option<String> {
     header
         .split(';')

@@ -15,33 +15,6 @@ use common::*;
 
 const DIALLED: &str = "+4930123";
 
-struct Side {
-    ns: String,
-    iface: String,
-    peer_ip: &'static str,
-    mg_ip: &'static str,
-}
-
-fn sides(lab: &Lab, from_gw: bool) -> (Side, Side) {
-    let gw = Side {
-        ns: lab.gw(),
-        iface: lab.gw_if(),
-        peer_ip: GW_IP,
-        mg_ip: MG_GW_IP,
-    };
-    let it = Side {
-        ns: lab.it(),
-        iface: lab.it_if(),
-        peer_ip: IT_IP,
-        mg_ip: MG_IT_IP,
-    };
-    if from_gw {
-        (gw, it)
-    } else {
-        (it, gw)
-    }
-}
-
 fn attr(m: &SipMsg, name: &str) -> bool {
     m.body().lines().any(|l| l.trim() == format!("a={name}"))
 }
@@ -72,11 +45,11 @@ fn invite_oks(s: &Sipp) -> Vec<SipMsg> {
     out
 }
 
-/// A call from `from_gw`'s side, held and resumed by the caller (re-INVITEs on mediagate's
+/// A call placed from `from`'s side, held and resumed by the caller (re-INVITEs on mediagate's
 /// caller leg, relayed on the callee leg), with the pcap played after the resume and echoed.
-fn hold_and_resume(test: &str, from_gw: bool, dataplane: Dataplane) {
+fn hold_and_resume(test: &str, from: Origin, dataplane: Dataplane) {
     let lab = Lab::new(test);
-    let (caller, callee) = sides(&lab, from_gw);
+    let (caller, callee) = sides(&lab, from);
     let mut uas = Sipp::spawn(
         &lab,
         "callee",
@@ -217,17 +190,17 @@ fn invites_sent_call_id(s: &Sipp) -> String {
 
 #[test]
 fn caller_on_pbx_holds_and_resumes_with_rtp_after() {
-    hold_and_resume("hold_gw", true, Dataplane::Socket);
+    hold_and_resume("hold_gw", Origin::Gw, Dataplane::Socket);
 }
 
 #[test]
 fn kernel_tier_caller_holds_and_resumes_with_rtp_after() {
-    hold_and_resume("hold_kernel", true, Dataplane::Kernel);
+    hold_and_resume("hold_kernel", Origin::Gw, Dataplane::Kernel);
 }
 
 #[test]
 fn caller_on_itsp_holds_and_resumes_with_rtp_after() {
-    hold_and_resume("hold_it", false, Dataplane::Socket);
+    hold_and_resume("hold_it", Origin::Itsp, Dataplane::Socket);
 }
 
 /// The requests of `method` a sipp run received, in order.
@@ -244,7 +217,7 @@ fn requests(s: &Sipp, method: &str) -> Vec<SipMsg> {
 #[test]
 fn callee_holds_and_resumes_and_info_is_relayed() {
     let lab = Lab::new("held_by_callee");
-    let (caller, callee) = sides(&lab, true);
+    let (caller, callee) = sides(&lab, Origin::Gw);
     let mut uas = Sipp::spawn(
         &lab,
         "callee",

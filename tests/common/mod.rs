@@ -1357,3 +1357,40 @@ pub fn packets_from_ip(flows: &Flows, ip: &str) -> u64 {
 pub fn sa(ip: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip.parse().unwrap(), port)
 }
+
+/// Which side places a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Origin {
+    Gw,
+    Itsp,
+}
+
+/// One side of the lab as a sipp peer sees it.
+pub struct Side {
+    pub ns: String,
+    pub iface: String,
+    /// the sipp peer's address
+    pub peer_ip: &'static str,
+    /// mediagate's address facing that peer
+    pub mg_ip: &'static str,
+}
+
+/// The caller's and the callee's side of a call placed from `from`.
+pub fn sides(lab: &Lab, from: Origin) -> (Side, Side) {
+    let gw = Side {
+        ns: lab.gw(),
+        iface: lab.gw_if(),
+        peer_ip: GW_IP,
+        mg_ip: MG_GW_IP,
+    };
+    let it = Side {
+        ns: lab.it(),
+        iface: lab.it_if(),
+        peer_ip: IT_IP,
+        mg_ip: MG_IT_IP,
+    };
+    match from {
+        Origin::Gw => (gw, it),
+        Origin::Itsp => (it, gw),
+    }
+}
