@@ -58,7 +58,7 @@ fn hold_and_resume(test: &str, from: Origin, dataplane: Dataplane) {
             .timeout(45),
     );
     uas.settle();
-    let mut mg = Mediagate::start(&lab, &config_with(30, dataplane));
+    let mg = Mediagate::start(&lab, &config_with(30, dataplane));
     let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
     let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
     let remote = format!("{}:5060", caller.mg_ip);
@@ -150,34 +150,12 @@ fn hold_and_resume(test: &str, from: Origin, dataplane: Dataplane) {
     // each from the port mediagate advertised on that side.
     let caller_port = oks[0].sdp_audio_port().unwrap();
     let callee_port = inv[0].sdp_audio_port().unwrap();
-    let desc = format!("{}\n{}", caller_cap.describe(), callee_cap.describe());
-    let to_callee = callee_cap
-        .flows()
-        .get(&(
-            sa(callee.mg_ip, callee_port),
-            sa(callee.peer_ip, SIPP_MEDIA_PORT),
-        ))
-        .copied()
-        .unwrap_or(0);
-    let to_caller = caller_cap
-        .flows()
-        .get(&(
-            sa(caller.mg_ip, caller_port),
-            sa(caller.peer_ip, SIPP_MEDIA_PORT),
-        ))
-        .copied()
-        .unwrap_or(0);
-    assert!(
-        to_callee > 100,
-        "RTP toward the callee after resume: {to_callee}\n{desc}"
+    assert_media_flowed_and_stop(
+        (&caller, caller_port, &mut caller_cap),
+        (&callee, callee_port, &mut callee_cap),
+        mg,
+        &lab,
     );
-    assert!(
-        to_caller > 100,
-        "echo toward the caller after resume: {to_caller}\n{desc}"
-    );
-    let st = mg.stop();
-    assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
-    lab.assert_mg_clean();
 }
 
 fn invites_sent_call_id(s: &Sipp) -> String {
@@ -226,7 +204,7 @@ fn callee_holds_and_resumes_and_info_is_relayed() {
             .timeout(45),
     );
     uas.settle();
-    let mut mg = Mediagate::start(&lab, &config(30));
+    let mg = Mediagate::start(&lab, &config(30));
     let mut caller_cap = Capture::start(&lab, &caller.ns, &caller.iface, "caller");
     let mut callee_cap = Capture::start(&lab, &callee.ns, &callee.iface, "callee");
     let remote = format!("{}:5060", caller.mg_ip);
@@ -301,34 +279,12 @@ fn callee_holds_and_resumes_and_info_is_relayed() {
     );
     assert!(!info[0].text.contains(caller.peer_ip));
 
-    let desc = format!("{}\n{}", caller_cap.describe(), callee_cap.describe());
-    let to_callee = callee_cap
-        .flows()
-        .get(&(
-            sa(callee.mg_ip, callee_port),
-            sa(callee.peer_ip, SIPP_MEDIA_PORT),
-        ))
-        .copied()
-        .unwrap_or(0);
-    let to_caller = caller_cap
-        .flows()
-        .get(&(
-            sa(caller.mg_ip, caller_port),
-            sa(caller.peer_ip, SIPP_MEDIA_PORT),
-        ))
-        .copied()
-        .unwrap_or(0);
-    assert!(
-        to_callee > 100,
-        "RTP toward the callee after resume: {to_callee}\n{desc}"
+    assert_media_flowed_and_stop(
+        (&caller, caller_port, &mut caller_cap),
+        (&callee, callee_port, &mut callee_cap),
+        mg,
+        &lab,
     );
-    assert!(
-        to_caller > 100,
-        "echo toward the caller after resume: {to_caller}\n{desc}"
-    );
-    let st = mg.stop();
-    assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
-    lab.assert_mg_clean();
 }
 
 // ---------------------------------------------------------------------------
@@ -612,5 +568,36 @@ fn baresip_to_baresip_hold_and_resume() {
     assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
     drop(caller);
     drop(callee);
+    lab.assert_mg_clean();
+}
+
+/// Both directions carried RTP after the resume (more than 100 packets each way, from the port
+/// mediagate advertised on each side, counted by captures at the far ends); then mediagate
+/// stops cleanly and leaves nothing behind.
+fn assert_media_flowed_and_stop(
+    (caller, caller_port, caller_cap): (&Side, u16, &mut Capture),
+    (callee, callee_port, callee_cap): (&Side, u16, &mut Capture),
+    mut mg: Mediagate,
+    lab: &Lab,
+) {
+    let desc = format!("{}\n{}", caller_cap.describe(), callee_cap.describe());
+    let flow = |cap: &mut Capture, side: &Side, port: u16| {
+        cap.flows()
+            .get(&(sa(side.mg_ip, port), sa(side.peer_ip, SIPP_MEDIA_PORT)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let to_callee = flow(callee_cap, callee, callee_port);
+    let to_caller = flow(caller_cap, caller, caller_port);
+    assert!(
+        to_callee > 100,
+        "RTP toward the callee after resume: {to_callee}\n{desc}"
+    );
+    assert!(
+        to_caller > 100,
+        "echo toward the caller after resume: {to_caller}\n{desc}"
+    );
+    let st = mg.stop();
+    assert!(st.is_some_and(|s| s.success()), "mediagate exit: {st:?}");
     lab.assert_mg_clean();
 }
