@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 
 /// Largest message accepted on any transport; larger ones are rejected (UDP: 513-free drop).
 pub const MAX_MESSAGE: usize = 65_535;
-/// Most headers accepted in one message (a header bomb beyond this is a parse error).
+/// Most headers accepted in one message (a header bomb beyond this is a parse error). The count is
+/// of the message as mediagate prints it, which always carries a Content-Length, so whatever is
+/// accepted can be printed and parsed again.
 pub const MAX_HEADERS: usize = 256;
 
 /// Why bytes are not a SIP message.
@@ -322,6 +324,11 @@ fn parse_head(data: &[u8]) -> Result<(usize, Message), ParseError> {
             return Err(ParseError::TooManyHeaders);
         }
     }
+    let printed_headers = headers.len()
+        + usize::from(!headers.iter().any(|h: &Header| h.name == "Content-Length"));
+    if printed_headers > MAX_HEADERS {
+        return Err(ParseError::TooManyHeaders);
+    }
     let body_at = end
         + if data[end..].starts_with(b"\r\n\r\n") {
             4
@@ -494,5 +501,27 @@ v=0\n";
             Message::parse_datagram(bomb.as_bytes()),
             Err(ParseError::TooManyHeaders)
         );
+    }
+
+    /// Found by the fuzzer: a message with exactly MAX_HEADERS headers and no Content-Length
+    /// parsed, but its printed form (which adds Content-Length) did not.
+    #[test]
+    fn what_parses_prints_within_the_header_limit() {
+        let at_limit = |vias: usize, content_length: &str| {
+            format!(
+                "OPTIONS sip:a@b SIP/2.0\r\nVia: {}\r\n{content_length}\r\n",
+                vec!["x"; vias].join(",")
+            )
+        };
+        let without_length = at_limit(MAX_HEADERS, "");
+        assert_eq!(
+            Message::parse_datagram(without_length.as_bytes()),
+            Err(ParseError::TooManyHeaders)
+        );
+        let shorter = Message::parse_datagram(at_limit(MAX_HEADERS - 1, "").as_bytes()).unwrap();
+        let printed = Message::parse_datagram(&shorter.to_bytes()).unwrap();
+        assert_eq!(printed.headers.len(), MAX_HEADERS);
+        let with_length = at_limit(MAX_HEADERS - 1, "Content-Length: 0\r\n");
+        assert!(Message::parse_datagram(with_length.as_bytes()).is_ok());
     }
 }
