@@ -12,8 +12,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, Transport};
-use crate::sip::message::{Message, MAX_MESSAGE};
+use crate::sip::message::{Message, ParseError, MAX_MESSAGE};
 use crate::sip::transaction::Target;
+use crate::sip::validate;
 
 /// A parsed message and where it came from.
 pub type Inbound = (Message, Target);
@@ -136,6 +137,7 @@ impl Transports {
         if let Some(bytes) = first {
             let _ = tx.try_send(bytes);
         }
+        let writer_tx = tx.clone();
         self.tcp.lock().expect("tcp map").insert(remote, tx);
         let (mut reader, mut writer) = stream.into_split();
         tokio::spawn(async move {
@@ -171,8 +173,14 @@ impl Transports {
                         }
                         Ok(None) if buf.len() <= MAX_MESSAGE => break,
                         Ok(None) | Err(_) => {
-                            // Framing is lost; the only safe answer is to close.
-                            tracing::info!(from = %remote, "unparseable TCP stream: closing");
+                            // Framing is lost: answer what can be answered, then close.
+                            let error = Message::parse_stream(&buf)
+                                .err()
+                                .unwrap_or(ParseError::TooLarge);
+                            if let Some(reply) = validate::reply_to_unparseable(&buf, &error) {
+                                let _ = writer_tx.try_send(reply.to_bytes());
+                            }
+                            tracing::info!(from = %remote, %error, "unparseable TCP stream: closing");
                             break 'conn;
                         }
                     }
@@ -208,9 +216,15 @@ async fn read_udp(socket: Arc<UdpSocket>, local: SocketAddr, inbound: mpsc::Send
                     return;
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, from = %remote, "unparseable SIP datagram dropped")
-            }
+            Err(e) => match validate::reply_to_unparseable(data, &e) {
+                Some(reply) => {
+                    tracing::debug!(error = %e, from = %remote, "unparseable SIP request answered");
+                    let _ = socket.try_send_to(&reply.to_bytes(), remote);
+                }
+                None => {
+                    tracing::debug!(error = %e, from = %remote, "unparseable SIP datagram dropped")
+                }
+            },
         }
     }
 }

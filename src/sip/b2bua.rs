@@ -24,6 +24,7 @@ use super::message::{Message, Method, StartLine};
 use super::policy;
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
 use super::translate::Numbers;
+use super::validate;
 use crate::cdr::{Attempt, AttemptResult, CallTimes, Cdr, Ending, MediaCounters};
 use crate::config::{Config, Direction, Endpoint, Redirect, POLICY_HEADERS};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
@@ -39,6 +40,19 @@ const MEDIA_SWEEP: Duration = Duration::from_secs(1);
 /// Redirects a call follows at most (`redirect = "follow"`), so two trunks redirecting to each
 /// other cannot loop.
 const MAX_REDIRECTS: u32 = 3;
+
+/// Methods of SIP extensions mediagate knows of but does not serve outside a dialog: 405 (with
+/// Allow) for these, 501 for methods it does not recognise at all (RFC 3261 §8.2.1).
+const KNOWN_METHODS: [&str; 8] = [
+    "SUBSCRIBE",
+    "NOTIFY",
+    "MESSAGE",
+    "REFER",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "PUBLISH",
+];
 
 /// A per-call timer, checked against the call's state when it fires (stale ones are skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -285,11 +299,11 @@ impl B2bua {
     pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
         self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
         if msg.is_request() {
-            if let Err(why) = check_request(&msg) {
-                tracing::debug!(%why, from = %source.remote, "bad request");
-                if msg.method() != Some(&Method::Ack) && header::top_branch(&msg).is_some() {
+            if let Err(why) = validate::check_request(&msg) {
+                tracing::debug!(why = why.reason, from = %source.remote, "bad request");
+                if msg.method() != Some(&Method::Ack) {
                     self.txns
-                        .send_stateless(response_to(&msg, 400, why, None), source);
+                        .send_stateless(response_to(&msg, why.code, why.reason, None), source);
                 }
                 return;
             }
@@ -580,6 +594,9 @@ impl B2bua {
             Method::Cancel => self.on_cancel(txn, req, now),
             Method::Options => self.respond(txn, &req, 200, now),
             Method::Bye => self.respond(txn, &req, 481, now),
+            Method::Other(ref m) if !KNOWN_METHODS.contains(&m.as_str()) => {
+                self.respond(txn, &req, 501, now)
+            }
             _ => self.respond(txn, &req, 405, now),
         }
     }
@@ -1511,21 +1528,5 @@ fn essentials(invite: Message) -> Message {
             })
             .collect(),
         body: Vec::new(),
-    }
-}
-
-/// RFC 3261 §8.2: the mandatory headers must be present and the CSeq method must match.
-fn check_request(msg: &Message) -> Result<(), &'static str> {
-    if header::top_branch(msg).is_none() {
-        return Err("Missing Via branch");
-    }
-    for h in ["From", "To", "Call-ID"] {
-        if msg.header(h).is_none_or(|v| v.trim().is_empty()) {
-            return Err("Missing Mandatory Header");
-        }
-    }
-    match header::cseq(msg) {
-        Some((_, m)) if Some(&m) == msg.method() => Ok(()),
-        _ => Err("Bad CSeq"),
     }
 }

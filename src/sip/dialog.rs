@@ -56,6 +56,7 @@ pub fn reason(code: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        416 => "Unsupported URI Scheme",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         483 => "Too Many Hops",
@@ -67,6 +68,8 @@ pub fn reason(code: u16) -> &'static str {
         501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
         _ => "Unknown",
     }
 }

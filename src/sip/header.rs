@@ -54,6 +54,64 @@ pub fn top_branch(msg: &Message) -> Option<&str> {
     param(msg.header("Via")?, "branch")
 }
 
+/// RFC 3261's magic cookie: a branch starting with it is unique per transaction.
+const MAGIC_COOKIE: &str = "z9hG4bK";
+
+/// What identifies a server transaction (RFC 3261 §17.2.3): the top Via's branch and sent-by
+/// when the branch carries the magic cookie and more; otherwise (an RFC 2543 peer, or a bare
+/// cookie) the Request-URI, From tag, Call-ID, CSeq number and top Via together. The To tag is
+/// left out so that the ACK of a non-2xx response (which carries the tag of that response) and
+/// a CANCEL find their INVITE. The method is the caller's part of the key.
+pub fn transaction_id(msg: &Message) -> Option<String> {
+    let via = msg.header("Via")?;
+    if let Some(branch) = param(via, "branch").filter(|b| b.len() > MAGIC_COOKIE.len()) {
+        if branch.starts_with(MAGIC_COOKIE) {
+            let sent_by = via
+                .split(';')
+                .next()
+                .and_then(|sent| sent.split_whitespace().last())
+                .unwrap_or_default();
+            return Some(format!("{branch}|{sent_by}"));
+        }
+    }
+    let cseq = msg.header("CSeq")?.split_whitespace().next()?;
+    Some(format!(
+        "rfc2543|{}|{}|{}|{cseq}|{via}",
+        msg.uri().unwrap_or_default(),
+        tag(msg, "From").unwrap_or_default(),
+        msg.header("Call-ID").unwrap_or_default(),
+    ))
+}
+
+/// Whether a Via value is `SIP/2.0/TRANSPORT sent-by` followed by well-formed parameters
+/// (RFC 3261 §20.42; LWS around the slashes, semicolons and equals signs allowed), so that an
+/// empty parameter (`;;`) or a list separator in the wrong place (RFC 4475 §3.1.2.1) is caught.
+pub fn via_ok(value: &str) -> bool {
+    let mut params = value.split(';');
+    let sent = params.next().unwrap_or_default();
+    let mut proto = sent.splitn(3, '/');
+    let (Some(name), Some(version), Some(rest)) = (proto.next(), proto.next(), proto.next()) else {
+        return false;
+    };
+    let mut rest = rest.split_whitespace();
+    let (Some(transport), Some(_host), None) = (rest.next(), rest.next(), rest.next()) else {
+        return false;
+    };
+    name.trim().eq_ignore_ascii_case("SIP")
+        && version.trim() == "2.0"
+        && is_token(transport)
+        && params.all(|p| {
+            let name = p.split_once('=').map_or(p, |(n, _)| n);
+            is_token(name.trim())
+        })
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
 /// The tag parameter of From or To.
 pub fn tag<'a>(msg: &'a Message, header: &str) -> Option<&'a str> {
     param(msg.header(header)?, "tag")
@@ -97,5 +155,18 @@ mod tests {
             Some("z9hG4bK1")
         );
         assert_eq!(uri_user("sip:host.example"), "");
+    }
+
+    #[test]
+    fn vias() {
+        assert!(via_ok("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport"));
+        assert!(via_ok("SIP  /   2.0 /UDP 192.0.2.2;branch=390skdjuw"));
+        assert!(via_ok(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;  branch  =   z9hG4bK9ikj8"
+        ));
+        assert!(via_ok("SIP/2.0/TCP sip33.example.com"));
+        assert!(!via_ok("SIP/2.0/UDP 192.0.2.15;;"));
+        assert!(!via_ok(";"));
+        assert!(!via_ok("SIP/2.0/UDP"));
     }
 }

@@ -23,6 +23,8 @@ pub enum ParseError {
     TooLarge,
     #[error("bad start line")]
     BadStartLine,
+    #[error("SIP version other than SIP/2.0")]
+    BadVersion,
     #[error("bad header line")]
     BadHeader,
     #[error("more than {MAX_HEADERS} headers")]
@@ -285,6 +287,49 @@ impl Message {
     }
 }
 
+impl Message {
+    /// What can be read of a request that failed to parse, to answer it with an error
+    /// (RFC 3261 §8.2, RFC 4475 §3.1.2): the method (the first word of the start line, whatever
+    /// the rest says) and every header line that is `name: value`; lines that are not are skipped,
+    /// the body is left out. `None` for responses (never answered), ACKs and anything without a
+    /// Via to answer along.
+    pub fn salvage_request(data: &[u8]) -> Option<Message> {
+        let end = find_head_end(data).unwrap_or(data.len()).min(MAX_MESSAGE);
+        let text = String::from_utf8_lossy(&data[..end]);
+        let lines = unfold(&text);
+        let method = lines.first()?.split(' ').next()?;
+        if method.is_empty() || method.starts_with("SIP/") || !method.bytes().all(is_token_char) {
+            return None;
+        }
+        let method = Method::parse(method);
+        if method == Method::Ack {
+            return None;
+        }
+        let mut msg = Message {
+            start: StartLine::Request {
+                method,
+                uri: String::new(),
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        for line in lines.iter().skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let name = name.trim_end();
+            if name.is_empty() || !name.bytes().all(is_token_char) {
+                continue;
+            }
+            msg.push_header(&canonical_name(name), value.trim().to_string());
+            if msg.headers.len() >= MAX_HEADERS {
+                break;
+            }
+        }
+        msg.header("Via").is_some().then_some(msg)
+    }
+}
+
 /// Parses the start line and headers; returns the offset of the body and the message (no body).
 fn parse_head(data: &[u8]) -> Result<(usize, Message), ParseError> {
     let end = find_head_end(data).ok_or(if data.len() > MAX_MESSAGE {
@@ -324,8 +369,8 @@ fn parse_head(data: &[u8]) -> Result<(usize, Message), ParseError> {
             return Err(ParseError::TooManyHeaders);
         }
     }
-    let printed_headers = headers.len()
-        + usize::from(!headers.iter().any(|h: &Header| h.name == "Content-Length"));
+    let printed_headers =
+        headers.len() + usize::from(!headers.iter().any(|h: &Header| h.name == "Content-Length"));
     if printed_headers > MAX_HEADERS {
         return Err(ParseError::TooManyHeaders);
     }
@@ -391,11 +436,18 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         });
     }
     let mut parts = line.split(' ');
-    let (Some(method), Some(uri), Some("SIP/2.0"), None) =
+    let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ParseError::BadStartLine);
     };
+    if version != "SIP/2.0" {
+        return Err(if version.starts_with("SIP/") {
+            ParseError::BadVersion
+        } else {
+            ParseError::BadStartLine
+        });
+    }
     if method.is_empty()
         || !method.bytes().all(is_token_char)
         || uri.is_empty()

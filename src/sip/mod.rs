@@ -10,3 +10,4 @@ pub mod message;
 pub mod policy;
 pub mod transaction;
 pub mod translate;
+pub mod validate;

@@ -236,7 +236,7 @@ impl Transactions {
 
     fn handle_request(&mut self, msg: Message, source: Target, now: Instant) -> Event {
         let method = msg.method().cloned().unwrap_or(Method::Ack);
-        let branch = header::top_branch(&msg).unwrap_or("").to_string();
+        let branch = header::transaction_id(&msg).unwrap_or_default();
         let invite_key = (branch.clone(), true);
         if method == Method::Ack {
             if let Some(&id) = self.server_index.get(&invite_key) {
@@ -268,6 +268,12 @@ impl Transactions {
                 source,
             };
         }
+        // Non-INVITE requests with one branch but different methods (a CANCEL and its INVITE's
+        // branch) are different transactions.
+        let branch = match method {
+            Method::Invite => branch,
+            _ => format!("{branch}|{}", method.as_str()),
+        };
         let key = (branch.clone(), method == Method::Invite);
         if let Some(&id) = self.server_index.get(&key) {
             // A retransmission: repeat the last response, if any.
@@ -305,8 +311,8 @@ impl Transactions {
 
     /// The INVITE server transaction a CANCEL refers to (same top Via branch).
     pub fn server_invite_for_cancel(&self, cancel: &Message) -> Option<TxnId> {
-        let branch = header::top_branch(cancel)?;
-        self.server_index.get(&(branch.to_string(), true)).copied()
+        let branch = header::transaction_id(cancel)?;
+        self.server_index.get(&(branch, true)).copied()
     }
 
     /// Whether a server transaction still waits for its final response.

@@ -1394,3 +1394,124 @@ pub fn sides(lab: &Lab, from: Origin) -> (Side, Side) {
         Origin::Itsp => (it, gw),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Raw sockets inside a namespace (hand-made SIP, hostile input)
+// ---------------------------------------------------------------------------
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(format!("/var/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("open namespace {name}: {e}"));
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a thread inside namespace `ns` and returns its result: a socket made there stays
+/// in that namespace whichever thread uses it later.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
+}
+
+/// A UDP socket bound to `ip:0` in namespace `ns`, with a 2 s read timeout so that no test
+/// waits forever for an answer that does not come.
+pub fn udp_in(ns: &str, ip: &str) -> std::net::UdpSocket {
+    let addr = format!("{ip}:0");
+    let s = in_netns(ns, move || {
+        std::net::UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+    });
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("set read timeout");
+    s
+}
+
+/// A TCP connection from `ip` in namespace `ns` to `to`, with a 2 s read timeout.
+pub fn tcp_in(ns: &str, ip: &str, to: SocketAddrV4) -> std::net::TcpStream {
+    let ip: Ipv4Addr = ip.parse().expect("IPv4 address");
+    let s = in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("tokio runtime");
+        let stream = rt.block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().expect("TCP socket");
+            sock.bind(SocketAddrV4::new(ip, 0).into())
+                .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+            sock.connect(to.into())
+                .await
+                .unwrap_or_else(|e| panic!("connect {to}: {e}"))
+        });
+        let std = stream.into_std().expect("std TCP stream");
+        std.set_nonblocking(false).expect("blocking TCP stream");
+        std
+    });
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("set read timeout");
+    s
+}
+
+/// An OPTIONS request from `from` (a socket address the caller bound) with its own Call-ID:
+/// the probe that shows mediagate still answers.
+pub fn options_probe(from: std::net::SocketAddr, to: &str, call_id: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:probe@{to} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch=z9hG4bK-{call_id}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{ip}>;tag=p1\r\n\
+         To: <sip:probe@{to}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        ip = from.ip()
+    )
+    .into_bytes()
+}
+
+/// The status code of a SIP response's first line (`None` for anything else).
+pub fn status_code(msg: &[u8]) -> Option<u16> {
+    let line = msg.split(|b| *b == b'\r' || *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    line.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+/// Sends `bytes` and then an OPTIONS probe from `sock` to `to`, and returns the status codes of
+/// every response that arrived before the probe's answer (the answers to `bytes`, in order),
+/// or panics when the probe is not answered: mediagate must keep answering whatever it got.
+pub fn send_then_probe(
+    sock: &std::net::UdpSocket,
+    to: SocketAddrV4,
+    bytes: &[u8],
+    what: &str,
+) -> Vec<u16> {
+    let probe_id = format!("probe-{what}");
+    sock.send_to(bytes, to).expect("send");
+    let local = sock.local_addr().expect("local address");
+    sock.send_to(&options_probe(local, &to.to_string(), &probe_id), to)
+        .expect("send probe");
+    let mut codes = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..64 {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("{what}: no answer to the OPTIONS probe sent after it ({e}); answers so far {codes:?}"),
+        };
+        let msg = &buf[..n];
+        let Some(code) = status_code(msg) else {
+            continue;
+        };
+        if String::from_utf8_lossy(msg).contains(&format!("Call-ID: {probe_id}\r\n")) {
+            assert_eq!(code, 200, "{what}: OPTIONS probe answered {code}");
+            return codes;
+        }
+        codes.push(code);
+    }
+    panic!("{what}: more than 64 responses before the probe's answer: {codes:?}");
+}

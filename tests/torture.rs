@@ -1,0 +1,231 @@
+//! RFC 4475 SIP torture messages against a running mediagate.
+//!
+//! Each message of `tests/data/torture/` (see the README there for where the bytes come from)
+//! is sent over UDP from the PBX trunk's peer address in the lab, followed by an OPTIONS probe
+//! from the same socket. Every response that arrives before the probe's 200 is the answer to
+//! the torture message, so the test needs no sleeps, and a missing answer to the probe means
+//! mediagate stopped answering (crashed, hung, or lost its socket).
+//!
+//! The expectation per message is the RFC's own discussion of it. Where the RFC allows several
+//! answers the table lists them all; "accepted" messages are recognised by the answer the B2BUA
+//! gives to a well-formed request in the lab (404: no route for that user, 481: in-dialog
+//! request for no dialog, 405/501: method not served, 200: OPTIONS).
+
+mod common;
+
+use std::net::SocketAddrV4;
+
+use common::*;
+
+/// What the RFC says a receiver does with a message.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Exactly one final response, with one of these codes (provisional ones are ignored).
+    Answer(&'static [u16]),
+    /// No response at all (responses that match no transaction, unparseable responses).
+    Dropped,
+}
+
+use Expect::{Answer, Dropped};
+
+/// (file in tests/data/torture without `.dat`, RFC 4475 section, expectation, why)
+const CASES: &[(&str, &str, Expect, &str)] = &[
+    // 3.1.1 Valid messages: parsed and handled like any request.
+    (
+        "wsinv",
+        "3.1.1.1",
+        Answer(&[481]),
+        "valid; its To has a tag: a request in no dialog",
+    ),
+    (
+        "esc01",
+        "3.1.1.3",
+        Answer(&[404]),
+        "valid; no route for that user",
+    ),
+    (
+        "escnull",
+        "3.1.1.4",
+        Answer(&[405]),
+        "valid REGISTER; mediagate is no registrar",
+    ),
+    (
+        "esc02",
+        "3.1.1.5",
+        Answer(&[501]),
+        "RE%47IST%45R is an unknown method, not REGISTER",
+    ),
+    ("lwsdisp", "3.1.1.6", Answer(&[200]), "valid OPTIONS"),
+    (
+        "longreq",
+        "3.1.1.7",
+        Answer(&[404]),
+        "valid; top Via without branch (RFC 2543 matching)",
+    ),
+    (
+        "dblreq",
+        "3.1.1.8",
+        Answer(&[405]),
+        "only the REGISTER; the trailing INVITE is ignored",
+    ),
+    ("semiuri", "3.1.1.9", Answer(&[200]), "valid OPTIONS"),
+    ("transports", "3.1.1.10", Answer(&[200]), "valid OPTIONS"),
+    (
+        "noreason",
+        "3.1.1.13",
+        Dropped,
+        "valid response, but to no transaction",
+    ),
+    // 3.1.2 Invalid messages.
+    (
+        "badinv01",
+        "3.1.2.1",
+        Answer(&[400]),
+        "extraneous separators in Via",
+    ),
+    (
+        "clerr",
+        "3.1.2.2",
+        Answer(&[400]),
+        "Content-Length larger than the datagram",
+    ),
+    ("ncl", "3.1.2.3", Answer(&[400]), "negative Content-Length"),
+    ("scalar02", "3.1.2.4", Answer(&[400]), "CSeq beyond 2^32"),
+    (
+        "scalarlg",
+        "3.1.2.5",
+        Dropped,
+        "a response with overlarge values: discarded",
+    ),
+    (
+        "quotbal",
+        "3.1.2.6",
+        Answer(&[400]),
+        "unterminated quoted string in To",
+    ),
+    (
+        "ltgtruri",
+        "3.1.2.7",
+        Answer(&[400]),
+        "Request-URI in angle brackets",
+    ),
+    (
+        "lwsruri",
+        "3.1.2.8",
+        Answer(&[400]),
+        "LWS inside the Request-URI",
+    ),
+    (
+        "lwsstart",
+        "3.1.2.9",
+        Answer(&[400]),
+        "several SP between request-line elements",
+    ),
+    (
+        "trws",
+        "3.1.2.10",
+        Answer(&[400]),
+        "SP after SIP/2.0 in the request line",
+    ),
+    (
+        "escruri",
+        "3.1.2.11",
+        Answer(&[400]),
+        "escaped headers in the Request-URI (400 allowed)",
+    ),
+    ("baddate", "3.1.2.12", Answer(&[400]), "Date not in GMT"),
+    (
+        "badaspec",
+        "3.1.2.14",
+        Answer(&[200, 400]),
+        "spaces inside <>; liberal acceptance allowed",
+    ),
+    (
+        "baddn",
+        "3.1.2.15",
+        Answer(&[400]),
+        "unquoted display name with a comma",
+    ),
+    ("badvers", "3.1.2.16", Answer(&[505]), "SIP/7.0"),
+    (
+        "mismatch01",
+        "3.1.2.17",
+        Answer(&[400]),
+        "CSeq method differs from the request's",
+    ),
+    (
+        "mismatch02",
+        "3.1.2.18",
+        Answer(&[400, 501]),
+        "unknown method, CSeq mismatch",
+    ),
+    (
+        "bigcode",
+        "3.1.2.19",
+        Dropped,
+        "response code of 4294967301",
+    ),
+    // 3.2 Transaction layer.
+    (
+        "badbranch",
+        "3.2.1",
+        Answer(&[200, 400]),
+        "bare magic cookie as branch",
+    ),
+    // 3.3 Application layer.
+    (
+        "insuf",
+        "3.3.1",
+        Answer(&[400]),
+        "To, From and Call-ID missing",
+    ),
+    (
+        "unkscm",
+        "3.3.2",
+        Answer(&[416]),
+        "unknown Request-URI scheme",
+    ),
+    (
+        "novelsc",
+        "3.3.3",
+        Answer(&[416]),
+        "a scheme mediagate does not serve",
+    ),
+];
+
+fn torture_bytes(name: &str) -> Vec<u8> {
+    let path = repo_root().join(format!("tests/data/torture/{name}.dat"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn rfc4475_torture_messages_get_the_rfcs_answer_and_mediagate_keeps_answering() {
+    let lab = Lab::new("torture");
+    let mg = Mediagate::start(&lab, &config(30));
+    let to = SocketAddrV4::new(MG_GW_IP.parse().unwrap(), 5060);
+    let mut failures = Vec::new();
+    for &(name, section, expect, why) in CASES {
+        // A socket per message, so that retransmitted answers to one never count for the next.
+        let sock = udp_in(&lab.gw(), GW_IP);
+        let answers: Vec<u16> = send_then_probe(&sock, to, &torture_bytes(name), name)
+            .into_iter()
+            .filter(|c| *c >= 200)
+            .collect();
+        let ok = match expect {
+            Answer(codes) => answers.len() == 1 && codes.contains(&answers[0]),
+            Dropped => answers.is_empty(),
+        };
+        if !ok {
+            failures.push(format!(
+                "{name} (RFC 4475 §{section}, {why}): expected {expect:?}, got {answers:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "torture messages not handled as RFC 4475 says:\n{}\nlog:\n{}",
+        failures.join("\n"),
+        mg.log_tail(40)
+    );
+    assert_idle_status(&mg.status());
+}
