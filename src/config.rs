@@ -13,8 +13,10 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod abuse;
 mod identity;
 mod routing;
+pub use abuse::{AllowList, SourceLimit, Unknown};
 pub use identity::{Credentials, Identity, Register, Secret};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
@@ -167,6 +169,10 @@ pub struct SipConfig {
     /// Dialled numbers (Request-URI user part as received) that are emergency calls: they bypass
     /// deny-lists and limits (see `sip::policy::is_emergency`).
     pub emergency: Vec<Regex>,
+    /// Requests from addresses that are no trunk peer: 403 or silence (`unknown`).
+    pub unknown: Unknown,
+    /// SIP messages accepted per source IP (`rate_per_source` / `burst_per_source`).
+    pub per_source: Option<SourceLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +206,11 @@ pub struct ControlConfig {
     pub delete_delay: Duration,
     /// On SIGTERM, how long calls up may go on before they are hung up.
     pub shutdown_grace: Duration,
+    /// NG commands accepted per source IP (`rate_per_source` / `burst_per_source`).
+    pub per_source: Option<SourceLimit>,
+    /// Who may reach the NG socket and the HTTP endpoint (`allow`); `None`: anyone who can
+    /// reach the address, which config validation permits only on loopback.
+    pub allow: Option<AllowList>,
 }
 
 /// Where and how call detail records are written (`[cdr]`, see [`crate::cdr::CdrWriter`]).
@@ -303,6 +314,9 @@ struct RawSip {
     max_cps: Option<f64>,
     #[serde(default)]
     emergency: Vec<String>,
+    unknown: Option<String>,
+    rate_per_source: Option<f64>,
+    burst_per_source: Option<f64>,
 }
 
 fn default_max_calls() -> usize {
@@ -367,6 +381,9 @@ struct RawControl {
     delete_delay_s: u64,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_s: u64,
+    rate_per_source: Option<f64>,
+    burst_per_source: Option<f64>,
+    allow: Option<Vec<String>>,
 }
 
 fn default_shutdown_grace() -> u64 {
@@ -676,6 +693,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             )
         })?),
     };
+    let (unknown, sip_per_source) = abuse::sip(
+        abuse::RawSipAbuse {
+            unknown: raw.sip.unknown.as_deref(),
+            rate_per_source: raw.sip.rate_per_source,
+            burst_per_source: raw.sip.burst_per_source,
+        },
+        &err,
+    )?;
+    let (ng_per_source, allow) = abuse::control(
+        abuse::RawControlAbuse {
+            rate_per_source: raw.control.rate_per_source,
+            burst_per_source: raw.control.burst_per_source,
+            allow: raw.control.allow.as_deref(),
+            http,
+            ng,
+        },
+        &err,
+    )?;
     let mut interfaces: Vec<MediaInterface> = Vec::new();
     for (i, m) in raw.media.interface.iter().enumerate() {
         let at = |key| {
@@ -954,6 +989,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .transpose()
                 .map_err(|m| err(&[Seg::Key("sip"), Seg::Key("max_cps")], m))?,
             emergency,
+            unknown,
+            per_source: sip_per_source,
         },
         media: MediaConfig {
             port_first,
@@ -971,6 +1008,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             ng,
             delete_delay: Duration::from_secs(raw.control.delete_delay_s),
             shutdown_grace: Duration::from_secs(raw.control.shutdown_grace_s),
+            per_source: ng_per_source,
+            allow,
         },
         trunks,
         routes,
@@ -1073,6 +1112,80 @@ to = ["pbx"]
 
     fn error_of(text: &str) -> ConfigError {
         parse("f.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn abuse_keys_parse_and_errors_name_their_key() {
+        let c = parse("x.toml", GOOD).unwrap();
+        assert_eq!(c.sip.unknown, Unknown::Reject);
+        assert!(c.sip.per_source.is_none() && c.control.allow.is_none());
+        let set = GOOD
+            .replace(
+                "[media]",
+                "unknown = \"drop\"\nrate_per_source = 20\nburst_per_source = 40\n\n[media]",
+            )
+            .replace(
+                "http = \"127.0.0.1:9100\"",
+                "http = \"10.99.1.1:9100\"\nng = \"0.0.0.0:2223\"\nrate_per_source = 5\nallow = [\"10.99.0.0/16\"]",
+            );
+        let c = parse("x.toml", &set).unwrap();
+        assert_eq!(c.sip.unknown, Unknown::Drop);
+        assert_eq!(
+            c.sip.per_source,
+            Some(SourceLimit {
+                rate: 20.0,
+                burst: 40.0
+            })
+        );
+        assert_eq!(
+            c.control.per_source,
+            Some(SourceLimit {
+                rate: 5.0,
+                burst: 5.0
+            })
+        );
+        assert!(c
+            .control
+            .allow
+            .unwrap()
+            .allows("10.99.1.2".parse().unwrap()));
+        for (from, to, line, key) in [
+            ("[media]", "unknown = \"ignore\"\n[media]", 5, "sip.unknown"),
+            (
+                "[media]",
+                "rate_per_source = 0\n[media]",
+                5,
+                "sip.rate_per_source",
+            ),
+            (
+                "[media]",
+                "burst_per_source = 3\n[media]",
+                5,
+                "sip.burst_per_source",
+            ),
+            (
+                "[media]",
+                "rate_per_source = 5\nburst_per_source = 0.5\n[media]",
+                6,
+                "sip.burst_per_source",
+            ),
+            ("127.0.0.1:9100", "10.99.1.1:9100", 11, "control.http"),
+            (
+                "http = \"127.0.0.1:9100\"",
+                "http = \"127.0.0.1:9100\"\nng = \"0.0.0.0:2223\"",
+                12,
+                "control.ng",
+            ),
+            (
+                "http = \"127.0.0.1:9100\"",
+                "http = \"127.0.0.1:9100\"\nallow = [\"10.0.0.0/40\"]",
+                12,
+                "control.allow[0]",
+            ),
+        ] {
+            let e = error_of(&GOOD.replace(from, to));
+            assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
+        }
     }
 
     #[test]

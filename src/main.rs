@@ -10,6 +10,7 @@ use mediagate::config::{self, Config};
 use mediagate::control::ng::NgServer;
 use mediagate::dataplane::{self, Dataplane};
 use mediagate::media::session::Resources;
+use mediagate::signalling::gate::Gate;
 use mediagate::signalling::{Frontends, Stop};
 use mediagate::sip::b2bua::B2bua;
 use tokio::sync::mpsc;
@@ -229,10 +230,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
+    let gate = Arc::new(Gate::new(config.clone()));
     runtime.block_on(async move {
         let (control_tx, control_rx) = mpsc::channel(16);
         if let Some(addr) = config.control.http {
-            mediagate::metrics::serve(addr, control_tx)
+            mediagate::metrics::serve(addr, control_tx, gate.clone())
                 .await
                 .with_context(|| format!("binding the status endpoint {addr}"))?;
         }
@@ -242,6 +244,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             ng,
             media,
             cdr,
+            gate,
         };
         mediagate::signalling::run(config.clone(), relay, frontends, control_rx, stop_rx).await
     })

@@ -7,12 +7,14 @@
 pub mod prometheus;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::signalling::gate::Gate;
 use crate::signalling::ControlRequest;
 
 /// Largest request head read; anything longer is answered 431.
@@ -20,14 +22,21 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// A client that does not finish its request in this time is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binds the endpoint and serves it in the background.
-pub async fn serve(addr: SocketAddr, control: mpsc::Sender<ControlRequest>) -> std::io::Result<()> {
+/// Binds the endpoint and serves it in the background to the clients `gate` admits
+/// (`control.allow`); others are disconnected unanswered.
+pub async fn serve(
+    addr: SocketAddr,
+    control: mpsc::Sender<ControlRequest>,
+    gate: Arc<Gate>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "status endpoint listening");
     tokio::spawn(async move {
         loop {
-            if let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(handle(stream, control.clone()));
+            if let Ok((stream, peer)) = listener.accept().await {
+                if gate.admit_http(peer.ip()) {
+                    tokio::spawn(handle(stream, control.clone()));
+                }
             }
         }
     });

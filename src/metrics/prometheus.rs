@@ -360,6 +360,25 @@ impl Metrics {
                 )
             }),
         );
+        let screened = s.b2bua.screened;
+        out.counter(
+            "mediagate_refused",
+            "Input refused or dropped before it reached a call, by protocol and reason: SIP from sources that are no trunk peer (unknown_source_rejected: 403, unknown_source_dropped), invalid SIP requests answered 400/416 (invalid_answered), unparseable ones (malformed_answered, malformed_dropped), messages over a source's rate (rate_limited), TCP connections closed for slowness (idle_closed); NG and HTTP clients outside control.allow (not_allowed) or over their rate.",
+            s.refused
+                .iter()
+                .copied()
+                .chain([
+                    ("sip", "unknown_source_rejected", screened.unknown_rejected),
+                    ("sip", "unknown_source_dropped", screened.unknown_dropped),
+                    ("sip", "invalid_answered", screened.invalid),
+                ])
+                .map(|(p, r, n)| {
+                    (
+                        vec![("protocol", p.to_string()), ("reason", r.to_string())],
+                        n,
+                    )
+                }),
+        );
         let r = s.b2bua.retransmissions;
         out.counter(
             "mediagate_sip_retransmissions",
@@ -619,6 +638,8 @@ pub struct Sources<'a> {
     pub dataplane: &'a DataplaneSnapshot,
     /// Media port pairs (total, free).
     pub ports: (usize, usize),
+    /// Input refused by the shell's front door: (protocol, reason, count).
+    pub refused: &'a [(&'static str, &'static str, u64)],
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -947,6 +968,7 @@ mod tests {
             trunk_names: &["pbx".to_string(), "itsp".to_string()],
             b2bua: B2buaCounters {
                 calls_started: &[3, 0],
+                screened: Default::default(),
                 retransmissions: Retransmissions {
                     requests_sent: 4,
                     responses_sent: 1,
@@ -966,6 +988,7 @@ mod tests {
             status: &status,
             dataplane: dp,
             ports: (100, 96),
+            refused: &[("sip", "rate_limited", 7)],
         })
     }
 

@@ -3,6 +3,7 @@
 //! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
 //! ([`CallRecords`]) and reopens it on SIGHUP.
 
+pub mod gate;
 pub mod transport;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::dataplane::Dataplane;
 use crate::media::session::SharedResources;
 use crate::metrics::prometheus::{Direction, Metrics, Sources};
 use crate::sip::b2bua::B2bua;
+use gate::Gate;
 use transport::Transports;
 
 /// A request from the operator endpoint, answered by the control loop that owns the state.
@@ -49,6 +51,9 @@ pub struct Frontends {
     pub media: SharedResources,
     /// The CDR file, opened at start-up (`None` without a `[cdr]` section).
     pub cdr: Option<CdrWriter>,
+    /// The front door shared with the HTTP endpoint: per-source limits, allow-list, refusal
+    /// counters.
+    pub gate: Arc<Gate>,
 }
 
 /// The control loop's end of the call detail records. It lives on the control thread, which
@@ -173,6 +178,7 @@ pub async fn run(
         mut ng,
         media,
         cdr,
+        gate,
     } = frontends;
     let mut records = CallRecords::new(cdr);
     let mut metrics = Metrics::new();
@@ -182,7 +188,7 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
-    let transports = Transports::bind(&config.sip.listen, inbound_tx).await?;
+    let transports = Transports::bind(&config.sip.listen, inbound_tx, gate.clone()).await?;
     for l in &config.sip.listen {
         tracing::info!(listen = %l, "SIP listening");
     }
@@ -210,9 +216,11 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                let reply = ng.handle(&ng_buf[..n], core.active_calls(), Instant::now(), SystemTime::now());
-                if let (Some(reply), Some(s)) = (reply, &ng_socket) {
-                    let _ = s.try_send_to(&reply, from);
+                if gate.admit_ng(from.ip()) {
+                    let reply = ng.handle(&ng_buf[..n], core.active_calls(), Instant::now(), SystemTime::now());
+                    if let (Some(reply), Some(s)) = (reply, &ng_socket) {
+                        let _ = s.try_send_to(&reply, from);
+                    }
                 }
             }
             Some((msg, source)) = inbound.recv() => {
@@ -242,6 +250,13 @@ pub async fn run(
                 ControlRequest::Metrics(reply) => {
                     let status = core.status(Instant::now(), SystemTime::now());
                     let dataplane = relay.snapshot();
+                    let refused: Vec<_> = gate
+                        .counts()
+                        .map(|(why, n)| {
+                            let (protocol, reason) = why.labels();
+                            (protocol, reason, n)
+                        })
+                        .collect();
                     let ports = {
                         let m = media.borrow();
                         (m.pool.total(), m.pool.free())
@@ -255,6 +270,7 @@ pub async fn run(
                         status: &status,
                         dataplane: &dataplane,
                         ports,
+                        refused: &refused,
                     });
                     let _ = reply.send(text);
                 }

@@ -6,21 +6,27 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use super::gate::{Gate, Refusal};
 use crate::config::{Endpoint, Transport};
 use crate::sip::message::{Message, ParseError, MAX_MESSAGE};
 use crate::sip::transaction::Target;
-use crate::sip::validate;
 
 /// A parsed message and where it came from.
 pub type Inbound = (Message, Target);
 
 /// Queue depth per TCP connection writer.
 const TCP_QUEUE: usize = 1024;
+/// A TCP connection that sends nothing for this long between messages is closed.
+const TCP_IDLE: Duration = Duration::from_secs(600);
+/// Once a message has begun on a TCP connection, the rest of it must arrive within this time, or
+/// the connection is closed (a slowloris client trickling bytes holds nothing for long).
+const TCP_MESSAGE_TIME: Duration = Duration::from_secs(10);
 
 /// The open sockets and connections.
 #[derive(Clone)]
@@ -29,11 +35,17 @@ pub struct Transports {
     /// Live TCP connections by remote address; each has a writer task fed by this sender.
     tcp: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>,
     inbound: mpsc::Sender<Inbound>,
+    gate: Arc<Gate>,
 }
 
 impl Transports {
-    /// Binds every listen endpoint and starts the readers; received messages go to `inbound`.
-    pub async fn bind(listen: &[Endpoint], inbound: mpsc::Sender<Inbound>) -> io::Result<Self> {
+    /// Binds every listen endpoint and starts the readers; received messages that pass `gate`
+    /// go to `inbound`.
+    pub async fn bind(
+        listen: &[Endpoint],
+        inbound: mpsc::Sender<Inbound>,
+        gate: Arc<Gate>,
+    ) -> io::Result<Self> {
         let mut udp = HashMap::new();
         let mut listeners = Vec::new();
         for ep in listen {
@@ -56,9 +68,15 @@ impl Transports {
             udp: Arc::new(udp),
             tcp: Arc::new(Mutex::new(HashMap::new())),
             inbound,
+            gate,
         };
         for (local, socket) in t.udp.iter() {
-            tokio::spawn(read_udp(socket.clone(), *local, t.inbound.clone()));
+            tokio::spawn(read_udp(
+                socket.clone(),
+                *local,
+                t.inbound.clone(),
+                t.gate.clone(),
+            ));
         }
         for (local, listener) in listeners {
             tokio::spawn(t.clone().accept_tcp(listener, local));
@@ -149,6 +167,7 @@ impl Transports {
         });
         let inbound = self.inbound.clone();
         let registry = self.tcp.clone();
+        let gate = self.gate.clone();
         tokio::spawn(async move {
             let target = Target {
                 transport: Transport::Tcp,
@@ -157,16 +176,29 @@ impl Transports {
             };
             let mut buf = Vec::with_capacity(4096);
             let mut chunk = vec![0u8; 16 * 1024];
+            // When the message now in `buf` began; `None` between messages.
+            let mut started: Option<Instant> = None;
             'conn: loop {
-                let n = match reader.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                let deadline = started.map_or(Instant::now() + TCP_IDLE, |t| t + TCP_MESSAGE_TIME);
+                let n = match tokio::time::timeout_at(deadline.into(), reader.read(&mut chunk))
+                    .await
+                {
+                    Ok(Ok(0) | Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_) => {
+                        gate.count(Refusal::SipIdleClosed);
+                        tracing::info!(from = %remote, partial = buf.len(), "TCP connection too slow or idle: closing");
+                        break;
+                    }
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
                     match Message::parse_stream(&buf) {
                         Ok(Some((msg, used))) => {
                             buf.drain(..used);
+                            if !gate.admit_sip(remote.ip()) {
+                                continue;
+                            }
                             if inbound.send((msg, target)).await.is_err() {
                                 break 'conn;
                             }
@@ -177,7 +209,9 @@ impl Transports {
                             let error = Message::parse_stream(&buf)
                                 .err()
                                 .unwrap_or(ParseError::TooLarge);
-                            if let Some(reply) = validate::reply_to_unparseable(&buf, &error) {
+                            if let Some(reply) =
+                                gate.reply_to_unparseable(&buf, &error, remote.ip())
+                            {
                                 let _ = writer_tx.try_send(reply.to_bytes());
                             }
                             tracing::info!(from = %remote, %error, "unparseable TCP stream: closing");
@@ -185,13 +219,24 @@ impl Transports {
                         }
                     }
                 }
+                let between_messages = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
+                started = match (between_messages, started) {
+                    (true, _) => None,
+                    (false, None) => Some(Instant::now()),
+                    (false, t) => t,
+                };
             }
             registry.lock().expect("tcp map").remove(&remote);
         });
     }
 }
 
-async fn read_udp(socket: Arc<UdpSocket>, local: SocketAddr, inbound: mpsc::Sender<Inbound>) {
+async fn read_udp(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    gate: Arc<Gate>,
+) {
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     loop {
         let (n, remote) = match socket.recv_from(&mut buf).await {
@@ -205,6 +250,9 @@ async fn read_udp(socket: Arc<UdpSocket>, local: SocketAddr, inbound: mpsc::Send
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             continue; // keep-alive
         }
+        if !gate.admit_sip(remote.ip()) {
+            continue;
+        }
         match Message::parse_datagram(data) {
             Ok(msg) => {
                 let target = Target {
@@ -216,15 +264,12 @@ async fn read_udp(socket: Arc<UdpSocket>, local: SocketAddr, inbound: mpsc::Send
                     return;
                 }
             }
-            Err(e) => match validate::reply_to_unparseable(data, &e) {
-                Some(reply) => {
-                    tracing::debug!(error = %e, from = %remote, "unparseable SIP request answered");
+            Err(e) => {
+                tracing::debug!(error = %e, from = %remote, "unparseable SIP datagram");
+                if let Some(reply) = gate.reply_to_unparseable(data, &e, remote.ip()) {
                     let _ = socket.try_send_to(&reply.to_bytes(), remote);
                 }
-                None => {
-                    tracing::debug!(error = %e, from = %remote, "unparseable SIP datagram dropped")
-                }
-            },
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
 use super::translate::Numbers;
 use super::validate;
 use crate::cdr::{Attempt, AttemptResult, CallTimes, Cdr, Ending, MediaCounters};
-use crate::config::{Config, Direction, Endpoint, Redirect, POLICY_HEADERS};
+use crate::config::{Config, Direction, Endpoint, Redirect, Unknown, POLICY_HEADERS};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
@@ -176,6 +176,7 @@ pub struct B2bua {
     registrations: Registrations,
     /// New INVITEs per trunk they came from (index as `config.trunks`), for `/metrics`.
     calls_started: Vec<u64>,
+    screened: Screened,
 }
 
 /// What [`B2bua::counters`] reports.
@@ -183,6 +184,8 @@ pub struct B2bua {
 pub struct Counters<'a> {
     /// New INVITEs per trunk they came from, indexed like `config.trunks`.
     pub calls_started: &'a [u64],
+    /// Requests refused before any transaction was created.
+    pub screened: Screened,
     pub retransmissions: crate::sip::transaction::Retransmissions,
     /// Live transactions.
     pub transactions: usize,
@@ -190,6 +193,17 @@ pub struct Counters<'a> {
     pub calls: usize,
     /// Dialogs: two per call, plus abandoned forks kept to BYE them.
     pub dialogs: usize,
+}
+
+/// Requests the B2BUA refused before any transaction or call saw them, by reason.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Screened {
+    /// From an address that is no trunk peer, answered 403 (`sip.unknown = "reject"`).
+    pub unknown_rejected: u64,
+    /// From an address that is no trunk peer, not answered (`sip.unknown = "drop"`, or ACKs).
+    pub unknown_dropped: u64,
+    /// Parsed but invalid (RFC 3261 §8.2, `sip::validate`): answered 400/416.
+    pub invalid: u64,
 }
 
 fn now_label(n: u64) -> String {
@@ -217,6 +231,7 @@ impl B2bua {
             inbound: Inbound::new(Inbound::random_secret(), Instant::now()),
             registrations: Registrations::new(&config, Instant::now()),
             calls_started: vec![0; config.trunks.len()],
+            screened: Screened::default(),
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -240,6 +255,7 @@ impl B2bua {
     pub fn counters(&self) -> Counters<'_> {
         Counters {
             calls_started: &self.calls_started,
+            screened: self.screened,
             retransmissions: self.txns.retransmissions(),
             transactions: self.txns.len(),
             calls: self.calls.len(),
@@ -299,9 +315,24 @@ impl B2bua {
     pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
         self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
         if msg.is_request() {
+            let is_ack = msg.method() == Some(&Method::Ack);
+            if self.config.trunk_of_peer(source.remote.ip()).is_none() {
+                // Before any transaction exists, so a stranger costs no state; stateless 403s
+                // answer its retransmissions too.
+                tracing::debug!(from = %source.remote, "request from unknown source");
+                if self.config.sip.unknown == Unknown::Drop || is_ack {
+                    self.screened.unknown_dropped += 1;
+                } else {
+                    self.screened.unknown_rejected += 1;
+                    let r = response_to(&msg, 403, reason(403), Some(&token()));
+                    self.txns.send_stateless(r, source);
+                }
+                return;
+            }
             if let Err(why) = validate::check_request(&msg) {
                 tracing::debug!(why = why.reason, from = %source.remote, "bad request");
-                if msg.method() != Some(&Method::Ack) {
+                self.screened.invalid += 1;
+                if !is_ack {
                     self.txns
                         .send_stateless(response_to(&msg, why.code, why.reason, None), source);
                 }
@@ -583,7 +614,7 @@ impl B2bua {
     fn on_request(&mut self, txn: TxnId, req: Message, source: Target, now: Instant) {
         let method = req.method().cloned().expect("requests have methods");
         let Some(trunk) = self.config.trunk_of_peer(source.remote.ip()) else {
-            tracing::info!(from = %source.remote, method = method.as_str(), "request from unknown peer: 403");
+            // `handle_message` screens strangers out before their transaction is created.
             return self.respond(txn, &req, 403, now);
         };
         if header::tag(&req, "To").is_some() {

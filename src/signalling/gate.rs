@@ -1,0 +1,245 @@
+//! The front door: what the shell refuses before any parser or front end spends work on it.
+//! Per-source token buckets for SIP messages and NG commands (`rate_per_source`), the
+//! `control.allow` list of the NG socket and the HTTP endpoint, whether an unparseable SIP
+//! request from a stranger is answered at all (`sip.unknown`), and the counters of everything
+//! refused here, by protocol and reason, for `/metrics`.
+//!
+//! The buckets are consulted once per datagram or framed message; the table of sources is
+//! bounded so that a spoofed-source flood cannot grow it without limit.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, SourceLimit, Unknown};
+use crate::sip::message::{Message, ParseError};
+use crate::sip::validate;
+
+/// Sources tracked per protocol; beyond it, idle sources are forgotten (their buckets were
+/// full, so forgetting them changes nothing), and if none is idle new sources are refused.
+const MAX_SOURCES: usize = 65_536;
+
+/// Why the gate (or a transport) refused input; each has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A SIP message over its source's rate.
+    SipRateLimited,
+    /// Unparseable SIP request answered with 400/505/513.
+    SipMalformedAnswered,
+    /// Unparseable SIP bytes not answered (responses, ACKs, strangers with `unknown = "drop"`).
+    SipMalformedDropped,
+    /// A TCP connection closed because it sent no complete message in time (slowloris).
+    SipIdleClosed,
+    /// An NG command over its source's rate.
+    NgRateLimited,
+    /// An NG command from outside `control.allow`.
+    NgNotAllowed,
+    /// An HTTP connection from outside `control.allow`.
+    HttpNotAllowed,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 7] = [
+        Refusal::SipRateLimited,
+        Refusal::SipMalformedAnswered,
+        Refusal::SipMalformedDropped,
+        Refusal::SipIdleClosed,
+        Refusal::NgRateLimited,
+        Refusal::NgNotAllowed,
+        Refusal::HttpNotAllowed,
+    ];
+
+    /// The `protocol` and `reason` labels of its metric.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Refusal::SipRateLimited => ("sip", "rate_limited"),
+            Refusal::SipMalformedAnswered => ("sip", "malformed_answered"),
+            Refusal::SipMalformedDropped => ("sip", "malformed_dropped"),
+            Refusal::SipIdleClosed => ("sip", "idle_closed"),
+            Refusal::NgRateLimited => ("ng", "rate_limited"),
+            Refusal::NgNotAllowed => ("ng", "not_allowed"),
+            Refusal::HttpNotAllowed => ("http", "not_allowed"),
+        }
+    }
+}
+
+/// Token buckets per source address, refilled at `rate` per second up to `burst`.
+#[derive(Debug)]
+pub struct SourceBuckets {
+    limit: SourceLimit,
+    /// Tokens left and when they were counted, per source.
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    /// When the full table was last swept for idle sources (at most once a second, so that a
+    /// flood from many sources cannot make every packet walk the whole table).
+    swept: Option<Instant>,
+}
+
+impl SourceBuckets {
+    pub fn new(limit: SourceLimit) -> Self {
+        SourceBuckets {
+            limit,
+            buckets: HashMap::new(),
+            swept: None,
+        }
+    }
+
+    /// Takes a token for `ip` at `now`; false when its bucket is empty.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let SourceLimit { rate, burst } = self.limit;
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
+            if self
+                .swept
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+            {
+                return false;
+            }
+            self.swept = Some(now);
+            let refill_time = Duration::from_secs_f64(burst / rate);
+            self.buckets
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < refill_time);
+            if self.buckets.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The shell's front door, shared by the SIP transports, the NG socket and the HTTP endpoint.
+pub struct Gate {
+    config: Arc<Config>,
+    sip: Option<Mutex<SourceBuckets>>,
+    ng: Option<Mutex<SourceBuckets>>,
+    counts: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl Gate {
+    pub fn new(config: Arc<Config>) -> Self {
+        let buckets = |l: Option<SourceLimit>| l.map(|l| Mutex::new(SourceBuckets::new(l)));
+        Gate {
+            sip: buckets(config.sip.per_source),
+            ng: buckets(config.control.per_source),
+            config,
+            counts: Default::default(),
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every refusal reason with its count, for `/metrics`.
+    pub fn counts(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL
+            .iter()
+            .zip(&self.counts)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+    }
+
+    /// Whether a SIP message from `ip` may be looked at (counted when not).
+    pub fn admit_sip(&self, ip: IpAddr) -> bool {
+        self.admit(&self.sip, ip, Refusal::SipRateLimited)
+    }
+
+    /// Whether an NG command from `ip` may be handled: inside `control.allow` and within its
+    /// rate (counted when not).
+    pub fn admit_ng(&self, ip: IpAddr) -> bool {
+        if !self.allowed(ip) {
+            self.count(Refusal::NgNotAllowed);
+            return false;
+        }
+        self.admit(&self.ng, ip, Refusal::NgRateLimited)
+    }
+
+    /// Whether an HTTP client at `ip` may be served (counted when not).
+    pub fn admit_http(&self, ip: IpAddr) -> bool {
+        let ok = self.allowed(ip);
+        if !ok {
+            self.count(Refusal::HttpNotAllowed);
+        }
+        ok
+    }
+
+    /// The answer to unparseable SIP bytes from `ip` (see `validate::reply_to_unparseable`),
+    /// counted either way: strangers get none with `sip.unknown = "drop"`.
+    pub fn reply_to_unparseable(
+        &self,
+        data: &[u8],
+        error: &ParseError,
+        ip: IpAddr,
+    ) -> Option<Message> {
+        let answers =
+            self.config.sip.unknown == Unknown::Reject || self.config.trunk_of_peer(ip).is_some();
+        let reply = answers
+            .then(|| validate::reply_to_unparseable(data, error))
+            .flatten();
+        self.count(match reply {
+            Some(_) => Refusal::SipMalformedAnswered,
+            None => Refusal::SipMalformedDropped,
+        });
+        reply
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.config
+            .control
+            .allow
+            .as_ref()
+            .is_none_or(|a| a.allows(ip))
+    }
+
+    fn admit(&self, buckets: &Option<Mutex<SourceBuckets>>, ip: IpAddr, why: Refusal) -> bool {
+        let Some(b) = buckets else {
+            return true;
+        };
+        // A poisoned lock means a panic elsewhere, which already stops the process.
+        let ok = b
+            .lock()
+            .map(|mut b| b.admit(ip, Instant::now()))
+            .unwrap_or(true);
+        if !ok {
+            self.count(why);
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_allow_the_burst_then_the_rate_per_source() {
+        let mut b = SourceBuckets::new(SourceLimit {
+            rate: 10.0,
+            burst: 3.0,
+        });
+        let (a, c): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| b.admit(a, t0)));
+        assert!(!b.admit(a, t0), "burst spent");
+        assert!(b.admit(c, t0), "another source has its own bucket");
+        assert!(!b.admit(a, t0 + Duration::from_millis(50)));
+        assert!(
+            b.admit(a, t0 + Duration::from_millis(150)),
+            "one token per 100 ms"
+        );
+        assert!((0..3).all(|_| b.admit(a, t0 + Duration::from_secs(60))));
+        assert!(
+            !b.admit(a, t0 + Duration::from_secs(60)),
+            "never more than the burst"
+        );
+    }
+}
