@@ -474,6 +474,16 @@ impl Mediagate {
         Ok((content_type.to_string(), body.to_string()))
     }
 
+    /// One series of `GET /metrics`, named as the strict parser names it (labels in
+    /// alphabetical order, e.g. `mediagate_refused_total{protocol="sip",reason="rate_limited"}`);
+    /// 0 when the series is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.http_get("/metrics", &[]).expect("GET /metrics");
+        let samples = mediagate::metrics::prometheus::parse_exposition(&text)
+            .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"));
+        samples.get(series).copied().unwrap_or(0.0)
+    }
+
     pub fn try_status(&self) -> Result<Value, String> {
         let (_, body) = self.http_get("/status", &[])?;
         serde_json::from_str(&body).map_err(|e| format!("/status is not JSON ({e}): {body}"))
