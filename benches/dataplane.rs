@@ -144,7 +144,7 @@ fn loaded_relay() -> Relay {
             addresses: vec![[10, 99, 2, 1].into()],
         },
     ];
-    let mut relay = Relay::new(4 * usize::from(PAIRS), egress);
+    let mut relay = Relay::new(4 * usize::from(PAIRS), egress, 1500);
     let epoch = Instant::now();
     for i in 0..PAIRS {
         let (a, b) = (StreamId::from(i) * 2, StreamId::from(i) * 2 + 1);

@@ -188,6 +188,8 @@ pub struct MediaConfig {
     pub hold_timeout: Duration,
     /// Socket relay threads.
     pub threads: usize,
+    /// UDP payloads larger than this are dropped by the user-space tiers (`max_packet_bytes`).
+    pub max_packet: usize,
     /// CPUs of the AF_XDP workers, one pinned worker each.
     pub cores: Vec<usize>,
     /// AF_XDP workers spin without sleeping (`busy`) or sleep in `poll` when idle (`wakeup`).
@@ -341,7 +343,16 @@ struct RawMedia {
     poll: String,
     #[serde(default)]
     interface: Vec<RawInterface>,
+    #[serde(default = "default_max_packet")]
+    max_packet_bytes: usize,
 }
+
+fn default_max_packet() -> usize {
+    1500
+}
+/// The range of `media.max_packet_bytes`: an RTCP header at least, and no more than the user-space
+/// tiers' receive buffers hold.
+pub const MAX_PACKET_RANGE: std::ops::RangeInclusive<usize> = 64..=2048;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -665,6 +676,16 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("hold_timeout_s")],
             "must be between 1 and 86400 seconds".into(),
+        ));
+    }
+    if !MAX_PACKET_RANGE.contains(&raw.media.max_packet_bytes) {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("max_packet_bytes")],
+            format!(
+                "must be between {} and {} bytes",
+                MAX_PACKET_RANGE.start(),
+                MAX_PACKET_RANGE.end()
+            ),
         ));
     }
     if raw.media.threads == 0 || raw.media.threads > 64 {
@@ -999,6 +1020,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             timeout: Duration::from_secs(raw.media.timeout_s),
             hold_timeout: Duration::from_secs(raw.media.hold_timeout_s),
             threads: raw.media.threads,
+            max_packet: raw.media.max_packet_bytes,
             cores: raw.media.cores.clone(),
             busy_poll,
             interfaces,
@@ -1151,6 +1173,12 @@ to = ["pbx"]
             .allows("10.99.1.2".parse().unwrap()));
         for (from, to, line, key) in [
             ("[media]", "unknown = \"ignore\"\n[media]", 5, "sip.unknown"),
+            (
+                "timeout_s = 30",
+                "max_packet_bytes = 4096",
+                8,
+                "media.max_packet_bytes",
+            ),
             (
                 "[media]",
                 "rate_per_source = 0\n[media]",

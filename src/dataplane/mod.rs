@@ -32,12 +32,18 @@ impl Dataplane {
         media: &[(IpAddr, Option<String>)],
         capacity: usize,
     ) -> anyhow::Result<Self> {
-        let socket = socket::SocketRelay::start(config.threads, capacity)?;
+        let socket = socket::SocketRelay::start(config.threads, capacity, config.max_packet)?;
         let ports = (config.port_first, config.port_last);
         let start_kernel = || kernel::KernelTier::start(media, ports, Mode::Kernel);
         let start_afxdp = || -> anyhow::Result<_> {
             let mut k = kernel::KernelTier::start(media, ports, Mode::Afxdp)?;
-            let a = afxdp::AfxdpTier::start(&mut k, &config.cores, config.busy_poll, capacity)?;
+            let a = afxdp::AfxdpTier::start(
+                &mut k,
+                &config.cores,
+                config.busy_poll,
+                capacity,
+                config.max_packet,
+            )?;
             Ok((k, a))
         };
         let (kernel, afxdp) = match config.dataplane {

@@ -48,14 +48,15 @@ enum Op {
 }
 
 impl SocketRelay {
-    /// Starts `threads` relay threads, each able to hold `capacity` streams.
-    pub fn start(threads: usize, capacity: usize) -> io::Result<Self> {
+    /// Starts `threads` relay threads, each able to hold `capacity` streams and dropping UDP
+    /// payloads over `max_packet` bytes.
+    pub fn start(threads: usize, capacity: usize, max_packet: usize) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
         let mut handles = Vec::new();
         for i in 0..threads {
             let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
-            let mut relay = Relay::new(rx, capacity, stop.clone())?;
+            let mut relay = Relay::new(rx, capacity, max_packet, stop.clone())?;
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("media-{i}"))
@@ -165,6 +166,8 @@ struct Relay {
     free_slots: Vec<usize>,
     index: HashMap<StreamId, usize>,
     batch: Batch,
+    /// Largest UDP payload relayed (`media.max_packet_bytes`, at most `MAX_PACKET`).
+    max_packet: usize,
     stop: Arc<AtomicBool>,
 }
 
@@ -176,13 +179,19 @@ impl Drop for Relay {
 }
 
 impl Relay {
-    fn new(commands: Receiver<Op>, capacity: usize, stop: Arc<AtomicBool>) -> io::Result<Self> {
+    fn new(
+        commands: Receiver<Op>,
+        capacity: usize,
+        max_packet: usize,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
         // SAFETY: plain syscall without pointers.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(Relay {
+            max_packet: max_packet.min(MAX_PACKET),
             commands,
             epoll,
             slots: (0..capacity).map(|_| None).collect(),
@@ -291,6 +300,11 @@ impl Relay {
             let (mut accepted, mut rx_bytes) = (0u64, 0u64);
             for i in 0..received {
                 let len = self.batch.headers[i].msg_len as usize;
+                let truncated = self.batch.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                if truncated || len > self.max_packet {
+                    stream.stats.record_drop(DropReason::Oversize);
+                    continue;
+                }
                 let Some(src) = sockaddr_to_std(&self.batch.names[i]) else {
                     continue;
                 };

@@ -18,14 +18,17 @@ pub enum DropReason {
     NoDestination = 2,
     /// The kernel refused the send.
     SendFailed = 3,
+    /// Larger than `media.max_packet_bytes`.
+    Oversize = 4,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::UnknownSource,
         DropReason::StrictSource,
         DropReason::NoDestination,
         DropReason::SendFailed,
+        DropReason::Oversize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl DropReason {
             DropReason::StrictSource => "strict_source",
             DropReason::NoDestination => "no_destination",
             DropReason::SendFailed => "send_failed",
+            DropReason::Oversize => "oversize",
         }
     }
 }

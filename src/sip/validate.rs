@@ -7,6 +7,17 @@ use super::dialog::{reason, response_to};
 use super::header;
 use super::message::{Message, ParseError};
 
+/// Headers a request may carry once only (RFC 3261 §7.3.1: only list headers may repeat);
+/// two different Call-IDs or CSeqs leave no right way to answer.
+const SINGLE: [&str; 6] = [
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Type",
+];
+
 /// Request-URI schemes mediagate routes; anything else is 416 (RFC 3261 §8.2.2.1).
 const SCHEMES: [&str; 3] = ["sip", "sips", "tel"];
 
@@ -27,7 +38,17 @@ impl Refused {
 /// a message over the size limit, 400 otherwise. `None` when nothing can be answered (a
 /// response, an ACK, or no Via to send it along), i.e. the bytes are dropped.
 pub fn reply_to_unparseable(data: &[u8], error: &ParseError) -> Option<Message> {
-    let request = Message::salvage_request(data)?;
+    let mut request = Message::salvage_request(data)?;
+    // Only the top Via: the response goes back to the sender either way, and a header bomb's
+    // thousands of Vias must not come back multiplied.
+    let top_via = request.header("Via").map(str::to_string);
+    request.remove_headers("Via");
+    request
+        .headers
+        .extend(top_via.map(|value| crate::sip::message::Header {
+            name: "Via".into(),
+            value,
+        }));
     let (code, why) = match error {
         ParseError::BadVersion => (505, reason(505)),
         ParseError::TooLarge => (513, reason(513)),
@@ -58,9 +79,15 @@ pub fn check_request(msg: &Message) -> Result<(), Refused> {
             return Err(Refused::bad("Missing Mandatory Header"));
         }
     }
+    if SINGLE.iter().any(|h| msg.headers_named(h).nth(1).is_some()) {
+        return Err(Refused::bad("Duplicate Header"));
+    }
     match header::cseq(msg) {
         Some((_, m)) if Some(&m) == msg.method() => {}
         _ => return Err(Refused::bad("Bad CSeq")),
+    }
+    if msg.header("Max-Forwards").is_some() && header::max_forwards(msg).is_none_or(|n| n > 255) {
+        return Err(Refused::bad("Bad Max-Forwards"));
     }
     check_request_uri(msg.uri().unwrap_or_default())?;
     for h in ["From", "To"] {

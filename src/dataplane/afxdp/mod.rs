@@ -100,6 +100,7 @@ impl AfxdpTier {
         cores: &[usize],
         busy_poll: bool,
         capacity: usize,
+        max_payload: usize,
     ) -> io::Result<Self> {
         let devices: Vec<Device> = kernel.devices().map(describe).collect::<io::Result<_>>()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -139,6 +140,7 @@ impl AfxdpTier {
                 core,
                 busy_poll,
                 capacity,
+                max_payload,
                 umem,
                 ports,
                 commands: rx,

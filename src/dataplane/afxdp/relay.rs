@@ -124,12 +124,16 @@ pub struct Relay {
     streams: HashMap<SocketAddrV4, Stream>,
     local_of: HashMap<StreamId, SocketAddrV4>,
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
+    /// Largest UDP payload relayed; larger ones are dropped (`media.max_packet_bytes`).
+    max_payload: usize,
 }
 
 impl Relay {
-    /// A relay for at most `capacity` streams leaving on `egress` devices.
-    pub fn new(capacity: usize, egress: Vec<Egress>) -> Self {
+    /// A relay for at most `capacity` streams leaving on `egress` devices, relaying UDP payloads
+    /// of up to `max_payload` bytes.
+    pub fn new(capacity: usize, egress: Vec<Egress>, max_payload: usize) -> Self {
         Relay {
+            max_payload,
             capacity,
             egress,
             streams: HashMap::with_capacity(capacity),
@@ -275,6 +279,10 @@ impl Relay {
         };
         if let Admission::Drop(reason) = admission {
             stream.stats.record_drop(reason);
+            return Outcome::Drop;
+        }
+        if view.payload_len() > self.max_payload {
+            stream.stats.record_drop(DropReason::Oversize);
             return Outcome::Drop;
         }
         let payload = view.payload_len() as u64;

@@ -99,6 +99,8 @@ pub struct WorkerSetup {
     pub core: usize,
     pub busy_poll: bool,
     pub capacity: usize,
+    /// `media.max_packet_bytes`.
+    pub max_payload: usize,
     pub umem: Umem,
     pub ports: Vec<Port>,
     pub commands: Receiver<WorkerCmd>,
@@ -179,7 +181,7 @@ impl Worker {
             stats: setup.stats,
             stop: setup.stop,
             umem: setup.umem,
-            relay: Relay::new(setup.capacity, egress),
+            relay: Relay::new(setup.capacity, egress, setup.max_payload),
             io: Io {
                 free: (0..frames)
                     .map(|f| u64::from(f) * u64::from(super::xsk::FRAME_SIZE))
