@@ -50,23 +50,6 @@ fn invite(sock: &UdpSocket, n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Status codes of every datagram already waiting on `sock` (it is drained without waiting:
-/// call this after a later request's answer showed that mediagate handled these).
-fn drain_codes(sock: &UdpSocket) -> Vec<u16> {
-    sock.set_nonblocking(true).unwrap();
-    let mut buf = vec![0u8; 65_536];
-    let mut codes = Vec::new();
-    for _ in 0..10_000 {
-        match sock.recv(&mut buf) {
-            Ok(n) => codes.extend(status_code(&buf[..n])),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-    sock.set_nonblocking(false).unwrap();
-    codes
-}
-
 #[test]
 fn strangers_get_403_and_nothing_beyond_their_rate() {
     let lab = Lab::new("abuse-rate");

@@ -1525,3 +1525,20 @@ pub fn send_then_probe(
     }
     panic!("{what}: more than 64 responses before the probe's answer: {codes:?}");
 }
+
+/// Status codes of every datagram already waiting on `sock` (it is drained without waiting:
+/// call this after a later request's answer showed that mediagate handled these).
+pub fn drain_codes(sock: &std::net::UdpSocket) -> Vec<u16> {
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let mut codes = Vec::new();
+    for _ in 0..10_000 {
+        match sock.recv(&mut buf) {
+            Ok(n) => codes.extend(status_code(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    sock.set_nonblocking(false).unwrap();
+    codes
+}

@@ -252,6 +252,11 @@ impl Relay {
         let Some(stream) = self.streams.get(&dst) else {
             return Outcome::Drop;
         };
+        // Before latching, as in the socket tier: an oversize packet never teaches a source.
+        if view.payload_len() > self.max_payload {
+            stream.stats.record_drop(DropReason::Oversize);
+            return Outcome::Drop;
+        }
         let current = unpack(stream.shared.load(Relaxed));
         let admission = match stream
             .latch
@@ -279,10 +284,6 @@ impl Relay {
         };
         if let Admission::Drop(reason) = admission {
             stream.stats.record_drop(reason);
-            return Outcome::Drop;
-        }
-        if view.payload_len() > self.max_payload {
-            stream.stats.record_drop(DropReason::Oversize);
             return Outcome::Drop;
         }
         let payload = view.payload_len() as u64;
