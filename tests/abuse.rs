@@ -237,7 +237,7 @@ fn control_endpoints_beyond_loopback_need_an_allow_list() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
-            err.contains(&format!("c.toml:"))
+            err.contains("c.toml:")
                 && err.contains(&format!("{key}: "))
                 && err.contains("control.allow"),
             "error names file, line and key: {err}"
