@@ -18,8 +18,10 @@ const DIALLED: &str = "+4930123";
 const CALLS: usize = 3;
 /// Datagrams of random bytes sent to each media port of each call.
 const SPRAY: usize = 20;
-/// An RTP-sized UDP payload over `media.max_packet_bytes` (1500 in the lab).
-const OVERSIZE: usize = 1800;
+/// `media.max_packet_bytes` in this test, and a payload over it that still fits the veth MTU
+/// unfragmented (so every tier sees it whole).
+const MAX_PACKET: usize = 1000;
+const OVERSIZE: usize = 1200;
 
 /// A request from `from` with the given parts; `extra` is inserted before Content-Length.
 fn request(method: &str, uri: &str, from: &str, tag: &str, extra: &str, body: &str) -> String {
@@ -236,7 +238,16 @@ fn metric_sum(mg: &Mediagate, family: &str, labels: &[&str]) -> f64 {
 
 #[test]
 fn hostile_input_during_calls_is_answered_or_dropped_and_counted_and_the_calls_survive() {
-    let lab = Lab::new("hostile");
+    hostile("hostile", Dataplane::Socket);
+}
+
+#[test]
+fn afxdp_tier_hostile_input_during_calls() {
+    hostile("hostile-afxdp", Dataplane::Afxdp);
+}
+
+fn hostile(test: &str, dataplane: Dataplane) {
+    let lab = Lab::new(test);
     lab.add_gw_addr(&format!("{GW_STRANGER_IP}/24"));
     let mut uas = Sipp::spawn(
         &lab,
@@ -246,7 +257,13 @@ fn hostile_input_during_calls_is_answered_or_dropped_and_counted_and_the_calls_s
             .timeout(60),
     );
     uas.settle();
-    let config = config(30).replacen("[control]\n", "[control]\nng = \"127.0.0.1:2223\"\n", 1);
+    let config = config_with(30, dataplane)
+        .replacen("[control]\n", "[control]\nng = \"127.0.0.1:2223\"\n", 1)
+        .replacen(
+            "[media]\n",
+            &format!("[media]\nmax_packet_bytes = {MAX_PACKET}\n"),
+            1,
+        );
     let mg = Mediagate::start(&lab, &config);
     let remote = format!("{MG_GW_IP}:5060");
     let calls = CALLS.to_string();
@@ -258,8 +275,11 @@ fn hostile_input_during_calls_is_answered_or_dropped_and_counted_and_the_calls_s
             .args(&["-l", &calls, "-m", &calls, "-r", &calls])
             .timeout(45),
     );
-    let (flowing, st) = mg.wait_status(Duration::from_secs(10), |st| rtp_flowing(st, CALLS));
+    let (flowing, st) = mg.wait_status(Duration::from_secs(10), |st| {
+        media_flowing(st, CALLS, dataplane)
+    });
     assert!(flowing, "calls with media before the attack: {st:#}");
+    assert_rtp_call_status(&st, CALLS, dataplane);
     let media = gw_side_media(&st);
     assert_eq!(
         media.len(),
@@ -439,7 +459,10 @@ fn hostile_input_during_calls_is_answered_or_dropped_and_counted_and_the_calls_s
         metric_sum(
             &mg,
             "mediagate_media_dropped_packets_total",
-            &["reason=\"oversize\""]
+            &[
+                "reason=\"oversize\"",
+                &format!("tier=\"{}\"", dataplane.as_str())
+            ]
         ),
         1.0
     );
