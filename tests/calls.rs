@@ -846,6 +846,10 @@ fn tcpdump_parser_counts_udp_checksums() {
 ";
     let packets = parse_tcpdump_packets(text);
     assert_eq!(packets.len(), 4, "{packets:?}");
+    assert_eq!(
+        packets.iter().map(|p| p.len).collect::<Vec<_>>(),
+        [Some(252), Some(252), Some(252), Some(172)]
+    );
     let sums = count_sums(&packets);
     let relayed = sums[&(sa(MG_GW_IP, 30000), sa(GW_IP, SIPP_MEDIA_PORT))];
     assert_eq!(

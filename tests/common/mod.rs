@@ -1112,6 +1112,7 @@ pub struct Capture {
     pub err: PathBuf,
     flows: Option<Flows>,
     sums: Option<UdpSums>,
+    packets: Vec<CapturedPacket>,
 }
 
 pub type Flows = HashMap<(SocketAddrV4, SocketAddrV4), u64>;
@@ -1159,6 +1160,7 @@ impl Capture {
             err,
             flows: None,
             sums: None,
+            packets: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1195,8 +1197,15 @@ impl Capture {
             let packets = parse_tcpdump_packets(&text);
             self.flows = Some(count_flows(&packets));
             self.sums = Some(count_sums(&packets));
+            self.packets = packets;
         }
         self.flows.as_ref().unwrap()
+    }
+
+    /// Every captured packet (after stopping the capture).
+    pub fn packets(&mut self) -> &[CapturedPacket] {
+        self.stop();
+        &self.packets
     }
 
     pub fn flows(&mut self) -> &Flows {
@@ -1259,6 +1268,8 @@ pub struct CapturedPacket {
     /// `Some(true)` for `[udp sum ok]`, `Some(false)` for `[bad udp cksum ..]`,
     /// `None` when tcpdump printed no verdict (no `-vv`, or no checksum).
     pub sum_ok: Option<bool>,
+    /// The UDP payload length tcpdump printed (`UDP, length N`).
+    pub len: Option<usize>,
 }
 
 /// Parse tcpdump `-nn` text. A packet starts on an unindented line; `-v`
@@ -1304,7 +1315,15 @@ pub fn parse_tcpdump_packets(text: &str) -> Vec<CapturedPacket> {
         } else {
             None
         };
-        packets.push(CapturedPacket { src, dst, sum_ok });
+        let len = rec
+            .rsplit_once("UDP, length ")
+            .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok());
+        packets.push(CapturedPacket {
+            src,
+            dst,
+            sum_ok,
+            len,
+        });
     }
     packets
 }
