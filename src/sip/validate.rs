@@ -123,12 +123,40 @@ fn check_request_uri(uri: &str) -> Result<(), Refused> {
             reason: reason(416),
         });
     }
+    if scheme.eq_ignore_ascii_case("tel") {
+        return Ok(());
+    }
     // Headers in a Request-URI (RFC 4475 §3.1.2.11): a B2BUA must not act on them, and passing
     // them on would let the caller set headers toward the trunk.
-    if !scheme.eq_ignore_ascii_case("tel") && uri.contains('?') {
+    if uri.contains('?') {
         return Err(Refused::bad("Headers In Request-URI"));
     }
+    if !hostport_ok(uri.split_once(':').map_or("", |(_, rest)| rest)) {
+        return Err(Refused::bad("Bad Request-URI Host"));
+    }
     Ok(())
+}
+
+/// The host and port of a SIP URI's rest (after `sip:`): an IPv6 reference only in brackets
+/// (RFC 5118 §4.2), at most one port after the host, and that port a number.
+fn hostport_ok(rest: &str) -> bool {
+    let after_user = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = after_user.split(';').next().unwrap_or_default();
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, "")) => (addr, None),
+            Some((addr, after)) => match after.strip_prefix(':') {
+                Some(p) => (addr, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match hostport.split_once(':') {
+            Some((host, p)) => (host, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 /// From/To as RFC 3261 §25.1 allows: an addr-spec, or `[display-name] <URI>` where the display
@@ -203,6 +231,23 @@ mod tests {
         );
         assert_eq!(check_request_uri("<sip:u@h>").unwrap_err().code, 400);
         assert_eq!(check_request_uri("sip:u@h?Route=x").unwrap_err().code, 400);
+        for ok in [
+            "sip:[2001:db8::10]",
+            "sip:[2001:db8::10]:5070",
+            "sip:user;par=u%40example.net@example.com",
+            "sip:u@h:5060;transport=tcp",
+        ] {
+            assert_eq!(check_request_uri(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "sip:2001:db8::10",
+            "sip:[2001:db8::10",
+            "sip:h:x",
+            "sip:u@",
+            "sip:[::1]x",
+        ] {
+            assert_eq!(check_request_uri(bad).unwrap_err().code, 400, "{bad}");
+        }
     }
 
     #[test]
