@@ -77,7 +77,7 @@ fn series(steps: &[Value], value: fn(&Value) -> Option<f64>) -> Series {
 
 /// Axis labels without a spurious ".0" on large values, with two decimals on small ones.
 fn tick(v: &f64) -> String {
-    if v.abs() >= 100.0 {
+    if v.abs() >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
