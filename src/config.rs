@@ -14,6 +14,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 mod identity;
+pub mod live;
 mod routing;
 pub use identity::{Credentials, Identity, Register, Secret};
 pub use routing::{
@@ -216,7 +217,7 @@ pub struct CdrConfig {
 
 /// A named media address, for NG `direction` / `from-interface` / `to-interface`. A name can
 /// have one address per family; NG `address family` chooses between them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MediaInterface {
     pub name: String,
     pub address: std::net::IpAddr,

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config) {
+            match run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -190,7 +190,7 @@ fn stop_on_panic() {
     }));
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     stop_on_panic();
     let config = Arc::new(config);
     match dataplane::reserve_ports(config.media.port_first, config.media.port_last) {
@@ -243,6 +243,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             media,
             cdr,
         };
-        mediagate::signalling::run(config.clone(), relay, frontends, control_rx, stop_rx).await
+        mediagate::signalling::run(config.clone(), path, relay, frontends, control_rx, stop_rx)
+            .await
     })
 }

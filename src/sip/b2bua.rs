@@ -83,6 +83,10 @@ struct PendingOk {
 #[derive(Debug)]
 struct Call {
     label: String,
+    /// The configuration the call started with: its translation, header policy, timeouts,
+    /// failover and response mapping stay as they were when a reload (SIGHUP) changes them
+    /// for new calls.
+    config: Arc<Config>,
     started: Instant,
     phase: Phase,
     a: Dialog,
@@ -490,6 +494,16 @@ impl B2bua {
         self.calls.is_empty() && self.txns.is_empty()
     }
 
+    /// Takes a reloaded configuration (SIGHUP) for new calls: routes, translation, policy,
+    /// limits and timeouts change at once, while calls in progress keep the configuration they
+    /// started with. `config` must keep the running one's trunk list and wiring
+    /// ([`crate::config::live::merge`] sees to it), so trunk indices, peer health and
+    /// registrations carry over unchanged.
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        self.limits.reconfigure(&config);
+        self.config = config;
+    }
+
     /// Starts or stops draining the trunk named `name`: no new calls go to it while its calls
     /// up continue. Errors when no trunk has that name.
     pub fn set_draining(&mut self, name: &str, on: bool) -> Result<(), String> {
@@ -693,7 +707,7 @@ impl B2bua {
             local_cseq: 0,
             signalling_ip: source.remote.ip(),
         };
-        let b = self.new_b_dialog(&req, &numbers, b_trunk, b_peer);
+        let b = Self::new_b_dialog(&self.config, &req, &numbers, b_trunk, b_peer);
         let a_local = source.local.ip();
         let media = CallMedia::new(
             a_local,
@@ -706,6 +720,7 @@ impl B2bua {
         self.txns.respond(txn, trying, now);
         let call = Call {
             label: now_label(key),
+            config: self.config.clone(),
             started: now,
             phase: Phase::Setup,
             a,
@@ -777,15 +792,15 @@ impl B2bua {
 
     /// A fresh dialog toward peer `peer` of `trunk`: new Call-ID, tags and URIs built from
     /// mediagate's own address, carrying only the caller's and callee's numbers (`numbers`
-    /// after `trunk`'s outbound translation).
+    /// after `trunk`'s outbound translation, by the call's `config`).
     fn new_b_dialog(
-        &self,
+        config: &Config,
         a_invite: &Message,
         numbers: &Numbers,
         trunk: usize,
         peer: usize,
     ) -> Dialog {
-        let t = &self.config.trunks[trunk];
+        let t = &config.trunks[trunk];
         let peer = t.peers[peer];
         let target = Target {
             transport: peer.transport,
@@ -856,7 +871,7 @@ impl B2bua {
         inv.push_header("Allow", ALLOW.into());
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
-            &self.config,
+            &call.config,
             call.a_trunk,
             call.b_trunk,
             &call.a_invite,
@@ -871,7 +886,7 @@ impl B2bua {
         call.open_txns.push(txn);
         call.responded = false;
         call.invites_sent += 1;
-        let timeout = self.config.trunks[call.b_trunk].invite_timeout;
+        let timeout = call.config.trunks[call.b_trunk].invite_timeout;
         self.deadlines.push(Reverse((
             now + timeout,
             key,
@@ -1043,7 +1058,7 @@ impl B2bua {
                 tracing::info!(call = %call.label, "answered");
                 let limit = [call.a_trunk, call.b_trunk]
                     .iter()
-                    .filter_map(|t| self.config.trunks[*t].max_duration)
+                    .filter_map(|t| call.config.trunks[*t].max_duration)
                     .min();
                 if let Some(limit) = limit {
                     self.deadlines
@@ -1065,7 +1080,8 @@ impl B2bua {
                 if call.cancelled || call.phase == Phase::Ending {
                     return self.finish_if_idle(key);
                 }
-                let trunk = &self.config.trunks[call.b_trunk];
+                let config = call.config.clone();
+                let trunk = &config.trunks[call.b_trunk];
                 if (300..400).contains(&code) {
                     return self.on_redirect(key, &resp, code, trunk.redirect, now);
                 }
@@ -1073,7 +1089,7 @@ impl B2bua {
                 let mapped = policy::map_response(trunk, code);
                 // A trunk with credentials that still challenges rejected them: its failure,
                 // never the caller's to answer (503 unless response_map says otherwise).
-                if matches!(code, 401 | 407) && ClientAuth::wants(&self.config, call.b_trunk) {
+                if matches!(code, 401 | 407) && ClientAuth::wants(&config, call.b_trunk) {
                     let mapped = if mapped == code { 503 } else { mapped };
                     return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
                 }
@@ -1119,9 +1135,9 @@ impl B2bua {
                         call.redirects += 1;
                         tracing::info!(call = %call.label, to = %uri, "following redirect");
                         let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
-                        let t = call.b_trunk;
+                        let (t, config) = (call.b_trunk, call.config.clone());
                         self.finish_attempt(key, AttemptResult::Code(code));
-                        let mut b = self.new_b_dialog(&a_invite, &numbers, t, 0);
+                        let mut b = Self::new_b_dialog(&config, &a_invite, &numbers, t, 0);
                         b.target.remote = addr;
                         b.signalling_ip = addr.ip();
                         b.remote_target = uri;
@@ -1171,7 +1187,7 @@ impl B2bua {
         let tag = header::param(&call.a.local, "tag");
         let mut r = response_to(&call.a_invite, code, reason_phrase, tag);
         if let (true, Some(server)) = (
-            policy::passes_server(&self.config, call.a_trunk),
+            policy::passes_server(&call.config, call.a_trunk),
             resp.header("Server"),
         ) {
             r.set_header("Server", server.to_string());
@@ -1210,8 +1226,7 @@ impl B2bua {
         let call = &self.calls[&key];
         tracing::info!(call = %call.label, to = %self.config.trunks[trunk].name,
             peer = %self.config.trunks[trunk].peers[peer].addr, "failing over");
-        let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
-        let b = self.new_b_dialog(&a_invite, &numbers, trunk, peer);
+        let b = Self::new_b_dialog(&call.config, &call.a_invite, &call.numbers, trunk, peer);
         self.replace_b(key, b, trunk, now);
         true
     }
@@ -1317,7 +1332,7 @@ impl B2bua {
     fn record_of(&self, call: &Call, ending: Ending) -> Cdr {
         let dialled = Numbers::of_invite(&call.a_invite);
         let tried = call.invites_sent > 0;
-        let b_trunk = &self.config.trunks[call.b_trunk];
+        let b_trunk = &call.config.trunks[call.b_trunk];
         let out = tried.then(|| {
             call.numbers
                 .translated(&b_trunk.policy.translate, Direction::Out)

@@ -173,6 +173,15 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `within`.
+pub fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
 /// Run a command to completion, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -433,6 +442,18 @@ impl Mediagate {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGHUP: reopen the CDR file and reload the configuration file.
+    pub fn sighup(&self) {
+        signal(self.pid(), libc::SIGHUP);
+    }
+
+    /// Waits (bounded) until the log holds `text`; panics with the log tail otherwise.
+    pub fn wait_log(&self, within: Duration, text: &str) {
+        wait_for(within, &format!("`{text}` in the log"), || {
+            fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
+        });
     }
 
     /// Sends SIGTERM: a graceful stop (no new calls, calls up get the grace period).
