@@ -1451,6 +1451,8 @@ impl B2bua {
                         Phase::Ending => "ending",
                     },
                     "started": humantime::format_rfc3339_seconds(started).to_string(),
+                    "calling": c.numbers.calling,
+                    "called": c.numbers.called,
                     "legs": [leg(c, Side::A), leg(c, Side::B)],
                 })
             })

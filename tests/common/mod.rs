@@ -444,6 +444,23 @@ impl Mediagate {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Runs the mediagate binary with `args` in this instance's namespace (a CLI command such
+    /// as `status`), bounded to 10 s: exit status, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &self.ns])
+            .arg(mediagate_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the mediagate CLI");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Sends SIGHUP: reopen the CDR file and reload the configuration file.
     pub fn sighup(&self) {
         signal(self.pid(), libc::SIGHUP);
