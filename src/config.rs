@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 mod identity;
 pub mod live;
+mod log;
 mod routing;
 pub use identity::{Credentials, Identity, Register, Secret};
+pub use log::{LogConfig, LogFormat};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
 };
@@ -156,6 +158,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Call detail records (`[cdr]`); `None` when the section is absent: no CDRs are written.
     pub cdr: Option<CdrConfig>,
+    /// `[log]`: format, level, redaction.
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +297,8 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     cdr: Option<RawCdr>,
+    #[serde(default)]
+    log: log::RawLog,
 }
 
 #[derive(Deserialize)]
@@ -944,7 +950,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
     };
 
+    let log = log::log(raw.log, &err)?;
     Ok(Config {
+        log,
         sip: SipConfig {
             listen,
             max_calls: raw.sip.max_calls,

@@ -132,23 +132,9 @@ fn main() -> ExitCode {
             }
         },
         Mode::Run(path) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
             let config = match &path {
                 Some(p) => config::load(p),
-                None => {
-                    tracing::warn!(
-                        "no --config given: running the embedded default (loopback only, no trunks, \
-                         accepts calls from no one); write a config with [[trunk]] and [[route]] \
-                         sections and start with --config FILE (see README)"
-                    );
-                    config::parse("(embedded default)", config::EMBEDDED_DEFAULT)
-                }
+                None => config::parse("(embedded default)", config::EMBEDDED_DEFAULT),
             };
             let config = match config {
                 Ok(c) => c,
@@ -157,6 +143,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            mediagate::logging::init(&config.log);
+            if path.is_none() {
+                tracing::warn!(
+                    "no --config given: running the embedded default (loopback only, no trunks, \
+                     accepts calls from no one); write a config with [[trunk]] and [[route]] \
+                     sections and start with --config FILE (see README)"
+                );
+            }
             match run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -3,7 +3,7 @@
 //! Routes, translation rules, header policy, deny-lists, limits, failover and timeouts apply to
 //! new calls at once. Settings bound to sockets, threads or per-peer state cannot change while
 //! running: listen addresses, media ports, interfaces and data plane, the control endpoints,
-//! the CDR file, and each trunk's wiring (peers, `local`, OPTIONS probing, registration). A
+//! the CDR file, the log format and level, and each trunk's wiring (peers, `local`, OPTIONS probing, registration). A
 //! reload keeps their running values and names them so the operator knows a restart is
 //! needed. Trunks are matched by position and name: a reload that adds, removes, renames or
 //! reorders trunks is refused as a whole, because the routes of the new file would name
@@ -55,6 +55,8 @@ pub fn merge(old: &Config, mut new: Config) -> Result<Merged, String> {
     running!("control.http", control.http);
     running!("control.ng", control.ng);
     running!("cdr", cdr);
+    running!("log.format", log.format);
+    running!("log.level", log.level);
     for (i, (o, n)) in old.trunks.iter().zip(new.trunks.iter_mut()).enumerate() {
         let mut wire = |key: &str, changed: bool| keep(&format!("trunk[{i}].{key}"), changed);
         wire("peers", o.peers != n.peers);

@@ -297,6 +297,7 @@ pub async fn run(
                 let reloaded = reload(config_path.as_deref(), &config);
                 metrics.config_reload(reloaded.is_some());
                 if let Some(new) = reloaded {
+                    crate::logging::set_redact(new.log.redact);
                     core.reconfigure(new.clone());
                     ng.reconfigure(new.clone());
                     config = new;

@@ -26,6 +26,7 @@ use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
 use super::translate::Numbers;
 use crate::cdr::{Attempt, AttemptResult, CallTimes, Cdr, Ending, MediaCounters};
 use crate::config::{Config, Direction, Endpoint, Redirect, POLICY_HEADERS};
+use crate::logging::{Number, Uri};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
@@ -87,6 +88,9 @@ struct Call {
     /// failover and response mapping stay as they were when a reload (SIGHUP) changes them
     /// for new calls.
     config: Arc<Config>,
+    /// `call{id, sip_call_id}`: entered while the B2BUA works on this call, so every log
+    /// line of the call names it.
+    span: tracing::Span,
     started: Instant,
     phase: Phase,
     a: Dialog,
@@ -298,6 +302,11 @@ impl B2bua {
                 return;
             }
         }
+        let span = msg
+            .header("Call-ID")
+            .and_then(|id| self.by_call_id.get(id))
+            .map_or_else(tracing::Span::none, |(key, _)| self.span_of(*key));
+        let _in_call = span.enter();
         match self.txns.handle_message(msg, source, now) {
             Event::Request {
                 txn,
@@ -315,6 +324,13 @@ impl B2bua {
     pub fn handle_timeout(&mut self, now: Instant) {
         for ev in self.txns.handle_timeout(now) {
             if let Event::Timeout { txn } = ev {
+                let key = self
+                    .by_client_txn
+                    .get(&txn)
+                    .map(|(k, _)| *k)
+                    .or_else(|| self.by_server_invite.get(&txn).copied());
+                let span = key.map_or_else(tracing::Span::none, |k| self.span_of(k));
+                let _in_call = span.enter();
                 self.on_txn_timeout(txn, now);
             }
         }
@@ -332,6 +348,8 @@ impl B2bua {
         }
         unacked.dedup();
         for key in unacked {
+            let span = self.span_of(key);
+            let _in_call = span.enter();
             tracing::info!(call = %self.calls[&key].label, "no ACK for 200: hanging up");
             self.hang_up_both(key, Ending::NoAck, now);
         }
@@ -344,6 +362,8 @@ impl B2bua {
                 break;
             }
             self.deadlines.pop();
+            let span = self.span_of(key);
+            let _in_call = span.enter();
             self.on_deadline(key, deadline, now);
         }
         self.health.expire(now);
@@ -351,6 +371,13 @@ impl B2bua {
             self.send_probe(peer, now);
         }
         self.send_registers(now);
+    }
+
+    /// The log span of call `key` (a disabled one when the call is gone).
+    fn span_of(&self, key: CallKey) -> tracing::Span {
+        self.calls
+            .get(&key)
+            .map_or_else(tracing::Span::none, |c| c.span.clone())
     }
 
     /// Sends an OPTIONS keepalive to trunk peer `(t, p)`.
@@ -555,8 +582,10 @@ impl B2bua {
         }
         self.next_call += 1;
         let label = now_label(self.next_call);
-        tracing::info!(call = %label, code, "new call refused");
+        tracing::Span::current().record("id", tracing::field::display(&label));
         let dialled = Numbers::of_invite(req);
+        tracing::info!(call = %label, code, called = %Number(&dialled.called),
+            calling = %Number(&dialled.calling), "new call refused");
         let wall = SystemTime::now();
         self.cdrs.push(Cdr {
             call: label,
@@ -628,6 +657,12 @@ impl B2bua {
     }
 
     fn on_invite(&mut self, txn: TxnId, req: Message, source: Target, trunk: usize, now: Instant) {
+        let span = tracing::info_span!(
+            "call",
+            id = tracing::field::Empty,
+            sip_call_id = %req.header("Call-ID").unwrap_or_default()
+        );
+        let _in_call = span.enter();
         self.calls_started[trunk] += 1;
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
@@ -644,13 +679,15 @@ impl B2bua {
             .config
             .route_for(trunk, &numbers.called, &numbers.calling)
         else {
-            tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
+            tracing::info!(trunk = %self.config.trunks[trunk].name,
+                called = %Number(&numbers.called), "no route: 404");
             return self.refuse_invite(txn, &req, trunk, 404, None, now);
         };
         let emergency = policy::is_emergency(&self.config, &dialled.called);
         let route_to = policy::permitted_trunks(&self.config, route, &numbers.called, emergency);
         if route_to.is_empty() {
-            tracing::info!(trunk = %self.config.trunks[trunk].name, "denied destination: 403");
+            tracing::info!(trunk = %self.config.trunks[trunk].name,
+                called = %Number(&numbers.called), "denied destination: 403");
             return self.refuse_invite(txn, &req, trunk, 403, None, now);
         }
         if self.stopping {
@@ -688,6 +725,7 @@ impl B2bua {
         let b_peer = peers.remove(0);
         self.next_call += 1;
         let key = self.next_call;
+        span.record("id", tracing::field::display(now_label(key)));
         let to_tag = token();
         let a = Dialog {
             target: source,
@@ -721,6 +759,7 @@ impl B2bua {
         let call = Call {
             label: now_label(key),
             config: self.config.clone(),
+            span: span.clone(),
             started: now,
             phase: Phase::Setup,
             a,
@@ -758,8 +797,10 @@ impl B2bua {
         self.calls.insert(key, call);
         self.limits.occupy(trunk);
         self.limits.occupy(b_trunk);
+        let numbers = &self.calls[&key].numbers;
         tracing::info!(call = %now_label(key), from = %self.config.trunks[trunk].name,
-            to = %self.config.trunks[b_trunk].name, "new call");
+            to = %self.config.trunks[b_trunk].name, called = %Number(&numbers.called),
+            calling = %Number(&numbers.calling), "new call");
         self.send_b_invite(key, now);
     }
 
@@ -1133,7 +1174,7 @@ impl B2bua {
                 match target {
                     Some((uri, addr)) if call.redirects < MAX_REDIRECTS => {
                         call.redirects += 1;
-                        tracing::info!(call = %call.label, to = %uri, "following redirect");
+                        tracing::info!(call = %call.label, to = %Uri(&uri), "following redirect");
                         let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
                         let (t, config) = (call.b_trunk, call.config.clone());
                         self.finish_attempt(key, AttemptResult::Code(code));
@@ -1410,6 +1451,8 @@ impl B2bua {
             .map(|(k, _)| *k)
             .collect();
         for key in idle {
+            let span = self.span_of(key);
+            let _in_call = span.enter();
             tracing::info!(call = %self.calls[&key].label, "media timeout: hanging up both legs");
             self.hang_up_both(key, Ending::MediaTimeout, now);
         }
