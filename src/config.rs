@@ -13,10 +13,12 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+mod capture;
 mod identity;
 pub mod live;
 mod log;
 mod routing;
+pub use capture::CaptureConfig;
 pub use identity::{Credentials, Identity, Register, Secret};
 pub use log::{LogConfig, LogFormat};
 pub use routing::{
@@ -160,6 +162,8 @@ pub struct Config {
     pub cdr: Option<CdrConfig>,
     /// `[log]`: format, level, redaction.
     pub log: LogConfig,
+    /// `[capture]`: HEP export of SIP messages.
+    pub capture: CaptureConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +303,8 @@ struct RawConfig {
     cdr: Option<RawCdr>,
     #[serde(default)]
     log: log::RawLog,
+    #[serde(default)]
+    capture: capture::RawCapture,
 }
 
 #[derive(Deserialize)]
@@ -951,8 +957,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     };
 
     let log = log::log(raw.log, &err)?;
+    let capture = capture::capture(raw.capture, &err)?;
     Ok(Config {
         log,
+        capture,
         sip: SipConfig {
             listen,
             max_calls: raw.sip.max_calls,

@@ -3,6 +3,7 @@
 //! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
 //! ([`CallRecords`]) and, on SIGHUP, reopens it and reloads the configuration ([`reload`]).
 
+pub mod hep;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -206,6 +207,7 @@ pub async fn run(
     } = frontends;
     let mut records = CallRecords::new(cdr);
     let mut metrics = Metrics::new();
+    let mut capture = hep::Hep::open(&config.capture).context("opening the HEP capture socket")?;
     let trunk_names: Vec<String> = config.trunks.iter().map(|t| t.name.clone()).collect();
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
@@ -246,12 +248,15 @@ pub async fn run(
                 }
             }
             Some((msg, source)) = inbound.recv() => {
-                metrics.sip_message(Direction::Received, source.transport, &msg);
-                core.handle_message(msg, source, Instant::now());
+                let mut next = Some((msg, source));
                 // Drain what is already queued before flushing, to batch under load.
-                while let Ok((msg, source)) = inbound.try_recv() {
+                while let Some((msg, source)) = next {
                     metrics.sip_message(Direction::Received, source.transport, &msg);
+                    if let Some(c) = &mut capture {
+                        c.sip(Direction::Received, &source, &msg);
+                    }
                     core.handle_message(msg, source, Instant::now());
+                    next = inbound.try_recv().ok();
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
@@ -310,6 +315,9 @@ pub async fn run(
         let finished = shutdown.step(&mut core, &mut ng);
         for t in core.drain_transmits() {
             metrics.sip_message(Direction::Sent, t.target.transport, &t.message);
+            if let Some(c) = &mut capture {
+                c.sip(Direction::Sent, &t.target, &t.message);
+            }
             transports.send(t.target, &t.message);
         }
         let cdrs = core.drain_cdrs();

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -171,6 +172,26 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         }
         sleep(Duration::from_millis(20));
     }
+}
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter_netns(name: &str) {
+    let f = fs::File::open(format!("/var/run/netns/{name}")).unwrap();
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// A UDP socket bound to `addr` inside namespace `ns` (a socket stays in the namespace it was
+/// created in, whichever thread uses it).
+pub fn bind_in(ns: &str, addr: &str) -> UdpSocket {
+    let (ns, addr) = (ns.to_string(), addr.to_string());
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"))
+    })
+    .join()
+    .expect("namespace thread")
 }
 
 /// Polls `cond` every 50 ms until it holds; panics naming `what` after `within`.
