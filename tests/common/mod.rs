@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -170,6 +171,35 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
             return None;
         }
         sleep(Duration::from_millis(20));
+    }
+}
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter_netns(name: &str) {
+    let f = fs::File::open(format!("/var/run/netns/{name}")).unwrap();
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// A UDP socket bound to `addr` inside namespace `ns` (a socket stays in the namespace it was
+/// created in, whichever thread uses it).
+pub fn bind_in(ns: &str, addr: &str) -> UdpSocket {
+    let (ns, addr) = (ns.to_string(), addr.to_string());
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"))
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `within`.
+pub fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        sleep(Duration::from_millis(50));
     }
 }
 
@@ -433,6 +463,35 @@ impl Mediagate {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Runs the mediagate binary with `args` in this instance's namespace (a CLI command such
+    /// as `status`), bounded to 10 s: exit status, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &self.ns])
+            .arg(mediagate_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the mediagate CLI");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sends SIGHUP: reopen the CDR file and reload the configuration file.
+    pub fn sighup(&self) {
+        signal(self.pid(), libc::SIGHUP);
+    }
+
+    /// Waits (bounded) until the log holds `text`; panics with the log tail otherwise.
+    pub fn wait_log(&self, within: Duration, text: &str) {
+        wait_for(within, &format!("`{text}` in the log"), || {
+            fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
+        });
     }
 
     /// Sends SIGTERM: a graceful stop (no new calls, calls up get the grace period).
