@@ -14,10 +14,15 @@ use regex::Regex;
 use serde::Deserialize;
 
 mod abuse;
+mod capture;
 mod identity;
+pub mod live;
+mod log;
 mod routing;
 pub use abuse::{AllowList, SourceLimit, Unknown};
+pub use capture::CaptureConfig;
 pub use identity::{Credentials, Identity, Register, Secret};
+pub use log::{LogConfig, LogFormat};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
 };
@@ -157,6 +162,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Call detail records (`[cdr]`); `None` when the section is absent: no CDRs are written.
     pub cdr: Option<CdrConfig>,
+    /// `[log]`: format, level, redaction.
+    pub log: LogConfig,
+    /// `[capture]`: HEP export of SIP messages.
+    pub capture: CaptureConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -229,7 +238,7 @@ pub struct CdrConfig {
 
 /// A named media address, for NG `direction` / `from-interface` / `to-interface`. A name can
 /// have one address per family; NG `address family` chooses between them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MediaInterface {
     pub name: String,
     pub address: std::net::IpAddr,
@@ -305,6 +314,10 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     cdr: Option<RawCdr>,
+    #[serde(default)]
+    log: log::RawLog,
+    #[serde(default)]
+    capture: capture::RawCapture,
 }
 
 #[derive(Deserialize)]
@@ -999,7 +1012,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
     };
 
+    let log = log::log(raw.log, &err)?;
+    let capture = capture::capture(raw.capture, &err)?;
     Ok(Config {
+        log,
+        capture,
         sip: SipConfig {
             listen,
             max_calls: raw.sip.max_calls,

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod sdp;

@@ -17,13 +17,22 @@ use tokio::sync::mpsc;
 
 const USAGE: &str = "usage: mediagate [--config FILE] | --check-config FILE | --version
        mediagate trunk (drain|resume) NAME --config FILE
+       mediagate (status|calls) [--http ADDR | --config FILE]
 
   --config FILE        run with this configuration (without it: a safe embedded default
                        that listens on loopback only and accepts calls from no one)
   --check-config FILE  validate FILE; exit 0, or print FILE:LINE: key: problem and exit 2
   trunk drain NAME     stop new calls to trunk NAME of the mediagate running with FILE (its
                        calls up continue); `trunk resume NAME` takes new calls again. Talks to
-                       [control] http of FILE.";
+                       [control] http of FILE.
+  status               trunks and peers with their health, the calls up and the data plane
+                       of the running mediagate, as tables
+  calls                the calls up: id, trunks, numbers, state, duration, tier, packets
+                       (both read GET /status from ADDR, or from [control] http of FILE;
+                       default 127.0.0.1:9100)";
+
+/// Where `status` / `calls` find the running mediagate when given neither option.
+const DEFAULT_HTTP: &str = "127.0.0.1:9100";
 
 enum Mode {
     Run(Option<PathBuf>),
@@ -33,6 +42,18 @@ enum Mode {
         drain: bool,
         config: PathBuf,
     },
+    /// `status` (`calls: false`) or `calls`, from the endpoint `http` or `[control] http` of
+    /// `config`.
+    Show {
+        calls: bool,
+        endpoint: Endpoint,
+    },
+}
+
+/// How a CLI command finds the running mediagate's control endpoint.
+enum Endpoint {
+    Http(String),
+    Config(PathBuf),
 }
 
 fn parse_args() -> Result<Mode, String> {
@@ -50,6 +71,15 @@ fn parse_args() -> Result<Mode, String> {
             name: name.to_string(),
             drain: *action == "drain",
             config: f.into(),
+        }),
+        [cmd @ ("status" | "calls"), rest @ ..] => Ok(Mode::Show {
+            calls: *cmd == "calls",
+            endpoint: match rest {
+                [] => Endpoint::Http(DEFAULT_HTTP.into()),
+                ["--http", a] => Endpoint::Http(a.to_string()),
+                ["--config", f] => Endpoint::Config(f.into()),
+                _ => return Err(USAGE.to_string()),
+            },
         }),
         ["--version"] => {
             println!("mediagate {}", env!("CARGO_PKG_VERSION"));
@@ -92,24 +122,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Mode::Show { calls, endpoint } => match show(calls, &endpoint) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mediagate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Mode::Run(path) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
             let config = match &path {
                 Some(p) => config::load(p),
-                None => {
-                    tracing::warn!(
-                        "no --config given: running the embedded default (loopback only, no trunks, \
-                         accepts calls from no one); write a config with [[trunk]] and [[route]] \
-                         sections and start with --config FILE (see README)"
-                    );
-                    config::parse("(embedded default)", config::EMBEDDED_DEFAULT)
-                }
+                None => config::parse("(embedded default)", config::EMBEDDED_DEFAULT),
             };
             let config = match config {
                 Ok(c) => c,
@@ -118,7 +144,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config) {
+            mediagate::logging::init(&config.log);
+            if path.is_none() {
+                tracing::warn!(
+                    "no --config given: running the embedded default (loopback only, no trunks, \
+                     accepts calls from no one); write a config with [[trunk]] and [[route]] \
+                     sections and start with --config FILE (see README)"
+                );
+            }
+            match run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -129,22 +163,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// `[control] http` of the config file at `path`.
+fn http_of(path: &std::path::Path) -> anyhow::Result<std::net::SocketAddr> {
+    config::load(path)?
+        .control
+        .http
+        .context("the config has no [control] http endpoint to talk to")
+}
+
 /// `mediagate trunk drain|resume NAME`: one HTTP request to the running mediagate's control
 /// endpoint; returns its JSON reply.
 fn trunk_command(config: &std::path::Path, name: &str, drain: bool) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let config = config::load(config)?;
-    let addr = config
-        .control
-        .http
-        .context("the config has no [control] http endpoint to talk to")?;
     let action = if drain { "drain" } else { "resume" };
+    http_request(
+        http_of(config)?,
+        "POST",
+        &format!("/trunks/{name}/{action}"),
+    )
+}
+
+/// `mediagate status` / `mediagate calls`: `GET /status` printed as tables.
+fn show(calls: bool, endpoint: &Endpoint) -> anyhow::Result<String> {
+    let addr = match endpoint {
+        Endpoint::Http(a) => a
+            .parse()
+            .with_context(|| format!("--http {a}: expected IP:PORT"))?,
+        Endpoint::Config(path) => http_of(path)?,
+    };
+    let body = http_request(addr, "GET", "/status")?;
+    let status: serde_json::Value =
+        serde_json::from_str(&body).context("the /status answer is not JSON")?;
+    let now = std::time::SystemTime::now();
+    Ok(if calls {
+        mediagate::metrics::table::calls(&status, now)
+    } else {
+        mediagate::metrics::table::status(&status, now)
+    })
+}
+
+/// One HTTP/1.1 request without a body to the control endpoint at `addr`; the body of a 200
+/// answer, else an error carrying the answer's body.
+fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     write!(
         stream,
-        "POST /trunks/{name}/{action} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -191,7 +257,7 @@ fn stop_on_panic() {
     }));
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     stop_on_panic();
     let config = Arc::new(config);
     match dataplane::reserve_ports(config.media.port_first, config.media.port_last) {
@@ -246,6 +312,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             cdr,
             gate,
         };
-        mediagate::signalling::run(config.clone(), relay, frontends, control_rx, stop_rx).await
+        mediagate::signalling::run(config.clone(), path, relay, frontends, control_rx, stop_rx)
+            .await
     })
 }

@@ -78,26 +78,6 @@ delete_delay_s = 0
 // Namespaces and IPv6 set-up
 // ---------------------------------------------------------------------------
 
-/// Moves the calling thread into a named network namespace.
-fn enter_netns(name: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
-    // SAFETY: a valid namespace fd; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-/// A UDP socket bound to `addr` inside namespace `ns` (a socket stays in the namespace it was
-/// created in, whichever thread uses it).
-fn bind_in(ns: &str, addr: &str) -> UdpSocket {
-    let (ns, addr) = (ns.to_string(), addr.to_string());
-    std::thread::spawn(move || {
-        enter_netns(&ns);
-        UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"))
-    })
-    .join()
-    .expect("namespace thread")
-}
-
 /// The MAC address of device `dev` in namespace `ns`.
 fn mac_of(ns: &str, dev: &str) -> String {
     let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]));

@@ -171,6 +171,13 @@ fn unix_now(wall: SystemTime) -> u64 {
 }
 
 impl NgServer {
+    /// Takes a reloaded configuration (SIGHUP) for what follows: `sip.max_calls`,
+    /// `control.delete_delay_s` and the media timeouts. Media interfaces need a restart, so
+    /// [`crate::config::live::merge`] has kept them as they were.
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        self.config = config;
+    }
+
     pub fn new(config: Arc<Config>, media: SharedResources) -> Self {
         NgServer {
             config,

@@ -5,6 +5,7 @@
 //! plane carries no web framework.
 
 pub mod prometheus;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

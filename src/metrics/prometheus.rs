@@ -182,6 +182,10 @@ pub struct Metrics {
     streams: HashMap<StreamId, Arc<StreamStats>>,
     /// Totals of streams already removed.
     retired: ByTier,
+    /// Configuration reloads (SIGHUP): (applied, refused).
+    reloads: (u64, u64),
+    /// Whether the latest reload was refused.
+    last_reload_failed: bool,
 }
 
 fn method_label(m: &str) -> &'static str {
@@ -236,6 +240,17 @@ impl Metrics {
         }
     }
 
+    /// Counts a configuration reload (SIGHUP): applied (`ok`) or refused with the running
+    /// configuration kept.
+    pub fn config_reload(&mut self, ok: bool) {
+        if ok {
+            self.reloads.0 += 1;
+        } else {
+            self.reloads.1 += 1;
+        }
+        self.last_reload_failed = !ok;
+    }
+
     /// Notes a media command on its way to the data plane: added streams are watched, removed
     /// streams' totals are kept.
     pub fn media_command(&mut self, cmd: &Command) {
@@ -277,6 +292,7 @@ impl Metrics {
         self.render_sip(&mut out, sources);
         render_trunks(&mut out, sources.status);
         self.render_media(&mut out, sources);
+        self.render_reloads(&mut out);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &out.registry);
@@ -327,6 +343,20 @@ impl Metrics {
                 ("error", s.ng.errors),
             ]
             .map(|(c, n)| (vec![("command", c.to_string())], n)),
+        );
+    }
+
+    fn render_reloads(&self, out: &mut Out) {
+        out.counter(
+            "mediagate_config_reloads",
+            "Configuration reloads on SIGHUP: ok = applied to new calls, error = refused (invalid file), running configuration kept.",
+            [("ok", self.reloads.0), ("error", self.reloads.1)]
+                .map(|(r, n)| (vec![("result", r.to_string())], n)),
+        );
+        out.gauge(
+            "mediagate_config_last_reload_successful",
+            "0 when the latest configuration reload was refused, else 1.",
+            [(vec![], f64::from(u8::from(!self.last_reload_failed)))],
         );
     }
 

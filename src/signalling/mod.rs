@@ -1,11 +1,13 @@
 //! The I/O shell around the sans-IO SIP core: one control loop that owns the [`B2bua`], feeds it
 //! received messages and timer ticks, sends what it produces and hands its media commands to the
 //! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
-//! ([`CallRecords`]) and reopens it on SIGHUP.
+//! ([`CallRecords`]) and, on SIGHUP, reopens it and reloads the configuration ([`reload`]).
 
 pub mod gate;
+pub mod hep;
 pub mod transport;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,18 +81,45 @@ impl CallRecords {
         }
     }
 
-    /// SIGHUP: reopens the CDR file (logrotate moved it away). The configuration is not
-    /// reloaded yet, and the log says so, so that nobody mistakes SIGHUP for a reload.
+    /// SIGHUP: reopens the CDR file (logrotate moved it away).
     pub fn on_sighup(&mut self) {
         let Some(w) = &mut self.writer else {
-            tracing::info!("SIGHUP: no [cdr] file to reopen; the configuration is NOT reloaded (not supported yet: restart to apply changes)");
             return;
         };
         match w.reopen() {
-            Ok(()) => tracing::info!(path = %w.path().display(),
-                "SIGHUP: CDR file reopened; the configuration is NOT reloaded (not supported yet: restart to apply changes)"),
+            Ok(()) => tracing::info!(path = %w.path().display(), "SIGHUP: CDR file reopened"),
             Err(e) => tracing::warn!(path = %w.path().display(), error = %e,
                 "SIGHUP: cannot reopen the CDR file; records keep going to the previously open file"),
+        }
+    }
+}
+
+/// SIGHUP's configuration reload: reads `path` again and merges it into `running`
+/// ([`crate::config::live::merge`]). Logs the outcome: the error (FILE:LINE: key: problem) of
+/// a refused file, or the keys whose change needs a restart. `None` when the reload was
+/// refused and `running` stays.
+pub fn reload(path: Option<&Path>, running: &Config) -> Option<Arc<Config>> {
+    let Some(path) = path else {
+        tracing::error!("SIGHUP: configuration NOT reloaded: mediagate runs the embedded default (no --config FILE)");
+        return None;
+    };
+    let merged = crate::config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|new| crate::config::live::merge(running, new));
+    match merged {
+        Ok(m) => {
+            if !m.restart_needed.is_empty() {
+                tracing::warn!(keys = ?m.restart_needed,
+                    "SIGHUP: these settings change only with a restart; they keep their running values");
+            }
+            tracing::info!(path = %path.display(),
+                "SIGHUP: configuration reloaded; new calls use it, calls in progress keep theirs");
+            Some(Arc::new(m.config))
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error,
+                "SIGHUP: configuration NOT reloaded; the running configuration stays");
+            None
         }
     }
 }
@@ -165,9 +194,11 @@ impl Shutdown {
     }
 }
 
-/// Runs the control loop until a [`Stop`] has been carried out.
+/// Runs the control loop until a [`Stop`] has been carried out. `config_path` is the file
+/// `config` came from, read again on SIGHUP (`None`: the embedded default, not reloadable).
 pub async fn run(
-    config: Arc<Config>,
+    mut config: Arc<Config>,
+    config_path: Option<PathBuf>,
     mut relay: Dataplane,
     frontends: Frontends,
     mut control: mpsc::Receiver<ControlRequest>,
@@ -182,6 +213,7 @@ pub async fn run(
     } = frontends;
     let mut records = CallRecords::new(cdr);
     let mut metrics = Metrics::new();
+    let mut capture = hep::Hep::open(&config.capture).context("opening the HEP capture socket")?;
     let trunk_names: Vec<String> = config.trunks.iter().map(|t| t.name.clone()).collect();
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
@@ -224,12 +256,15 @@ pub async fn run(
                 }
             }
             Some((msg, source)) = inbound.recv() => {
-                metrics.sip_message(Direction::Received, source.transport, &msg);
-                core.handle_message(msg, source, Instant::now());
+                let mut next = Some((msg, source));
                 // Drain what is already queued before flushing, to batch under load.
-                while let Ok((msg, source)) = inbound.try_recv() {
+                while let Some((msg, source)) = next {
                     metrics.sip_message(Direction::Received, source.transport, &msg);
+                    if let Some(c) = &mut capture {
+                        c.sip(Direction::Received, &source, &msg);
+                    }
                     core.handle_message(msg, source, Instant::now());
+                    next = inbound.try_recv().ok();
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
@@ -278,7 +313,17 @@ pub async fn run(
                     let _ = reply.send(core.set_draining(&trunk, on));
                 }
             },
-            Some(()) = hangup.recv() => records.on_sighup(),
+            Some(()) = hangup.recv() => {
+                records.on_sighup();
+                let reloaded = reload(config_path.as_deref(), &config);
+                metrics.config_reload(reloaded.is_some());
+                if let Some(new) = reloaded {
+                    crate::logging::set_redact(new.log.redact);
+                    core.reconfigure(new.clone());
+                    ng.reconfigure(new.clone());
+                    config = new;
+                }
+            }
             Some(how) = stop.recv() => {
                 shutdown.begin(how, config.control.shutdown_grace, &mut core, &mut ng);
             }
@@ -286,6 +331,9 @@ pub async fn run(
         let finished = shutdown.step(&mut core, &mut ng);
         for t in core.drain_transmits() {
             metrics.sip_message(Direction::Sent, t.target.transport, &t.message);
+            if let Some(c) = &mut capture {
+                c.sip(Direction::Sent, &t.target, &t.message);
+            }
             transports.send(t.target, &t.message);
         }
         let cdrs = core.drain_cdrs();

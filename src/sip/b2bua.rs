@@ -27,6 +27,7 @@ use super::translate::Numbers;
 use super::validate;
 use crate::cdr::{Attempt, AttemptResult, CallTimes, Cdr, Ending, MediaCounters};
 use crate::config::{Config, Direction, Endpoint, Redirect, Unknown, POLICY_HEADERS};
+use crate::logging::{Number, Uri};
 use crate::media::session::{AnchorError, CallMedia, Resources, SharedResources, Side};
 use crate::media::Command;
 use crate::sdp::Sdp;
@@ -97,6 +98,13 @@ struct PendingOk {
 #[derive(Debug)]
 struct Call {
     label: String,
+    /// The configuration the call started with: its translation, header policy, timeouts,
+    /// failover and response mapping stay as they were when a reload (SIGHUP) changes them
+    /// for new calls.
+    config: Arc<Config>,
+    /// `call{id, sip_call_id}`: entered while the B2BUA works on this call, so every log
+    /// line of the call names it.
+    span: tracing::Span,
     started: Instant,
     phase: Phase,
     a: Dialog,
@@ -339,6 +347,11 @@ impl B2bua {
                 return;
             }
         }
+        let span = msg
+            .header("Call-ID")
+            .and_then(|id| self.by_call_id.get(id))
+            .map_or_else(tracing::Span::none, |(key, _)| self.span_of(*key));
+        let _in_call = span.enter();
         match self.txns.handle_message(msg, source, now) {
             Event::Request {
                 txn,
@@ -356,6 +369,13 @@ impl B2bua {
     pub fn handle_timeout(&mut self, now: Instant) {
         for ev in self.txns.handle_timeout(now) {
             if let Event::Timeout { txn } = ev {
+                let key = self
+                    .by_client_txn
+                    .get(&txn)
+                    .map(|(k, _)| *k)
+                    .or_else(|| self.by_server_invite.get(&txn).copied());
+                let span = key.map_or_else(tracing::Span::none, |k| self.span_of(k));
+                let _in_call = span.enter();
                 self.on_txn_timeout(txn, now);
             }
         }
@@ -373,6 +393,8 @@ impl B2bua {
         }
         unacked.dedup();
         for key in unacked {
+            let span = self.span_of(key);
+            let _in_call = span.enter();
             tracing::info!(call = %self.calls[&key].label, "no ACK for 200: hanging up");
             self.hang_up_both(key, Ending::NoAck, now);
         }
@@ -385,6 +407,8 @@ impl B2bua {
                 break;
             }
             self.deadlines.pop();
+            let span = self.span_of(key);
+            let _in_call = span.enter();
             self.on_deadline(key, deadline, now);
         }
         self.health.expire(now);
@@ -392,6 +416,13 @@ impl B2bua {
             self.send_probe(peer, now);
         }
         self.send_registers(now);
+    }
+
+    /// The log span of call `key` (a disabled one when the call is gone).
+    fn span_of(&self, key: CallKey) -> tracing::Span {
+        self.calls
+            .get(&key)
+            .map_or_else(tracing::Span::none, |c| c.span.clone())
     }
 
     /// Sends an OPTIONS keepalive to trunk peer `(t, p)`.
@@ -535,6 +566,16 @@ impl B2bua {
         self.calls.is_empty() && self.txns.is_empty()
     }
 
+    /// Takes a reloaded configuration (SIGHUP) for new calls: routes, translation, policy,
+    /// limits and timeouts change at once, while calls in progress keep the configuration they
+    /// started with. `config` must keep the running one's trunk list and wiring
+    /// ([`crate::config::live::merge`] sees to it), so trunk indices, peer health and
+    /// registrations carry over unchanged.
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        self.limits.reconfigure(&config);
+        self.config = config;
+    }
+
     /// Starts or stops draining the trunk named `name`: no new calls go to it while its calls
     /// up continue. Errors when no trunk has that name.
     pub fn set_draining(&mut self, name: &str, on: bool) -> Result<(), String> {
@@ -586,8 +627,10 @@ impl B2bua {
         }
         self.next_call += 1;
         let label = now_label(self.next_call);
-        tracing::info!(call = %label, code, "new call refused");
+        tracing::Span::current().record("id", tracing::field::display(&label));
         let dialled = Numbers::of_invite(req);
+        tracing::info!(call = %label, code, called = %Number(&dialled.called),
+            calling = %Number(&dialled.calling), "new call refused");
         let wall = SystemTime::now();
         self.cdrs.push(Cdr {
             call: label,
@@ -662,6 +705,12 @@ impl B2bua {
     }
 
     fn on_invite(&mut self, txn: TxnId, req: Message, source: Target, trunk: usize, now: Instant) {
+        let span = tracing::info_span!(
+            "call",
+            id = tracing::field::Empty,
+            sip_call_id = %req.header("Call-ID").unwrap_or_default()
+        );
+        let _in_call = span.enter();
         self.calls_started[trunk] += 1;
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
@@ -678,13 +727,15 @@ impl B2bua {
             .config
             .route_for(trunk, &numbers.called, &numbers.calling)
         else {
-            tracing::info!(trunk = %self.config.trunks[trunk].name, "no route: 404");
+            tracing::info!(trunk = %self.config.trunks[trunk].name,
+                called = %Number(&numbers.called), "no route: 404");
             return self.refuse_invite(txn, &req, trunk, 404, None, now);
         };
         let emergency = policy::is_emergency(&self.config, &dialled.called);
         let route_to = policy::permitted_trunks(&self.config, route, &numbers.called, emergency);
         if route_to.is_empty() {
-            tracing::info!(trunk = %self.config.trunks[trunk].name, "denied destination: 403");
+            tracing::info!(trunk = %self.config.trunks[trunk].name,
+                called = %Number(&numbers.called), "denied destination: 403");
             return self.refuse_invite(txn, &req, trunk, 403, None, now);
         }
         if self.stopping {
@@ -722,6 +773,7 @@ impl B2bua {
         let b_peer = peers.remove(0);
         self.next_call += 1;
         let key = self.next_call;
+        span.record("id", tracing::field::display(now_label(key)));
         let to_tag = token();
         let a = Dialog {
             target: source,
@@ -741,7 +793,7 @@ impl B2bua {
             local_cseq: 0,
             signalling_ip: source.remote.ip(),
         };
-        let b = self.new_b_dialog(&req, &numbers, b_trunk, b_peer);
+        let b = Self::new_b_dialog(&self.config, &req, &numbers, b_trunk, b_peer);
         let a_local = source.local.ip();
         let media = CallMedia::new(
             a_local,
@@ -754,6 +806,8 @@ impl B2bua {
         self.txns.respond(txn, trying, now);
         let call = Call {
             label: now_label(key),
+            config: self.config.clone(),
+            span: span.clone(),
             started: now,
             phase: Phase::Setup,
             a,
@@ -791,8 +845,10 @@ impl B2bua {
         self.calls.insert(key, call);
         self.limits.occupy(trunk);
         self.limits.occupy(b_trunk);
+        let numbers = &self.calls[&key].numbers;
         tracing::info!(call = %now_label(key), from = %self.config.trunks[trunk].name,
-            to = %self.config.trunks[b_trunk].name, "new call");
+            to = %self.config.trunks[b_trunk].name, called = %Number(&numbers.called),
+            calling = %Number(&numbers.calling), "new call");
         self.send_b_invite(key, now);
     }
 
@@ -825,15 +881,15 @@ impl B2bua {
 
     /// A fresh dialog toward peer `peer` of `trunk`: new Call-ID, tags and URIs built from
     /// mediagate's own address, carrying only the caller's and callee's numbers (`numbers`
-    /// after `trunk`'s outbound translation).
+    /// after `trunk`'s outbound translation, by the call's `config`).
     fn new_b_dialog(
-        &self,
+        config: &Config,
         a_invite: &Message,
         numbers: &Numbers,
         trunk: usize,
         peer: usize,
     ) -> Dialog {
-        let t = &self.config.trunks[trunk];
+        let t = &config.trunks[trunk];
         let peer = t.peers[peer];
         let target = Target {
             transport: peer.transport,
@@ -904,7 +960,7 @@ impl B2bua {
         inv.push_header("Allow", ALLOW.into());
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
-            &self.config,
+            &call.config,
             call.a_trunk,
             call.b_trunk,
             &call.a_invite,
@@ -919,7 +975,7 @@ impl B2bua {
         call.open_txns.push(txn);
         call.responded = false;
         call.invites_sent += 1;
-        let timeout = self.config.trunks[call.b_trunk].invite_timeout;
+        let timeout = call.config.trunks[call.b_trunk].invite_timeout;
         self.deadlines.push(Reverse((
             now + timeout,
             key,
@@ -1091,7 +1147,7 @@ impl B2bua {
                 tracing::info!(call = %call.label, "answered");
                 let limit = [call.a_trunk, call.b_trunk]
                     .iter()
-                    .filter_map(|t| self.config.trunks[*t].max_duration)
+                    .filter_map(|t| call.config.trunks[*t].max_duration)
                     .min();
                 if let Some(limit) = limit {
                     self.deadlines
@@ -1113,7 +1169,8 @@ impl B2bua {
                 if call.cancelled || call.phase == Phase::Ending {
                     return self.finish_if_idle(key);
                 }
-                let trunk = &self.config.trunks[call.b_trunk];
+                let config = call.config.clone();
+                let trunk = &config.trunks[call.b_trunk];
                 if (300..400).contains(&code) {
                     return self.on_redirect(key, &resp, code, trunk.redirect, now);
                 }
@@ -1121,7 +1178,7 @@ impl B2bua {
                 let mapped = policy::map_response(trunk, code);
                 // A trunk with credentials that still challenges rejected them: its failure,
                 // never the caller's to answer (503 unless response_map says otherwise).
-                if matches!(code, 401 | 407) && ClientAuth::wants(&self.config, call.b_trunk) {
+                if matches!(code, 401 | 407) && ClientAuth::wants(&config, call.b_trunk) {
                     let mapped = if mapped == code { 503 } else { mapped };
                     return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
                 }
@@ -1165,11 +1222,11 @@ impl B2bua {
                 match target {
                     Some((uri, addr)) if call.redirects < MAX_REDIRECTS => {
                         call.redirects += 1;
-                        tracing::info!(call = %call.label, to = %uri, "following redirect");
+                        tracing::info!(call = %call.label, to = %Uri(&uri), "following redirect");
                         let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
-                        let t = call.b_trunk;
+                        let (t, config) = (call.b_trunk, call.config.clone());
                         self.finish_attempt(key, AttemptResult::Code(code));
-                        let mut b = self.new_b_dialog(&a_invite, &numbers, t, 0);
+                        let mut b = Self::new_b_dialog(&config, &a_invite, &numbers, t, 0);
                         b.target.remote = addr;
                         b.signalling_ip = addr.ip();
                         b.remote_target = uri;
@@ -1219,7 +1276,7 @@ impl B2bua {
         let tag = header::param(&call.a.local, "tag");
         let mut r = response_to(&call.a_invite, code, reason_phrase, tag);
         if let (true, Some(server)) = (
-            policy::passes_server(&self.config, call.a_trunk),
+            policy::passes_server(&call.config, call.a_trunk),
             resp.header("Server"),
         ) {
             r.set_header("Server", server.to_string());
@@ -1258,8 +1315,7 @@ impl B2bua {
         let call = &self.calls[&key];
         tracing::info!(call = %call.label, to = %self.config.trunks[trunk].name,
             peer = %self.config.trunks[trunk].peers[peer].addr, "failing over");
-        let (a_invite, numbers) = (call.a_invite.clone(), call.numbers.clone());
-        let b = self.new_b_dialog(&a_invite, &numbers, trunk, peer);
+        let b = Self::new_b_dialog(&call.config, &call.a_invite, &call.numbers, trunk, peer);
         self.replace_b(key, b, trunk, now);
         true
     }
@@ -1365,7 +1421,7 @@ impl B2bua {
     fn record_of(&self, call: &Call, ending: Ending) -> Cdr {
         let dialled = Numbers::of_invite(&call.a_invite);
         let tried = call.invites_sent > 0;
-        let b_trunk = &self.config.trunks[call.b_trunk];
+        let b_trunk = &call.config.trunks[call.b_trunk];
         let out = tried.then(|| {
             call.numbers
                 .translated(&b_trunk.policy.translate, Direction::Out)
@@ -1443,6 +1499,8 @@ impl B2bua {
             .map(|(k, _)| *k)
             .collect();
         for key in idle {
+            let span = self.span_of(key);
+            let _in_call = span.enter();
             tracing::info!(call = %self.calls[&key].label, "media timeout: hanging up both legs");
             self.hang_up_both(key, Ending::MediaTimeout, now);
         }
@@ -1484,6 +1542,8 @@ impl B2bua {
                         Phase::Ending => "ending",
                     },
                     "started": humantime::format_rfc3339_seconds(started).to_string(),
+                    "calling": c.numbers.calling,
+                    "called": c.numbers.called,
                     "legs": [leg(c, Side::A), leg(c, Side::B)],
                 })
             })

@@ -94,6 +94,25 @@ impl Limits {
         }
     }
 
+    /// Takes new limits from a reloaded `config` with the same trunks: calls occupying each
+    /// trunk and drains carry over; a rate bucket is kept while its rate is unchanged and
+    /// starts full when the rate changed.
+    pub fn reconfigure(&mut self, config: &Config) {
+        let bucket = |old: Option<TokenBucket>, rate: Option<f64>| match (old, rate) {
+            (Some(b), Some(r)) if b.rate == r => Some(b),
+            (_, r) => r.map(TokenBucket::new),
+        };
+        self.max_calls = config.sip.max_calls;
+        self.global_rate = bucket(self.global_rate.take(), config.sip.max_cps);
+        self.trunk_max = config.trunks.iter().map(|t| t.max_calls).collect();
+        let old_rates = std::mem::take(&mut self.trunk_rate);
+        self.trunk_rate = old_rates
+            .into_iter()
+            .zip(&config.trunks)
+            .map(|(b, t)| bucket(b, t.max_cps))
+            .collect();
+    }
+
     /// Admits a new call arriving from trunk `t` while `active` calls are up in all: checks the
     /// box's and the trunk's limits and, when admitted, takes the box's token (the trunk's is
     /// taken by [`Self::occupy`]).

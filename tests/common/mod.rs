@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -170,6 +171,35 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
             return None;
         }
         sleep(Duration::from_millis(20));
+    }
+}
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter_netns(name: &str) {
+    let f = fs::File::open(format!("/var/run/netns/{name}")).unwrap();
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// A UDP socket bound to `addr` inside namespace `ns` (a socket stays in the namespace it was
+/// created in, whichever thread uses it).
+pub fn bind_in(ns: &str, addr: &str) -> UdpSocket {
+    let (ns, addr) = (ns.to_string(), addr.to_string());
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"))
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `within`.
+pub fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        sleep(Duration::from_millis(50));
     }
 }
 
@@ -433,6 +463,35 @@ impl Mediagate {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Runs the mediagate binary with `args` in this instance's namespace (a CLI command such
+    /// as `status`), bounded to 10 s: exit status, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &self.ns])
+            .arg(mediagate_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the mediagate CLI");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sends SIGHUP: reopen the CDR file and reload the configuration file.
+    pub fn sighup(&self) {
+        signal(self.pid(), libc::SIGHUP);
+    }
+
+    /// Waits (bounded) until the log holds `text`; panics with the log tail otherwise.
+    pub fn wait_log(&self, within: Duration, text: &str) {
+        wait_for(within, &format!("`{text}` in the log"), || {
+            fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
+        });
     }
 
     /// Sends SIGTERM: a graceful stop (no new calls, calls up get the grace period).
@@ -1428,16 +1487,6 @@ pub fn sides(lab: &Lab, from: Origin) -> (Side, Side) {
 // Raw sockets inside a namespace (hand-made SIP, hostile input)
 // ---------------------------------------------------------------------------
 
-/// Moves the calling thread into a named network namespace.
-pub fn enter_netns(name: &str) {
-    use std::os::fd::AsRawFd;
-    let f = fs::File::open(format!("/var/run/netns/{name}"))
-        .unwrap_or_else(|e| panic!("open namespace {name}: {e}"));
-    // SAFETY: a valid namespace fd; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
-}
-
 /// Runs `f` on a thread inside namespace `ns` and returns its result: a socket made there stays
 /// in that namespace whichever thread uses it later.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -1452,11 +1501,8 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 
 /// A UDP socket bound to `ip:0` in namespace `ns`, with a 2 s read timeout so that no test
 /// waits forever for an answer that does not come.
-pub fn udp_in(ns: &str, ip: &str) -> std::net::UdpSocket {
-    let addr = format!("{ip}:0");
-    let s = in_netns(ns, move || {
-        std::net::UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
-    });
+pub fn udp_in(ns: &str, ip: &str) -> UdpSocket {
+    let s = bind_in(ns, &format!("{ip}:0"));
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("set read timeout");
     s
@@ -1515,7 +1561,7 @@ pub fn status_code(msg: &[u8]) -> Option<u16> {
 /// every response that arrived before the probe's answer (the answers to `bytes`, in order),
 /// or panics when the probe is not answered: mediagate must keep answering whatever it got.
 pub fn send_then_probe(
-    sock: &std::net::UdpSocket,
+    sock: &UdpSocket,
     to: SocketAddrV4,
     bytes: &[u8],
     what: &str,
@@ -1547,7 +1593,7 @@ pub fn send_then_probe(
 
 /// Status codes of every datagram already waiting on `sock` (it is drained without waiting:
 /// call this after a later request's answer showed that mediagate handled these).
-pub fn drain_codes(sock: &std::net::UdpSocket) -> Vec<u16> {
+pub fn drain_codes(sock: &UdpSocket) -> Vec<u16> {
     sock.set_nonblocking(true).unwrap();
     let mut buf = vec![0u8; 65_536];
     let mut codes = Vec::new();

@@ -1,0 +1,201 @@
+//! SIP capture for Homer: every SIP message mediagate receives or sends is mirrored to a HEP v3
+//! collector (`[capture] hep`), one UDP datagram per message, with the addresses and ports it
+//! travelled between and its arrival or departure time. Sending never blocks the control loop:
+//! a datagram the socket cannot take is dropped and counted.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{CaptureConfig, Transport};
+use crate::metrics::prometheus::Direction;
+use crate::sip::message::Message;
+use crate::sip::transaction::Target;
+
+/// HEP v3 generic chunk types (vendor 0) that mediagate writes.
+mod chunk {
+    pub const IP_FAMILY: u16 = 0x0001;
+    pub const IP_PROTO: u16 = 0x0002;
+    pub const IPV4_SRC: u16 = 0x0003;
+    pub const IPV4_DST: u16 = 0x0004;
+    pub const IPV6_SRC: u16 = 0x0005;
+    pub const IPV6_DST: u16 = 0x0006;
+    pub const SRC_PORT: u16 = 0x0007;
+    pub const DST_PORT: u16 = 0x0008;
+    pub const TIME_S: u16 = 0x0009;
+    pub const TIME_US: u16 = 0x000a;
+    pub const PROTO_TYPE: u16 = 0x000b;
+    pub const AGENT_ID: u16 = 0x000c;
+    pub const PAYLOAD: u16 = 0x000f;
+    pub const CORRELATION: u16 = 0x0011;
+}
+
+/// HEP protocol type of SIP.
+const PROTO_SIP: u8 = 1;
+
+/// One captured message.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub transport: Transport,
+    pub time: SystemTime,
+    pub agent_id: u32,
+    /// The SIP message as on the wire.
+    pub payload: &'a [u8],
+    /// The Call-ID, so Homer correlates without parsing.
+    pub correlation: Option<&'a str>,
+}
+
+fn push_chunk(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&((6 + data.len()) as u16).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// The HEP v3 datagram of `p`: `HEP3`, total length, then the chunks. `None` when it would not
+/// fit HEP's 16-bit length (a SIP message over ~64 KiB).
+pub fn encode(p: &Packet<'_>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(p.payload.len() + 128);
+    out.extend_from_slice(b"HEP3\0\0");
+    match (p.src.ip(), p.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            push_chunk(&mut out, chunk::IP_FAMILY, &[2]);
+            push_chunk(&mut out, chunk::IPV4_SRC, &s.octets());
+            push_chunk(&mut out, chunk::IPV4_DST, &d.octets());
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            push_chunk(&mut out, chunk::IP_FAMILY, &[10]);
+            push_chunk(&mut out, chunk::IPV6_SRC, &v6(s).octets());
+            push_chunk(&mut out, chunk::IPV6_DST, &v6(d).octets());
+        }
+    }
+    let proto = match p.transport {
+        Transport::Udp => 17,
+        _ => 6,
+    };
+    push_chunk(&mut out, chunk::IP_PROTO, &[proto]);
+    push_chunk(&mut out, chunk::SRC_PORT, &p.src.port().to_be_bytes());
+    push_chunk(&mut out, chunk::DST_PORT, &p.dst.port().to_be_bytes());
+    let since = p.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    push_chunk(
+        &mut out,
+        chunk::TIME_S,
+        &(since.as_secs() as u32).to_be_bytes(),
+    );
+    push_chunk(
+        &mut out,
+        chunk::TIME_US,
+        &since.subsec_micros().to_be_bytes(),
+    );
+    push_chunk(&mut out, chunk::PROTO_TYPE, &[PROTO_SIP]);
+    push_chunk(&mut out, chunk::AGENT_ID, &p.agent_id.to_be_bytes());
+    if let Some(c) = p.correlation {
+        push_chunk(&mut out, chunk::CORRELATION, c.as_bytes());
+    }
+    push_chunk(&mut out, chunk::PAYLOAD, p.payload);
+    let total = u16::try_from(out.len()).ok()?;
+    out[4..6].copy_from_slice(&total.to_be_bytes());
+    Some(out)
+}
+
+/// The capture socket and its collector.
+pub struct Hep {
+    socket: UdpSocket,
+    collector: SocketAddr,
+    agent_id: u32,
+    /// Messages not captured (socket full, collector unreachable, too big).
+    dropped: u64,
+}
+
+impl Hep {
+    /// A non-blocking socket toward `config.hep`; `None` without `[capture] hep`.
+    pub fn open(config: &CaptureConfig) -> std::io::Result<Option<Hep>> {
+        let Some(collector) = config.hep else {
+            return Ok(None);
+        };
+        let any: SocketAddr = if collector.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let socket = UdpSocket::bind(any)?;
+        socket.set_nonblocking(true)?;
+        tracing::info!(%collector, "SIP capture: HEP v3 to the collector");
+        Ok(Some(Hep {
+            socket,
+            collector,
+            agent_id: config.agent_id,
+            dropped: 0,
+        }))
+    }
+
+    /// Mirrors one SIP message that went `dir` over `target`.
+    pub fn sip(&mut self, dir: Direction, target: &Target, msg: &Message) {
+        let (src, dst) = match dir {
+            Direction::Received => (target.remote, target.local),
+            Direction::Sent => (target.local, target.remote),
+        };
+        let payload = msg.to_bytes();
+        let packet = Packet {
+            src,
+            dst,
+            transport: target.transport,
+            time: SystemTime::now(),
+            agent_id: self.agent_id,
+            payload: &payload,
+            correlation: msg.header("Call-ID"),
+        };
+        let sent = encode(&packet).map(|d| self.socket.send_to(&d, self.collector));
+        if !matches!(sent, Some(Ok(_))) {
+            self.dropped += 1;
+            // The first and then every 1000th, so a dead collector cannot flood the log.
+            if self.dropped % 1000 == 1 {
+                tracing::warn!(collector = %self.collector, dropped = self.dropped,
+                    error = ?sent.and_then(Result::err), "SIP capture: message not sent to the HEP collector");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_length_and_chunks() {
+        let p = Packet {
+            src: "10.0.0.1:5060".parse().unwrap(),
+            dst: "10.0.0.2:5070".parse().unwrap(),
+            transport: Transport::Udp,
+            time: UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456),
+            agent_id: 9,
+            payload: b"OPTIONS sip:x SIP/2.0\r\n\r\n",
+            correlation: Some("abc"),
+        };
+        let d = encode(&p).unwrap();
+        assert_eq!(&d[..4], b"HEP3");
+        assert_eq!(usize::from(u16::from_be_bytes([d[4], d[5]])), d.len());
+        // Walk the chunks: every length adds up to the datagram's end.
+        let mut at = 6;
+        let mut kinds = Vec::new();
+        while at < d.len() {
+            let kind = u16::from_be_bytes([d[at + 2], d[at + 3]]);
+            let len = usize::from(u16::from_be_bytes([d[at + 4], d[at + 5]]));
+            if kind == chunk::TIME_US {
+                assert_eq!(d[at + 6..at + len], 123_456u32.to_be_bytes());
+            }
+            kinds.push(kind);
+            at += len;
+        }
+        assert_eq!(at, d.len());
+        assert_eq!(kinds.first(), Some(&chunk::IP_FAMILY));
+        assert_eq!(kinds.last(), Some(&chunk::PAYLOAD));
+        let big = vec![b'x'; 70_000];
+        assert!(encode(&Packet { payload: &big, ..p }).is_none());
+    }
+}

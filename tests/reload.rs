@@ -1,0 +1,182 @@
+//! Configuration reload on SIGHUP with real sipp peers in the namespace lab (tests/data/lab.toml):
+//! a call up keeps its media and completes while a reload changes the ITSP trunk's outbound
+//! translation; the next call is translated by the new file; a restart-only change (media
+//! ports) is reported and not applied; an invalid file is refused with its FILE:LINE: key
+//! error in the log and calls keep being routed by the running configuration; `/metrics`
+//! counts both reloads. Needs root; fails (never skips) without it.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use mediagate::metrics::prometheus::parse_exposition;
+use serde_json::Value;
+
+const DIALLED: &str = "+4930123";
+
+/// What the reload adds to the ITSP trunk (the last `[[trunk]]`, before the routes).
+const PREFIX_RULE: &str = "[[trunk.translate]]\nfield = \"called\"\ndirection = \"out\"\n\
+                           match = '^\\+(\\d+)$'\nreplace = \"0099$1\"\n\n";
+
+/// The lab config with the prefix rule on the ITSP trunk and a wider media port range (which
+/// needs a restart, so it must not be applied).
+fn reloaded_config() -> String {
+    let base = config(30);
+    let at = base.find("[[route]]").expect("lab.toml has routes");
+    let (trunks, routes) = base.split_at(at);
+    format!("{trunks}{PREFIX_RULE}{routes}").replace("30000-30999", "30000-31999")
+}
+
+/// Distinct INVITEs (by Call-ID) the callee received, in order: their Request-URIs.
+fn invites_received(uas: &Sipp) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut uris = Vec::new();
+    for m in uas
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("INVITE"))
+    {
+        let id = m.header("Call-ID").unwrap_or_default();
+        if !seen.contains(&id) {
+            seen.push(id);
+            uris.push(m.start_line().to_string());
+        }
+    }
+    uris
+}
+
+/// One short call (no media) from the PBX on its own SIP and media ports; returns when it
+/// completed successfully.
+fn short_call(lab: &Lab, mg: &Mediagate, name: &str) {
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        lab,
+        name,
+        SippOpts::new(lab.gw(), "uac_short", GW_IP)
+            .caller(DIALLED, &remote)
+            .ports(5070, 6100)
+            .args(&["-m", "1", "-d", "200"])
+            .timeout(15),
+    );
+    uac.assert_ok(Some(mg));
+}
+
+/// RTP packets mediagate received on every stream of call `id`.
+fn call_rx_packets(st: &Value, id: &str) -> u64 {
+    let Some(call) = st["calls"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == id))
+    else {
+        return 0;
+    };
+    call["legs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["streams"].as_array().into_iter().flatten())
+        .map(|s| s["rx_packets"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn metric(mg: &Mediagate, key: &str) -> f64 {
+    let (_, text) = mg.http_get("/metrics", &[]).expect("GET /metrics");
+    let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in\n{text}"))
+}
+
+#[test]
+fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
+    require_root_and_tools();
+    let lab = Lab::new("reload");
+    let mut uas = Sipp::spawn(
+        &lab,
+        "itsp",
+        SippOpts::new(lab.it(), "uas_echo", IT_IP)
+            .args(&["-rtp_echo"])
+            .timeout(60),
+    );
+    uas.settle();
+    let mut mg = Mediagate::start(&lab, &config(30));
+
+    // Call 1: up with RTP both ways before the reload.
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut first = Sipp::spawn(
+        &lab,
+        "first",
+        SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
+        media_flowing(st, 1, Dataplane::Socket)
+    });
+    assert!(flowing, "call 1 media did not flow: {st:#}");
+    let first_id = st["calls"][0]["id"].as_str().expect("call id").to_string();
+
+    // A valid reload: new translation for new calls, a restart-only change reported.
+    fs::write(&mg.config_path, reloaded_config()).unwrap();
+    mg.sighup();
+    mg.wait_log(Duration::from_secs(5), "configuration reloaded");
+    let log = mg.log_tail(40);
+    assert!(
+        log.contains("change only with a restart") && log.contains("media.ports"),
+        "the restart-only change is not reported:\n{log}"
+    );
+    let rx_at_reload = call_rx_packets(&mg.status(), &first_id);
+
+    // Call 2 goes out translated by the new rule.
+    short_call(&lab, &mg, "second");
+    let invites = invites_received(&uas);
+    assert_eq!(invites.len(), 2, "{invites:?}\n{}", uas.describe());
+    assert_eq!(invites[0], "INVITE sip:+4930123@10.99.2.2:5060 SIP/2.0");
+    assert_eq!(invites[1], "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0");
+
+    // Call 1 is untouched: its media keeps flowing through the same ports, and it completes.
+    let (grew, st) = mg.wait_status(Duration::from_secs(5), |st| {
+        call_rx_packets(st, &first_id) > rx_at_reload
+    });
+    assert!(grew, "call 1 media stopped after the reload: {st:#}");
+    assert_eq!(
+        st["ports"]["total"], 500,
+        "media.ports must keep its running value until a restart"
+    );
+    first.assert_ok(Some(&mg));
+
+    // An invalid file: refused with FILE:LINE: key, the running configuration stays.
+    let bad = reloaded_config().replace("max_calls = 100", "max_calls = \"lots\"");
+    let line = 1 + bad[..bad.find("max_calls").unwrap()].matches('\n').count();
+    fs::write(&mg.config_path, &bad).unwrap();
+    mg.sighup();
+    let error = format!("{}:{line}: sip.max_calls", mg.config_path.display());
+    mg.wait_log(Duration::from_secs(5), &error);
+    assert!(
+        mg.log_tail(20).contains("configuration NOT reloaded"),
+        "{}",
+        mg.log_tail(20)
+    );
+    short_call(&lab, &mg, "third");
+    let invites = invites_received(&uas);
+    assert_eq!(invites.len(), 3, "{invites:?}");
+    assert_eq!(invites[2], "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0");
+
+    assert_eq!(
+        metric(&mg, "mediagate_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&mg, "mediagate_config_reloads_total{result=\"error\"}"),
+        1.0
+    );
+    assert_eq!(metric(&mg, "mediagate_config_last_reload_successful"), 0.0);
+
+    mg.assert_idle(Duration::from_secs(5));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    let st = mg.stop().expect("mediagate was running");
+    assert!(st.success(), "mediagate exit when stopped: {st}");
+}
