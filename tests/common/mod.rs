@@ -1560,12 +1560,7 @@ pub fn status_code(msg: &[u8]) -> Option<u16> {
 /// Sends `bytes` and then an OPTIONS probe from `sock` to `to`, and returns the status codes of
 /// every response that arrived before the probe's answer (the answers to `bytes`, in order),
 /// or panics when the probe is not answered: mediagate must keep answering whatever it got.
-pub fn send_then_probe(
-    sock: &UdpSocket,
-    to: SocketAddrV4,
-    bytes: &[u8],
-    what: &str,
-) -> Vec<u16> {
+pub fn send_then_probe(sock: &UdpSocket, to: SocketAddrV4, bytes: &[u8], what: &str) -> Vec<u16> {
     let probe_id = format!("probe-{what}");
     sock.send_to(bytes, to).expect("send");
     let local = sock.local_addr().expect("local address");
