@@ -96,7 +96,7 @@ impl SourceBuckets {
                 return false;
             }
             self.swept = Some(now);
-            let refill_time = Duration::from_secs_f64(burst / rate);
+            let refill_time = Duration::try_from_secs_f64(burst / rate).unwrap_or(Duration::MAX);
             self.buckets
                 .retain(|_, (_, at)| now.saturating_duration_since(*at) < refill_time);
             if self.buckets.len() >= MAX_SOURCES {
