@@ -290,3 +290,43 @@ fn a_slow_tcp_client_is_cut_off_and_others_are_served_meanwhile() {
     );
     assert_eq!(refused(&mg, "sip", "idle_closed"), 1.0);
 }
+
+#[test]
+fn one_source_cannot_hold_more_than_64_tcp_connections() {
+    let lab = Lab::new("abuse-tcp");
+    lab.add_it_addr(&format!("{IT2_IP}/24"));
+    let mg = Mediagate::start(&lab, &config(30));
+    let sip_tcp = SocketAddrV4::new(MG_IT_IP.parse().unwrap(), 5060);
+    const OPENED: usize = 70;
+    let mut conns: Vec<_> = (0..OPENED)
+        .map(|_| tcp_in(&lab.it(), IT2_IP, sip_tcp))
+        .collect();
+    // The ones over the limit are closed at once without a word.
+    for (i, c) in conns.iter_mut().enumerate().skip(64) {
+        let mut b = [0u8; 64];
+        assert!(
+            matches!(c.read(&mut b), Ok(0)),
+            "connection {i} over the per-source limit is closed"
+        );
+    }
+    // The first ones are served (a stranger's request gets 403 on its connection).
+    let opt = options_probe("10.99.2.3:5060".parse().unwrap(), MG_IT_IP, "tcp-first");
+    let opt = String::from_utf8(opt)
+        .unwrap()
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    conns[0].write_all(opt.as_bytes()).unwrap();
+    let mut b = [0u8; 2048];
+    let n = conns[0]
+        .read(&mut b)
+        .expect("an admitted connection is answered");
+    assert_eq!(status_code(&b[..n]), Some(403));
+    // Another source is not affected.
+    let mut peer = tcp_in(&lab.it(), IT_IP, sip_tcp);
+    let opt = opt
+        .replace("10.99.2.3", "10.99.2.2")
+        .replace("tcp-first", "tcp-peer");
+    peer.write_all(opt.as_bytes()).unwrap();
+    let n = peer.read(&mut b).expect("the peer is answered");
+    assert_eq!(status_code(&b[..n]), Some(200));
+    assert_eq!(refused(&mg, "sip", "tcp_refused") as usize, OPENED - 64);
+}

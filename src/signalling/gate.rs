@@ -20,6 +20,10 @@ use crate::sip::validate;
 /// Sources tracked per protocol; beyond it, idle sources are forgotten (their buckets were
 /// full, so forgetting them changes nothing), and if none is idle new sources are refused.
 const MAX_SOURCES: usize = 65_536;
+/// Inbound TCP connections one source IP may hold open at once.
+const MAX_TCP_PER_SOURCE: usize = 64;
+/// Inbound TCP connections held open at once, from all sources.
+const MAX_TCP: usize = 4096;
 
 /// Why the gate (or a transport) refused input; each has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +42,12 @@ pub enum Refusal {
     NgNotAllowed,
     /// An HTTP connection from outside `control.allow`.
     HttpNotAllowed,
+    /// An inbound TCP connection over the per-source or total limit, closed at once.
+    SipTcpRefused,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::SipRateLimited,
         Refusal::SipMalformedAnswered,
         Refusal::SipMalformedDropped,
@@ -49,6 +55,7 @@ impl Refusal {
         Refusal::NgRateLimited,
         Refusal::NgNotAllowed,
         Refusal::HttpNotAllowed,
+        Refusal::SipTcpRefused,
     ];
 
     /// The `protocol` and `reason` labels of its metric.
@@ -61,6 +68,7 @@ impl Refusal {
             Refusal::NgRateLimited => ("ng", "rate_limited"),
             Refusal::NgNotAllowed => ("ng", "not_allowed"),
             Refusal::HttpNotAllowed => ("http", "not_allowed"),
+            Refusal::SipTcpRefused => ("sip", "tcp_refused"),
         }
     }
 }
@@ -120,7 +128,28 @@ pub struct Gate {
     config: Arc<Config>,
     sip: Option<Mutex<SourceBuckets>>,
     ng: Option<Mutex<SourceBuckets>>,
+    /// Open inbound TCP connections per source.
+    tcp: Mutex<HashMap<IpAddr, usize>>,
     counts: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// One admitted inbound TCP connection; dropping it (when the connection ends) frees its place.
+pub struct TcpSlot {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.gate.tcp.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl Gate {
@@ -129,9 +158,39 @@ impl Gate {
         Gate {
             sip: buckets(config.sip.per_source),
             ng: buckets(config.control.per_source),
+            tcp: Mutex::new(HashMap::new()),
             config,
             counts: Default::default(),
         }
+    }
+
+    /// A place for an inbound TCP connection from `ip`, or `None` (counted) when that source
+    /// or the box already holds as many as allowed.
+    pub fn open_tcp(self: &Arc<Self>, ip: IpAddr) -> Option<TcpSlot> {
+        let admitted = self.tcp.lock().is_ok_and(|mut open| {
+            let total: usize = open.values().sum();
+            let mine = open.entry(ip).or_insert(0);
+            let ok = *mine < MAX_TCP_PER_SOURCE && total < MAX_TCP;
+            if ok {
+                *mine += 1;
+            } else if *mine == 0 {
+                open.remove(&ip);
+            }
+            ok
+        });
+        if !admitted {
+            self.count(Refusal::SipTcpRefused);
+            return None;
+        }
+        Some(TcpSlot {
+            gate: self.clone(),
+            ip,
+        })
+    }
+
+    /// Whether `ip` is one of the trunks' peers.
+    pub fn is_peer(&self, ip: IpAddr) -> bool {
+        self.config.trunk_of_peer(ip).is_some()
     }
 
     /// Counts one refusal.
@@ -180,8 +239,7 @@ impl Gate {
         error: &ParseError,
         ip: IpAddr,
     ) -> Option<Message> {
-        let answers =
-            self.config.sip.unknown == Unknown::Reject || self.config.trunk_of_peer(ip).is_some();
+        let answers = self.config.sip.unknown == Unknown::Reject || self.is_peer(ip);
         let reply = answers
             .then(|| validate::reply_to_unparseable(data, error))
             .flatten();

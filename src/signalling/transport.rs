@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::gate::{Gate, Refusal};
+use super::gate::{Gate, Refusal, TcpSlot};
 use crate::config::{Endpoint, Transport};
 use crate::sip::message::{Message, ParseError, MAX_MESSAGE};
 use crate::sip::transaction::Target;
@@ -24,6 +24,8 @@ pub type Inbound = (Message, Target);
 const TCP_QUEUE: usize = 1024;
 /// A TCP connection that sends nothing for this long between messages is closed.
 const TCP_IDLE: Duration = Duration::from_secs(600);
+/// The same for a connection from an address that is no trunk peer (all it can get is 403).
+const TCP_STRANGER_IDLE: Duration = Duration::from_secs(30);
 /// Once a message has begun on a TCP connection, the rest of it must arrive within this time, or
 /// the connection is closed (a slowloris client trickling bytes holds nothing for long).
 const TCP_MESSAGE_TIME: Duration = Duration::from_secs(10);
@@ -122,7 +124,10 @@ impl Transports {
     async fn accept_tcp(self, listener: TcpListener, local: SocketAddr) {
         loop {
             match listener.accept().await {
-                Ok((stream, remote)) => self.start_connection(stream, local, remote, None),
+                Ok((stream, remote)) => match self.gate.open_tcp(remote.ip()) {
+                    Some(slot) => self.start_connection(stream, local, remote, None, Some(slot)),
+                    None => drop(stream),
+                },
                 Err(e) => tracing::warn!(error = %e, "TCP accept failed"),
             }
         }
@@ -138,7 +143,9 @@ impl Transports {
             socket.connect(target.remote).await
         };
         match connect.await {
-            Ok(stream) => self.start_connection(stream, target.local, target.remote, Some(first)),
+            Ok(stream) => {
+                self.start_connection(stream, target.local, target.remote, Some(first), None)
+            }
             Err(e) => tracing::info!(error = %e, to = %target.remote, "TCP connect failed"),
         }
     }
@@ -150,6 +157,7 @@ impl Transports {
         local: SocketAddr,
         remote: SocketAddr,
         first: Option<Vec<u8>>,
+        slot: Option<TcpSlot>,
     ) {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
         if let Some(bytes) = first {
@@ -169,17 +177,24 @@ impl Transports {
         let registry = self.tcp.clone();
         let gate = self.gate.clone();
         tokio::spawn(async move {
+            // Held for the connection's life: its place among the open connections.
+            let _slot = slot;
             let target = Target {
                 transport: Transport::Tcp,
                 remote,
                 local,
+            };
+            let idle = if gate.is_peer(remote.ip()) {
+                TCP_IDLE
+            } else {
+                TCP_STRANGER_IDLE
             };
             let mut buf = Vec::with_capacity(4096);
             let mut chunk = vec![0u8; 16 * 1024];
             // When the message now in `buf` began; `None` between messages.
             let mut started: Option<Instant> = None;
             'conn: loop {
-                let deadline = started.map_or(Instant::now() + TCP_IDLE, |t| t + TCP_MESSAGE_TIME);
+                let deadline = started.map_or(Instant::now() + idle, |t| t + TCP_MESSAGE_TIME);
                 let n = match tokio::time::timeout_at(deadline.into(), reader.read(&mut chunk))
                     .await
                 {
