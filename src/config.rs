@@ -263,6 +263,9 @@ pub struct Trunk {
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
     /// `register`).
     pub identity: Identity,
+    /// Encoding names (`PCMA`, `telephone-event`, ...) offers toward this trunk are reduced to,
+    /// in this order of preference; empty: offers pass with every payload type.
+    pub codecs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +427,8 @@ struct RawTrunk {
     #[serde(default)]
     challenge_inbound: bool,
     register: Option<identity::RawRegister>,
+    #[serde(default)]
+    codecs: Vec<String>,
 }
 
 fn default_options_timeout() -> u64 {
@@ -859,6 +864,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
         )?;
+        if let Some(j) = t
+            .codecs
+            .iter()
+            .position(|c| c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+        {
+            return Err(err(
+                &[
+                    Seg::Key("trunk"),
+                    Seg::Index(i),
+                    Seg::Key("codecs"),
+                    Seg::Index(j),
+                ],
+                format!(
+                    "`{}` is not an encoding name like \"PCMA\" (no rate, no spaces)",
+                    t.codecs[j]
+                ),
+            ));
+        }
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
@@ -875,6 +898,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_duration: t.max_duration_s.map(Duration::from_secs),
             policy,
             identity,
+            codecs: t.codecs.clone(),
         });
     }
 
@@ -1184,6 +1208,9 @@ to = ["pbx"]
             (Some(10), Some(2.5), vec![503])
         );
         assert_eq!(t.redirect, Redirect::Pass);
+        let c = parse("t.toml", &with("codecs = [\"PCMA\", \"telephone-event\"]")).unwrap();
+        assert_eq!(c.trunks[1].codecs, ["PCMA", "telephone-event"]);
+        assert!(c.trunks[0].codecs.is_empty(), "no filtering by default");
         assert_eq!(c.trunks[0].failover_on, DEFAULT_FAILOVER_ON.to_vec());
         assert_eq!(c.trunks[0].invite_timeout.as_secs(), 5);
         assert!(c.trunks[0].probe.is_none(), "probing is off by default");
@@ -1212,6 +1239,8 @@ to = ["pbx"]
             ("max_cps = 0", "trunk[1].max_cps"),
             ("max_cps = -1.5", "trunk[1].max_cps"),
             ("max_duration_s = 0", "trunk[1].max_duration_s"),
+            ("codecs = [\"PCMA\", \"PCMA/8000\"]", "trunk[1].codecs[1]"),
+            ("codecs = [\"\"]", "trunk[1].codecs[0]"),
         ] {
             let e = error_of(&with(keys));
             assert_eq!(e.key, key, "{keys}: {e}");

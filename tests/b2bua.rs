@@ -966,3 +966,16 @@ fn server_header_toward_callers_follows_the_trunk_policy() {
         "pass relays the callee's; mediagate's own answers keep its token"
     );
 }
+
+#[test]
+fn an_offer_without_a_codec_the_trunk_allows_gets_488_and_never_reaches_it() {
+    let text = include_str!("data/routing.toml").replace(
+        "codecs = [\"PCMA\", \"telephone-event\"]",
+        "codecs = [\"G729\"]",
+    );
+    let mut h = Harness::with_config(&text);
+    let out = h.send(invite_from("+4930123", "100", 6), h.pbx);
+    assert_eq!(finals_to_pbx(&h, &out), vec![488]);
+    assert!(invites(&out).is_empty(), "{out:#?}");
+    assert!(h.ports_all_free());
+}

@@ -5,6 +5,8 @@
 //! rewritten and ICE and rtcp-mux attributes dropped ([`DROPPED_ATTRIBUTES`]). Every other line
 //! passes through byte-exact, with the original line endings.
 
+mod codecs;
+
 use std::net::{IpAddr, SocketAddr};
 
 /// Largest SDP body accepted.

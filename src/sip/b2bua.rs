@@ -137,6 +137,23 @@ struct Call {
     mid: midcall::MidCall,
 }
 
+impl Call {
+    /// An offer about to be sent to leg `to`, reduced to the codecs that leg's trunk allows
+    /// (`trunk.codecs`): `Ok(None)` when it passes unchanged (no offer, or no list), `Err` when
+    /// nothing of it is left (the sender gets 488).
+    fn offer_for(&self, to: Side, offer: Option<&Sdp>) -> Result<Option<Sdp>, ()> {
+        let trunk = match to {
+            Side::A => self.a_trunk,
+            Side::B => self.b_trunk,
+        };
+        let codecs = &self.config.trunks[trunk].codecs;
+        match offer {
+            Some(offer) if !codecs.is_empty() => offer.keep_codecs(codecs).map(Some).ok_or(()),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Identifies a call inside the B2BUA.
 type CallKey = u64;
 
@@ -875,7 +892,16 @@ impl B2bua {
     /// Sends (or re-sends, after failover) the INVITE toward the call's current B trunk.
     fn send_b_invite(&mut self, key: CallKey, now: Instant) {
         let mut call = self.calls.remove(&key).expect("live call");
-        let anchored = call.a_offer.as_ref().map(|offer| {
+        let filtered = match call.offer_for(Side::B, call.a_offer.as_ref()) {
+            Ok(filtered) => filtered,
+            Err(()) => {
+                tracing::info!(call = %call.label, "no codec of the offer is allowed toward the trunk: 488");
+                self.calls.insert(key, call);
+                self.fail_call(key, 488, Ending::Failed, now);
+                return;
+            }
+        };
+        let anchored = filtered.as_ref().or(call.a_offer.as_ref()).map(|offer| {
             call.media
                 .anchor(Side::A, offer, &mut self.media.borrow_mut().ctx(now))
         });
