@@ -54,22 +54,6 @@ fn invites_received(uas: &Sipp) -> Vec<String> {
     uris
 }
 
-/// One short call (no media) from the PBX on its own SIP and media ports; returns when it
-/// completed successfully.
-fn short_call(lab: &Lab, mg: &Mediagate, name: &str) {
-    let remote = format!("{MG_GW_IP}:5060");
-    let mut uac = Sipp::spawn(
-        lab,
-        name,
-        SippOpts::new(lab.gw(), "uac_short", GW_IP)
-            .caller(DIALLED, &remote)
-            .ports(5070, 6100)
-            .args(&["-m", "1", "-d", "200"])
-            .timeout(15),
-    );
-    uac.assert_ok(Some(mg));
-}
-
 /// RTP packets mediagate received on every stream of call `id`.
 fn call_rx_packets(st: &Value, id: &str) -> u64 {
     let Some(call) = st["calls"]
@@ -137,7 +121,7 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
     let rx_at_reload = call_rx_packets(&mg.status(), &first_id);
 
     // Call 2 goes out translated by the new rule.
-    short_call(&lab, &mg, "second");
+    short_call(&lab, &mg, "second", DIALLED, (5070, 6100));
     let invites = invites_received(&uas);
     assert_eq!(invites.len(), 2, "{invites:?}\n{}", uas.describe());
     assert_eq!(invites[0], "INVITE sip:+4930123@10.99.2.2:5060 SIP/2.0");
@@ -166,7 +150,7 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
         "{}",
         mg.log_tail(20)
     );
-    short_call(&lab, &mg, "third");
+    short_call(&lab, &mg, "third", DIALLED, (5070, 6100));
     let invites = invites_received(&uas);
     assert_eq!(invites.len(), 3, "{invites:?}");
     assert_eq!(invites[2], "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0");

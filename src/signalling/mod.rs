@@ -303,6 +303,9 @@ pub async fn run(
                 metrics.config_reload(reloaded.is_some());
                 if let Some(new) = reloaded {
                     crate::logging::set_redact(new.log.redact);
+                    if new.log.level != config.log.level {
+                        crate::logging::set_level(&new.log.level);
+                    }
                     core.reconfigure(new.clone());
                     ng.reconfigure(new.clone());
                     config = new;
