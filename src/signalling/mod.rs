@@ -303,6 +303,9 @@ pub async fn run(
                 metrics.config_reload(reloaded.is_some());
                 if let Some(new) = reloaded {
                     crate::logging::set_redact(new.log.redact);
+                    if new.log.level != config.log.level {
+                        crate::logging::set_level(&new.log.level);
+                    }
                     core.reconfigure(new.clone());
                     ng.reconfigure(new.clone());
                     config = new;
@@ -340,6 +343,9 @@ pub async fn run(
     let end = Instant::now() + UNREGISTER_GRACE;
     loop {
         for t in core.drain_transmits() {
+            if let Some(c) = &mut capture {
+                c.sip(Direction::Sent, &t.target, &t.message);
+            }
             transports.send(t.target, &t.message);
         }
         if !core.unregistering() || Instant::now() >= end {
@@ -347,7 +353,12 @@ pub async fn run(
         }
         let deadline = core.poll_timeout().map_or(end, |d| d.min(end));
         tokio::select! {
-            Some((msg, source)) = inbound.recv() => core.handle_message(msg, source, Instant::now()),
+            Some((msg, source)) = inbound.recv() => {
+                if let Some(c) = &mut capture {
+                    c.sip(Direction::Received, &source, &msg);
+                }
+                core.handle_message(msg, source, Instant::now())
+            }
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
         }
     }

@@ -1458,13 +1458,14 @@ impl B2bua {
     }
 
     fn sweep_media(&mut self, now: Instant) {
-        let media = &self.config.media;
         let idle: Vec<CallKey> = self
             .calls
             .iter()
             .filter(|(_, c)| matches!(c.phase, Phase::Confirmed | Phase::Answered))
             .filter(|(_, c)| {
-                // A held call (`media.hold_timeout_s`) may be silent for longer.
+                // The call's own configuration: a reload does not change its timeouts. A held
+                // call (`media.hold_timeout_s`) may be silent for longer.
+                let media = &c.config.media;
                 let timeout = if c.mid.held {
                     media.hold_timeout
                 } else {
