@@ -15,10 +15,12 @@ use serde::Deserialize;
 
 mod identity;
 mod routing;
+mod tls;
 pub use identity::{Credentials, Identity, Register, Secret};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
 };
+pub use tls::{TlsMaterial, TrunkTls};
 
 /// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
 /// calls from no one. It exists so that a bare start shows a working process, not a surprise.
@@ -39,6 +41,20 @@ http = "127.0.0.1:9100"
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26.2; Via `SIP/2.0/TLS`, `;transport=tls` URIs).
+    Tls,
+}
+
+impl Transport {
+    /// The lower-case name used in config addresses, URI `transport=` parameters and metric
+    /// labels.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 impl fmt::Display for Transport {
@@ -46,6 +62,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         })
     }
 }
@@ -60,13 +77,18 @@ pub struct Endpoint {
 impl std::str::FromStr for Endpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (proto, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}` is not of the form udp:IP:PORT or tcp:IP:PORT"))?;
+        let (proto, rest) = s.split_once(':').ok_or_else(|| {
+            format!("`{s}` is not of the form udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")
+        })?;
         let transport = match proto {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            other => return Err(format!("unknown transport `{other}` (expected udp or tcp)")),
+            "tls" => Transport::Tls,
+            other => {
+                return Err(format!(
+                    "unknown transport `{other}` (expected udp, tcp or tls)"
+                ))
+            }
         };
         let addr = rest
             .parse()
@@ -77,11 +99,7 @@ impl std::str::FromStr for Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        };
-        write!(f, "{proto}:{}", self.addr)
+        write!(f, "{}:{}", self.transport.lower(), self.addr)
     }
 }
 
@@ -167,6 +185,11 @@ pub struct SipConfig {
     /// Dialled numbers (Request-URI user part as received) that are emergency calls: they bypass
     /// deny-lists and limits (see `sip::policy::is_emergency`).
     pub emergency: Vec<Regex>,
+    /// `[sip.tls]`: certificate, key and trust anchors; `None` when the section is absent.
+    pub tls: Option<TlsMaterial>,
+    /// CRLF keep-alive interval on the TCP and TLS connections mediagate opens (RFC 5626
+    /// §4.4.1, `keepalive_s`); `None` when 0.
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +277,8 @@ pub struct Trunk {
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
     /// `register`).
     pub identity: Identity,
+    /// `tls_name` and `tls_client_auth`, for the trunk's `tls:` peers.
+    pub tls: TrunkTls,
 }
 
 #[derive(Debug, Clone)]
@@ -303,7 +328,16 @@ struct RawSip {
     max_cps: Option<f64>,
     #[serde(default)]
     emergency: Vec<String>,
+    tls: Option<tls::RawTls>,
+    #[serde(default = "default_keepalive")]
+    keepalive_s: u64,
 }
+
+fn default_keepalive() -> u64 {
+    30
+}
+/// Longest `sip.keepalive_s`.
+const KEEPALIVE_MAX: u64 = 3600;
 
 fn default_max_calls() -> usize {
     10_000
@@ -411,6 +445,9 @@ struct RawTrunk {
     #[serde(default)]
     challenge_inbound: bool,
     register: Option<identity::RawRegister>,
+    tls_name: Option<String>,
+    #[serde(default)]
+    tls_client_auth: bool,
 }
 
 fn default_options_timeout() -> u64 {
@@ -592,6 +629,26 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             "at least one listen address is required".into(),
         ));
     }
+    let tls = raw
+        .sip
+        .tls
+        .as_ref()
+        .map(|t| tls::material(t, file, &[Seg::Key("sip"), Seg::Key("tls")], &err))
+        .transpose()?;
+    if let Some(i) = listen.iter().position(|l| l.transport == Transport::Tls) {
+        if !tls.as_ref().is_some_and(|t| t.identity.is_some()) {
+            return Err(err(
+                &[Seg::Key("sip"), Seg::Key("listen"), Seg::Index(i)],
+                "a tls: listener needs [sip.tls] cert and key".into(),
+            ));
+        }
+    }
+    if raw.sip.keepalive_s > KEEPALIVE_MAX {
+        return Err(err(
+            &[Seg::Key("sip"), Seg::Key("keepalive_s")],
+            format!("must be 0 (off) to {KEEPALIVE_MAX} seconds"),
+        ));
+    }
     if raw.sip.max_calls == 0 {
         return Err(err(
             &[Seg::Key("sip"), Seg::Key("max_calls")],
@@ -738,17 +795,21 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         let mut peers = Vec::new();
         for (j, p) in t.peers.iter().enumerate() {
-            peers.push(p.parse::<Endpoint>().map_err(|m| {
-                err(
-                    &[
-                        Seg::Key("trunk"),
-                        Seg::Index(i),
-                        Seg::Key("peers"),
-                        Seg::Index(j),
-                    ],
-                    m,
-                )
-            })?);
+            let at = [
+                Seg::Key("trunk"),
+                Seg::Index(i),
+                Seg::Key("peers"),
+                Seg::Index(j),
+            ];
+            let peer = p.parse::<Endpoint>().map_err(|m| err(&at, m))?;
+            if peer.transport == Transport::Tls && !tls.as_ref().is_some_and(|m| m.roots.is_some())
+            {
+                return Err(err(
+                    &at,
+                    "a tls: peer needs [sip.tls] ca (the trust anchors its certificate is checked against)".into(),
+                ));
+            }
+            peers.push(peer);
         }
         let local: Endpoint = t.local.parse().map_err(|m| err(&at("local"), m))?;
         if !listen.contains(&local) {
@@ -846,6 +907,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
         )?;
+        let trunk_tls = tls::trunk_tls(
+            t.tls_name.as_deref(),
+            t.tls_client_auth,
+            peers.iter().any(|p| p.transport == Transport::Tls),
+            tls.as_ref(),
+            &[Seg::Key("trunk"), Seg::Index(i)],
+            &err,
+        )?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
@@ -862,6 +931,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_duration: t.max_duration_s.map(Duration::from_secs),
             policy,
             identity,
+            tls: trunk_tls,
         });
     }
 
@@ -954,6 +1024,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .transpose()
                 .map_err(|m| err(&[Seg::Key("sip"), Seg::Key("max_cps")], m))?,
             emergency,
+            tls,
+            keepalive: (raw.sip.keepalive_s > 0).then(|| Duration::from_secs(raw.sip.keepalive_s)),
         },
         media: MediaConfig {
             port_first,

@@ -3,6 +3,8 @@
 //! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
 //! ([`CallRecords`]) and reopens it on SIGHUP.
 
+mod connection;
+mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -182,7 +184,7 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
-    let transports = Transports::bind(&config.sip.listen, inbound_tx).await?;
+    let transports = Transports::bind(&config, inbound_tx).await?;
     for l in &config.sip.listen {
         tracing::info!(listen = %l, "SIP listening");
     }

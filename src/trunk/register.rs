@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, Transport};
-use crate::sip::dialog::{token, PRODUCT};
+use crate::config::Config;
+use crate::sip::dialog::{token, uri_transport, PRODUCT};
 use crate::sip::header;
 use crate::sip::message::{Message, Method, StartLine};
 use crate::sip::transaction::{Target, TxnId};
@@ -171,10 +171,7 @@ impl Registrations {
         m.push_header("To", format!("<{aor}>"));
         m.push_header("Call-ID", reg.call_id.clone());
         m.push_header("CSeq", format!("{} REGISTER", reg.cseq));
-        let transport = match target.transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-        };
+        let transport = uri_transport(target.transport);
         m.push_header(
             "Contact",
             format!("<sip:{}@{}{transport}>", r.user, target.local),
