@@ -1,0 +1,251 @@
+//! SIP over TLS against a real peer in the three-namespace lab (tests/common/mod.rs):
+//!
+//!   gw (10.99.1.2, "pbx") -- 10.99.1.1 [mediagate] 10.99.2.1:5061 tls -- it: Kamailio (ITSP)
+//!
+//! Kamailio 5.6 with its tls module is the ITSP's edge (tests/data/kamailio/itsp_tls.cfg): TLS
+//! on 10.99.2.2:5061 with a certificate for itsp.test and 10.99.2.2, and on 10.99.2.3:5061 with
+//! one for other.test only; it requires client certificates of the test CA (made at test time,
+//! tests/common/pki.rs) and relays to and from a sipp "phone" on UDP 10.99.2.2. The callers
+//! and callees on both ends are sipp with RTP. These tests need root, sipp and Kamailio with
+//! `kamailio-tls-modules`; they fail (never skip) without them.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::kamailio::Kamailio;
+use common::pki::TestCa;
+use common::*;
+
+/// The provider phone's SIP port (sipp behind Kamailio, on `IT_IP`).
+const PHONE_PORT: u16 = 5070;
+const PHONE_MEDIA_PORT: u16 = 6010;
+/// The address whose certificate names another host.
+const WRONG_CERT_IP: &str = IT2_IP;
+
+/// The lab with the ITSP's Kamailio over TLS. Fields drop in order: Kamailio, then the lab.
+struct TlsLab {
+    kamailio: Kamailio,
+    lab: Lab,
+}
+
+impl TlsLab {
+    /// Lab, test CA and certificates (ITSP, the wrong host, mediagate), Kamailio started.
+    fn new(test: &str) -> TlsLab {
+        let lab = Lab::new(test);
+        lab.add_it_addr(&format!("{WRONG_CERT_IP}/24"));
+        let ca = TestCa::new(&lab.dir, "mediagate test CA");
+        ca.issue("itsp", "itsp.test", &["itsp.test", IT_IP]);
+        ca.issue("other", "other.test", &["other.test"]);
+        ca.issue("mediagate", "mediagate.test", &[MG_IT_IP]);
+        let dir = lab.dir.display().to_string();
+        for (template, file) in [
+            ("itsp_tls.tls.cfg", "kamailio-tls.cfg"),
+            ("itsp_tls.cfg", "kamailio.cfg"),
+        ] {
+            let text = fs::read_to_string(repo_root().join("tests/data/kamailio").join(template))
+                .expect("kamailio template");
+            fs::write(lab.path(file), text.replace("@DIR@", &dir)).expect("kamailio config");
+        }
+        let kamailio = Kamailio::start(
+            &lab,
+            &lab.it(),
+            "itsp",
+            &lab.path("kamailio.cfg"),
+            &format!("{IT_IP}:5061"),
+        );
+        TlsLab { kamailio, lab }
+    }
+
+    /// The lab config with mediagate's TLS listener and `[sip.tls]`, and the ITSP trunk over
+    /// TLS to `peers` with mutual TLS and the extra trunk keys `extra`.
+    fn config(&self, peers: &[&str], extra: &str) -> String {
+        let dir = self.lab.dir.display();
+        let peers: Vec<String> = peers.iter().map(|p| format!("\"tls:{p}\"")).collect();
+        let base = config(30);
+        for needle in [
+            "\"tcp:10.99.2.1:5060\"]",
+            "[media]",
+            "peers = [\"udp:10.99.2.2:5060\"]\nlocal = \"udp:10.99.2.1:5060\"",
+        ] {
+            assert!(base.contains(needle), "lab.toml changed: {needle}");
+        }
+        base.replace(
+            "\"tcp:10.99.2.1:5060\"]",
+            "\"tcp:10.99.2.1:5060\", \"tls:10.99.2.1:5061\"]",
+        )
+        .replace(
+            "[media]",
+            &format!(
+                "[sip.tls]\ncert = \"{dir}/mediagate.pem\"\nkey = \"{dir}/mediagate.key\"\nca = \"{dir}/ca.pem\"\n\n[media]"
+            ),
+        )
+        .replace(
+            "peers = [\"udp:10.99.2.2:5060\"]\nlocal = \"udp:10.99.2.1:5060\"",
+            &format!(
+                "peers = [{}]\nlocal = \"tls:10.99.2.1:5061\"\ntls_client_auth = true\n{extra}",
+                peers.join(", ")
+            ),
+        )
+    }
+
+    /// The provider's phone: a sipp answering with RTP echo, behind Kamailio.
+    fn phone(&self) -> Sipp {
+        let uas = Sipp::spawn(
+            &self.lab,
+            "phone",
+            SippOpts::new(self.lab.it(), "uas_echo", IT_IP)
+                .ports(PHONE_PORT, PHONE_MEDIA_PORT)
+                .args(&["-rtp_echo"])
+                .timeout(45),
+        );
+        uas.settle();
+        uas
+    }
+}
+
+/// The INVITE a sipp received.
+fn invite_of(s: &Sipp) -> SipMsg {
+    s.received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap_or_else(|| panic!("no INVITE received\n{}", s.describe()))
+}
+
+#[test]
+fn gw_calls_the_itsp_over_mutual_tls_with_media_relayed() {
+    let t = TlsLab::new("tls-out");
+    let mut phone = t.phone();
+    let mg = Mediagate::start(&t.lab, &t.config(&[&format!("{IT_IP}:5061")], ""));
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        &t.lab,
+        "pbx",
+        SippOpts::new(t.lab.gw(), "uac_rtp", GW_IP)
+            .caller("+4930123", &remote)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    let (ok, st) = mg.wait_status(Duration::from_secs(10), |st| rtp_flowing(st, 1));
+    assert!(
+        ok,
+        "no media both ways over the TLS-signalled call: {st:#}\n{}",
+        t.kamailio.log_text()
+    );
+    assert_rtp_call_status(&st, 1, Dataplane::Socket);
+    let peer = &st["trunks"][1]["peers"][0];
+    assert_eq!(peer["transport"], "TLS", "{st:#}");
+    uac.assert_ok(Some(&mg));
+    let status = phone.stop();
+    assert!(status.success(), "phone: {status}\n{}", phone.describe());
+    mg.assert_idle(Duration::from_secs(5));
+
+    // Kamailio saw mediagate's client certificate; mediagate's Via and Contact say TLS.
+    let log = t.kamailio.log_text();
+    assert!(
+        log.contains("TLS-PEER INVITE cn=mediagate.test"),
+        "no INVITE over TLS with mediagate's certificate:\n{log}"
+    );
+    assert!(log.contains("TLS-PEER BYE cn=mediagate.test"), "{log}");
+    let invite = invite_of(&phone);
+    let vias = invite.headers("Via");
+    assert!(
+        vias.iter()
+            .any(|v| v.starts_with("SIP/2.0/TLS 10.99.2.1:5061;")),
+        "{vias:?}"
+    );
+    let contact = invite.header("Contact").unwrap_or_default();
+    assert_eq!(contact, "<sip:mediagate@10.99.2.1:5061;transport=tls>");
+    assert!(phone.received().iter().any(|m| m.is_request("BYE")));
+}
+
+#[test]
+fn a_peer_whose_certificate_names_another_host_is_refused_and_the_call_fails_over() {
+    let t = TlsLab::new("tls-wrong-name");
+    let mut phone = t.phone();
+    // The first peer presents other.test's certificate, the second itsp.test's.
+    let cfg = t.config(
+        &[&format!("{WRONG_CERT_IP}:5061"), &format!("{IT_IP}:5061")],
+        "tls_name = \"itsp.test\"\ninvite_timeout_s = 1\n",
+    );
+    let mg = Mediagate::start(&t.lab, &cfg);
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        &t.lab,
+        "pbx",
+        SippOpts::new(t.lab.gw(), "uac_short", GW_IP)
+            .caller("+4930123", &remote)
+            .args(&["-m", "1", "-d", "500"]),
+    );
+    uac.assert_ok(Some(&mg));
+    let status = phone.stop();
+    assert!(status.success(), "phone: {status}\n{}", phone.describe());
+    mg.assert_idle(Duration::from_secs(5));
+
+    let log = fs::read_to_string(t.lab.path("mediagate.log")).unwrap_or_default();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("cannot connect") && l.contains(&format!("{WRONG_CERT_IP}:5061")))
+        .unwrap_or_else(|| panic!("the wrong certificate was not refused:\n{log}"));
+    assert!(
+        refused.contains("not valid for name") && refused.contains("itsp.test"),
+        "{refused}"
+    );
+    let kam = t.kamailio.log_text();
+    assert!(
+        !kam.contains(&format!("dst={WRONG_CERT_IP}:5061")),
+        "a request reached the peer with the wrong certificate:\n{kam}"
+    );
+    let invites = phone
+        .received()
+        .into_iter()
+        .filter(|m| m.is_request("INVITE"))
+        .count();
+    assert_eq!(invites, 1, "{}", phone.describe());
+}
+
+#[test]
+fn itsp_calls_the_gw_over_tls_with_media_relayed() {
+    let t = TlsLab::new("tls-in");
+    let mut pbx = Sipp::spawn(
+        &t.lab,
+        "pbx",
+        SippOpts::new(t.lab.gw(), "uas_echo", GW_IP)
+            .args(&["-rtp_echo"])
+            .timeout(45),
+    );
+    pbx.settle();
+    let mg = Mediagate::start(&t.lab, &t.config(&[&format!("{IT_IP}:5061")], ""));
+    // The provider's caller sends to Kamailio (UDP), which relays over TLS to mediagate.
+    let kamailio_udp = format!("{IT_IP}:5060");
+    let mut caller = Sipp::spawn(
+        &t.lab,
+        "itsp-caller",
+        SippOpts::new(t.lab.it(), "uac_rtp", IT_IP)
+            .ports(5080, 6020)
+            .caller("200", &kamailio_udp)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    let (ok, st) = mg.wait_status(Duration::from_secs(10), |st| rtp_flowing(st, 1));
+    assert!(ok, "no media both ways: {st:#}\n{}", t.kamailio.log_text());
+    assert_rtp_call_status(&st, 1, Dataplane::Socket);
+    let legs = st["calls"][0]["legs"].as_array().expect("legs");
+    // The INVITE came over Kamailio's TLS connection, which the trunk's tls_client_auth only
+    // accepts with a certificate of the test CA.
+    let itsp_leg = legs
+        .iter()
+        .find(|l| l["trunk"] == "itsp")
+        .expect("itsp leg");
+    assert_eq!(itsp_leg["transport"], "TLS", "{st:#}");
+    caller.assert_ok(Some(&mg));
+    let status = pbx.stop();
+    assert!(status.success(), "pbx: {status}\n{}", pbx.describe());
+    mg.assert_idle(Duration::from_secs(5));
+    assert!(
+        pbx.received().iter().any(|m| m.is_request("BYE")),
+        "the ITSP caller's BYE (over TLS) was not relayed\n{}",
+        pbx.describe()
+    );
+}
