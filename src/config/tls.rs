@@ -174,3 +174,197 @@ pub(super) fn trunk_tls(
         client_auth,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError, Transport};
+    use rcgen::{CertificateParams, KeyPair};
+    use std::path::PathBuf;
+
+    /// A directory of its own for `test` with `a.pem`/`a.key` and `b.pem`/`b.key` (two self-signed certificates),
+    /// and `junk.pem`.
+    fn files(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "mediagate-tls-config-{}-{test}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a", "b"] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec!["10.0.0.1".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        std::fs::write(dir.join("junk.pem"), "not a certificate\n").unwrap();
+        dir
+    }
+
+    /// A config with `listen`, `[sip.tls]` keys `tls` and a trunk with `peer` and `extra` keys;
+    /// written as if it were `DIR/m.toml`, so relative paths resolve in DIR.
+    fn config(
+        dir: &std::path::Path,
+        listen: &str,
+        tls: &str,
+        peer: &str,
+        extra: &str,
+    ) -> Result<crate::config::Config, ConfigError> {
+        let text = format!(
+            "[sip]\nlisten = [\"{listen}\"]\n\n[sip.tls]\n{tls}\n\n[media]\nports = \"30000-30999\"\n\n\
+             [[trunk]]\nname = \"itsp\"\nkind = \"itsp\"\npeers = [\"{peer}\"]\nlocal = \"{listen}\"\n{extra}\n"
+        );
+        parse(&dir.join("m.toml").display().to_string(), &text)
+    }
+
+    #[test]
+    fn tls_listen_and_peers_load_their_files() {
+        let dir = files("tls_listen_a");
+        let c = config(
+            &dir,
+            "tls:10.0.0.1:5061",
+            "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"b.pem\"",
+            "tls:10.0.0.2:5061",
+            "tls_name = \"itsp.example\"\ntls_client_auth = true",
+        )
+        .unwrap();
+        assert_eq!(c.sip.listen[0].transport, Transport::Tls);
+        assert_eq!(c.sip.listen[0].to_string(), "tls:10.0.0.1:5061");
+        let tls = c.sip.tls.as_ref().unwrap();
+        assert!(tls.identity.is_some() && tls.roots.as_ref().unwrap().len() == 1);
+        assert_eq!(c.trunks[0].tls.name.as_deref(), Some("itsp.example"));
+        assert!(c.trunks[0].tls.client_auth);
+        assert_eq!(c.sip.keepalive, Some(std::time::Duration::from_secs(30)));
+        assert!(!format!("{tls:?}").contains("PRIVATE"), "{tls:?}");
+    }
+
+    #[test]
+    fn tls_errors_name_line_and_key() {
+        let dir = files("tls_errors_n");
+        let full = "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"b.pem\"";
+        let cases = [
+            // (listen, [sip.tls], peer, trunk keys) -> key, line, words of the message
+            (
+                "tls:10.0.0.1:5061",
+                "cert = \"a.pem\"\nkey = \"b.key\"",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.tls.key",
+                6,
+                "does not belong",
+            ),
+            (
+                "tls:10.0.0.1:5061",
+                "cert = \"missing.pem\"\nkey = \"a.key\"",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.tls.cert",
+                5,
+                "missing.pem",
+            ),
+            (
+                "tls:10.0.0.1:5061",
+                "cert = \"junk.pem\"\nkey = \"a.key\"",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.tls.cert",
+                5,
+                "no CERTIFICATE",
+            ),
+            (
+                "tls:10.0.0.1:5061",
+                "cert = \"a.pem\"",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.tls.key",
+                4,
+                "needs its `key`",
+            ),
+            (
+                "tls:10.0.0.1:5061",
+                "ca = \"b.pem\"",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.listen[0]",
+                2,
+                "cert and key",
+            ),
+            (
+                "udp:10.0.0.1:5060",
+                "cert = \"a.pem\"\nkey = \"a.key\"",
+                "tls:10.0.0.2:5061",
+                "",
+                "trunk[0].peers[0]",
+                14,
+                "ca",
+            ),
+            (
+                "udp:10.0.0.1:5060",
+                "ca = \"junk.pem\"",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.tls.ca",
+                5,
+                "no CERTIFICATE",
+            ),
+            (
+                "udp:10.0.0.1:5060",
+                full,
+                "udp:10.0.0.2:5060",
+                "tls_name = \"x.example\"",
+                "trunk[0].tls_name",
+                17,
+                "tls: peer",
+            ),
+            (
+                "tls:10.0.0.1:5061",
+                full,
+                "tls:10.0.0.2:5061",
+                "tls_name = \"10.0.0.2\"",
+                "trunk[0].tls_name",
+                17,
+                "DNS host name",
+            ),
+            (
+                "udp:10.0.0.1:5060",
+                "ca = \"b.pem\"",
+                "tls:10.0.0.2:5061",
+                "tls_client_auth = true",
+                "trunk[0].tls_client_auth",
+                15,
+                "cert, key and ca",
+            ),
+            (
+                "tls:10.0.0.1:5061",
+                "cert = \"a.pem\"\nkey = \"a.key\"\nkeepalive_s = 3",
+                "udp:10.0.0.2:5060",
+                "",
+                "sip.tls.keepalive_s",
+                7,
+                "unknown field",
+            ),
+        ];
+        for (listen, tls, peer, extra, key, line, words) in cases {
+            let e = config(&dir, listen, tls, peer, extra).unwrap_err();
+            assert_eq!(
+                (e.key.as_str(), e.line),
+                (key, line),
+                "{tls} / {extra}: {e}"
+            );
+            assert!(e.message.contains(words), "{e}");
+        }
+    }
+
+    #[test]
+    fn keepalive_bounds() {
+        let dir = files("keepalive_bo");
+        let text = |v: &str| {
+            format!("[sip]\nlisten = [\"udp:10.0.0.1:5060\"]\nkeepalive_s = {v}\n\n[media]\nports = \"30000-30999\"\n")
+        };
+        let path = dir.join("k.toml").display().to_string();
+        assert_eq!(parse(&path, &text("0")).unwrap().sip.keepalive, None);
+        let e = parse(&path, &text("7200")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("sip.keepalive_s", 3), "{e}");
+    }
+}
