@@ -14,9 +14,11 @@ use regex::Regex;
 use serde::Deserialize;
 
 mod identity;
+mod peers;
 mod routing;
 mod tls;
 pub use identity::{Credentials, Identity, Register, Secret};
+pub use peers::{NamedPeer, PeerSpec};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
 };
@@ -55,6 +57,13 @@ impl Transport {
             Transport::Tls => "tls",
         }
     }
+
+    /// The transport named `udp`, `tcp` or `tls`.
+    pub fn from_lower(s: &str) -> Option<Transport> {
+        [Transport::Udp, Transport::Tcp, Transport::Tls]
+            .into_iter()
+            .find(|t| t.lower() == s)
+    }
 }
 
 impl fmt::Display for Transport {
@@ -80,16 +89,8 @@ impl std::str::FromStr for Endpoint {
         let (proto, rest) = s.split_once(':').ok_or_else(|| {
             format!("`{s}` is not of the form udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")
         })?;
-        let transport = match proto {
-            "udp" => Transport::Udp,
-            "tcp" => Transport::Tcp,
-            "tls" => Transport::Tls,
-            other => {
-                return Err(format!(
-                    "unknown transport `{other}` (expected udp, tcp or tls)"
-                ))
-            }
-        };
+        let transport = Transport::from_lower(proto)
+            .ok_or_else(|| format!("unknown transport `{proto}` (expected udp, tcp or tls)"))?;
         let addr = rest
             .parse()
             .map_err(|_| format!("`{rest}` is not an IP:PORT socket address"))?;
@@ -190,6 +191,9 @@ pub struct SipConfig {
     /// CRLF keep-alive interval on the TCP and TLS connections mediagate opens (RFC 5626
     /// §4.4.1, `keepalive_s`); `None` when 0.
     pub keepalive: Option<Duration>,
+    /// DNS servers for trunk peers given by name (`dns_servers`); empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +257,12 @@ pub struct MediaInterface {
 pub struct Trunk {
     pub name: String,
     pub kind: TrunkKind,
+    /// The peers calls go to and requests are recognised from. At start these are the
+    /// addresses of `peer_specs`; with host names among them, the DNS resolver replaces the
+    /// list with every resolved target in RFC 3263 order (`B2bua::set_peers`).
     pub peers: Vec<Endpoint>,
+    /// The peers as configured: addresses and host names, in config order.
+    pub peer_specs: Vec<PeerSpec>,
     /// The listen socket that faces this trunk; its IP is advertised in SDP toward the trunk.
     pub local: Endpoint,
     pub strategy: Strategy,
@@ -331,6 +340,8 @@ struct RawSip {
     tls: Option<tls::RawTls>,
     #[serde(default = "default_keepalive")]
     keepalive_s: u64,
+    #[serde(default)]
+    dns_servers: Vec<String>,
 }
 
 fn default_keepalive() -> u64 {
@@ -793,7 +804,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         if t.peers.is_empty() {
             return Err(err(&at("peers"), "a trunk needs at least one peer".into()));
         }
-        let mut peers = Vec::new();
+        let mut peer_specs = Vec::new();
         for (j, p) in t.peers.iter().enumerate() {
             let at = [
                 Seg::Key("trunk"),
@@ -801,16 +812,30 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 Seg::Key("peers"),
                 Seg::Index(j),
             ];
-            let peer = p.parse::<Endpoint>().map_err(|m| err(&at, m))?;
-            if peer.transport == Transport::Tls && !tls.as_ref().is_some_and(|m| m.roots.is_some())
+            let peer = peers::parse_peer(p).map_err(|m| err(&at, m))?;
+            if peer.transport() == Transport::Tls
+                && !tls.as_ref().is_some_and(|m| m.roots.is_some())
             {
                 return Err(err(
                     &at,
                     "a tls: peer needs [sip.tls] ca (the trust anchors its certificate is checked against)".into(),
                 ));
             }
-            peers.push(peer);
+            if matches!(peer, PeerSpec::Name(_)) && t.strategy == Strategy::Weighted {
+                return Err(err(
+                    &at,
+                    "strategy \"weighted\" needs addresses: a peer given by name takes its order from DNS (SRV priorities and weights)".into(),
+                ));
+            }
+            peer_specs.push(peer);
         }
+        let peers: Vec<Endpoint> = peer_specs
+            .iter()
+            .filter_map(|p| match p {
+                PeerSpec::Addr(e) => Some(*e),
+                PeerSpec::Name(_) => None,
+            })
+            .collect();
         let local: Endpoint = t.local.parse().map_err(|m| err(&at("local"), m))?;
         if !listen.contains(&local) {
             return Err(err(
@@ -910,7 +935,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let trunk_tls = tls::trunk_tls(
             t.tls_name.as_deref(),
             t.tls_client_auth,
-            peers.iter().any(|p| p.transport == Transport::Tls),
+            peer_specs.iter().any(|p| p.transport() == Transport::Tls),
             tls.as_ref(),
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
@@ -919,6 +944,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             name: t.name.clone(),
             kind: t.kind,
             peers,
+            peer_specs,
             local,
             strategy: t.strategy,
             weights,
@@ -1026,6 +1052,20 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             emergency,
             tls,
             keepalive: (raw.sip.keepalive_s > 0).then(|| Duration::from_secs(raw.sip.keepalive_s)),
+            dns_servers: raw
+                .sip
+                .dns_servers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    peers::parse_dns_server(d).map_err(|m| {
+                        err(
+                            &[Seg::Key("sip"), Seg::Key("dns_servers"), Seg::Index(i)],
+                            m,
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         },
         media: MediaConfig {
             port_first,

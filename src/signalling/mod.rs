@@ -4,6 +4,7 @@
 //! ([`CallRecords`]) and reopens it on SIGHUP.
 
 mod connection;
+mod dns;
 mod tls;
 pub mod transport;
 
@@ -198,6 +199,7 @@ pub async fn run(
         }
         None => None,
     };
+    let mut resolved = dns::spawn(&config).context("starting the DNS resolver")?;
     let mut ng_buf = vec![0u8; NG_MAX];
     let mut shutdown = Shutdown::default();
     loop {
@@ -264,6 +266,15 @@ pub async fn run(
                     let _ = reply.send(core.set_draining(&trunk, on));
                 }
             },
+            Some(r) = async {
+                match &mut resolved {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                transports.learn_tls_peers(&r.tls);
+                core.set_peers(r.trunk, r.peers, Instant::now());
+            }
             Some(()) = hangup.recv() => records.on_sighup(),
             Some(how) = stop.recv() => {
                 shutdown.begin(how, config.control.shutdown_grace, &mut core, &mut ng);

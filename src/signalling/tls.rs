@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
@@ -23,10 +23,11 @@ pub struct TlsContext {
     client: Option<TlsConnector>,
     /// Toward peers of trunks with `tls_client_auth`: presents mediagate's certificate.
     client_with_cert: Option<TlsConnector>,
-    /// The TLS settings of every `tls:` trunk peer, by its address.
-    peers: HashMap<SocketAddr, TrunkTls>,
+    /// The TLS settings of every `tls:` trunk peer, by its address (peers resolved from DNS
+    /// names are added as they are learnt).
+    peers: Mutex<HashMap<SocketAddr, TrunkTls>>,
     /// Source addresses whose TLS connections must present a verified client certificate.
-    cert_required: HashSet<IpAddr>,
+    cert_required: Mutex<HashSet<IpAddr>>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -58,9 +59,22 @@ impl TlsContext {
             client: client_config(material, false)?.map(|c| TlsConnector::from(Arc::new(c))),
             client_with_cert: client_config(material, true)?
                 .map(|c| TlsConnector::from(Arc::new(c))),
-            peers,
-            cert_required,
+            peers: Mutex::new(peers),
+            cert_required: Mutex::new(cert_required),
         }))
+    }
+
+    /// Adds TLS peers found at run time (DNS targets of a named `tls:` peer): their settings,
+    /// with the name to verify, and the client-certificate rule of their trunk.
+    pub fn learn(&self, found: &[(SocketAddr, TrunkTls)]) {
+        let mut peers = self.peers.lock().expect("tls peers");
+        let mut required = self.cert_required.lock().expect("tls peers");
+        for (addr, tls) in found {
+            if tls.client_auth {
+                required.insert(addr.ip());
+            }
+            peers.insert(*addr, tls.clone());
+        }
     }
 
     /// Client handshake toward `remote` over `tcp`: SNI and verification with the trunk's
@@ -70,7 +84,13 @@ impl TlsContext {
         tcp: TcpStream,
         remote: SocketAddr,
     ) -> io::Result<client::TlsStream<TcpStream>> {
-        let peer = self.peers.get(&remote).cloned().unwrap_or_default();
+        let peer = self
+            .peers
+            .lock()
+            .expect("tls peers")
+            .get(&remote)
+            .cloned()
+            .unwrap_or_default();
         let connector = if peer.client_auth {
             self.client_with_cert.as_ref()
         } else {
@@ -97,7 +117,12 @@ impl TlsContext {
             .ok_or_else(|| invalid("no [sip.tls] certificate"))?;
         let stream = acceptor.accept(tcp).await?;
         let presented = stream.get_ref().1.peer_certificates().is_some();
-        if self.cert_required.contains(&remote.ip()) && !presented {
+        let required = self
+            .cert_required
+            .lock()
+            .expect("tls peers")
+            .contains(&remote.ip());
+        if required && !presented {
             return Err(invalid(
                 "the trunk has tls_client_auth but the peer presented no certificate",
             ));

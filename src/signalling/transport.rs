@@ -95,6 +95,13 @@ impl Transports {
         Ok(t)
     }
 
+    /// TLS peers learnt at run time (resolved DNS names): how to verify them.
+    pub fn learn_tls_peers(&self, found: &[(SocketAddr, crate::config::TrunkTls)]) {
+        if let Some(tls) = &self.tls {
+            tls.learn(found);
+        }
+    }
+
     /// Sends a message; UDP send errors and unreachable peers are logged, not fatal: the
     /// transaction layer retransmits or times out.
     pub fn send(&self, target: Target, message: &Message) {

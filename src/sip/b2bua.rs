@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 mod identity;
 #[path = "b2bua_midcall.rs"]
 mod midcall;
+#[path = "b2bua_peers.rs"]
+mod peers;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
