@@ -332,7 +332,10 @@ up_after = 2
         // DNS now lists a new target first, old peer 1 second; old peer 0 is gone.
         h.retarget(0, &[None, Some(1)], 2, t0);
         assert_eq!(h.state((0, 0)), PeerState::Unprobed);
-        assert!(h.due(t0).contains(&(0, 0)), "a new target is probed at once");
+        assert!(
+            h.due(t0).contains(&(0, 0)),
+            "a new target is probed at once"
+        );
         assert!(h.probing(2), "the probe in flight stays with its peer");
         assert!(h.on_response(2, 200, t0));
         assert_eq!(h.state((0, 1)), PeerState::Up);

@@ -1,0 +1,189 @@
+//! Trunk peers by DNS name (RFC 3263) against a real DNS server in the three-namespace lab
+//! (tests/common/mod.rs):
+//!
+//!   gw (10.99.1.2, "pbx") -- 10.99.1.1 [mediagate] 10.99.2.1 -- it: dnsmasq 10.99.2.2:53,
+//!                                                               sipp 10.99.2.2 and 10.99.2.3
+//!
+//! dnsmasq serves `itsp.test`: a NAPTR record (SIP+D2U) pointing at `_sip._udp.naptr.itsp.test`
+//! (not the default `_sip._udp.itsp.test`, so the NAPTR step is needed), whose SRV records
+//! name p1.itsp.test (priority 1) and p2.itsp.test (priority 2), and their A records. The ITSP
+//! trunk's only peer is `udp:itsp.test`. These tests need root, sipp and dnsmasq
+//! (`dnsmasq-base`); they fail (never skip) without them.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The DNS server's address (on the `it` side).
+const DNS_IP: &str = IT_IP;
+/// The priority-1 and priority-2 targets.
+const P1: &str = IT_IP;
+const P2: &str = IT2_IP;
+
+/// dnsmasq in the `it` namespace, serving only the records given; killed on drop.
+struct Dnsmasq {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(lab: &Lab, records: &[String]) -> Dnsmasq {
+        let log = lab.path("dnsmasq.log");
+        let file = fs::File::create(&log).expect("dnsmasq log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.it(),
+                "dnsmasq",
+                "--keep-in-foreground",
+            ])
+            .args([
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file=",
+            ])
+            .args(["--bind-interfaces", &format!("--listen-address={DNS_IP}")])
+            .args(["--log-queries", "--log-facility=-", "--local-ttl=5"])
+            .args(records)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn dnsmasq (apt-get install dnsmasq-base)");
+        let d = Dnsmasq {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lab
+            .exec(&lab.it(), &["ss", "-Hlun"])
+            .contains(&format!("{DNS_IP}:53"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not start:\n{}",
+                d.log_text()
+            );
+            sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: a signal to the child we spawned.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A callee sipp on `ip`:5060.
+fn callee(lab: &Lab, name: &str, ip: &'static str) -> Sipp {
+    let s = Sipp::spawn(
+        lab,
+        name,
+        SippOpts::new(lab.it(), "uas_echo", ip).timeout(40),
+    );
+    s.settle();
+    s
+}
+
+/// One short call from the PBX, expected to succeed.
+fn call(lab: &Lab, mg: &Mediagate, name: &str) {
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        lab,
+        name,
+        SippOpts::new(lab.gw(), "uac_short", GW_IP)
+            .caller("+4930123", &remote)
+            .args(&["-m", "1", "-d", "300"]),
+    );
+    uac.assert_ok(Some(mg));
+}
+
+fn invites(s: &Sipp) -> usize {
+    s.received()
+        .iter()
+        .filter(|m| m.is_request("INVITE"))
+        .count()
+}
+
+#[test]
+fn naptr_and_srv_priorities_order_the_targets_and_calls_fail_over_to_priority_two() {
+    let lab = Lab::new("dns-srv");
+    lab.add_it_addr(&format!("{P2}/24"));
+    let dns = Dnsmasq::start(
+        &lab,
+        &[
+            "--naptr-record=itsp.test,10,10,S,SIP+D2U,,_sip._udp.naptr.itsp.test".into(),
+            "--naptr-record=itsp.test,5,10,S,SIP+D2T,,_sip._tcp.naptr.itsp.test".into(),
+            "--srv-host=_sip._udp.naptr.itsp.test,p2.itsp.test,5060,2,10".into(),
+            "--srv-host=_sip._udp.naptr.itsp.test,p1.itsp.test,5060,1,10".into(),
+            format!("--host-record=p1.itsp.test,{P1}"),
+            format!("--host-record=p2.itsp.test,{P2}"),
+        ],
+    );
+    let mut p1 = callee(&lab, "p1", P1);
+    let mut p2 = callee(&lab, "p2", P2);
+    let cfg = config(30)
+        .replace(
+            "max_calls = 100",
+            &format!("max_calls = 100\ndns_servers = [\"{DNS_IP}\"]"),
+        )
+        .replace(
+            "peers = [\"udp:10.99.2.2:5060\"]\nlocal = \"udp:10.99.2.1:5060\"",
+            "peers = [\"udp:itsp.test\"]\nlocal = \"udp:10.99.2.1:5060\"\ninvite_timeout_s = 1",
+        );
+    assert!(cfg.contains("udp:itsp.test") && cfg.contains("dns_servers"));
+    let mg = Mediagate::start(&lab, &cfg);
+
+    // Both SRV targets become the trunk's peers, priority 1 first.
+    let (ok, st) = mg.wait_status(Duration::from_secs(10), |s| {
+        s["trunks"][1]["peers"].as_array().map_or(0, Vec::len) == 2
+    });
+    assert!(ok, "not resolved: {st:#}\n{}", dns.log_text());
+    let peers: Vec<&str> = st["trunks"][1]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["address"].as_str())
+        .collect();
+    assert_eq!(
+        peers,
+        [format!("{P1}:5060"), format!("{P2}:5060")],
+        "{st:#}"
+    );
+
+    // The priority-1 target takes the call.
+    call(&lab, &mg, "pbx-1");
+    assert_eq!((invites(&p1), invites(&p2)), (1, 0));
+
+    // Priority 1 gone: the next call gets no answer there and fails over to priority 2.
+    let st = p1.stop();
+    assert!(st.success(), "p1: {st}\n{}", p1.describe());
+    call(&lab, &mg, "pbx-2");
+    assert_eq!(invites(&p2), 1, "{}", p2.describe());
+    let st = p2.stop();
+    assert!(st.success(), "p2: {st}\n{}", p2.describe());
+    mg.assert_idle(Duration::from_secs(5));
+
+    let log = dns.log_text();
+    assert!(
+        log.contains("query[NAPTR] itsp.test") && log.contains("_sip._udp.naptr.itsp.test"),
+        "{log}"
+    );
+}
