@@ -41,6 +41,9 @@ pub enum ControlRequest {
 /// How long shutdown waits for the answers to its un-REGISTERs.
 const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
 
+/// How long start-up waits for the first resolution of trunk peers given by name.
+const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
+
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -200,6 +203,24 @@ pub async fn run(
         None => None,
     };
     let mut resolved = dns::spawn(&config).context("starting the DNS resolver")?;
+    if let Some(rx) = &mut resolved {
+        // Start with the named trunks resolved when DNS answers quickly, so that registrations
+        // and the first calls find their peers; later answers arrive in the loop.
+        let mut waiting = config
+            .trunks
+            .iter()
+            .filter(|t| t.peers.len() < t.peer_specs.len())
+            .count();
+        let until = tokio::time::Instant::now() + FIRST_RESOLUTION;
+        while waiting > 0 {
+            let Ok(Some(r)) = tokio::time::timeout_at(until, rx.recv()).await else {
+                break;
+            };
+            transports.learn_tls_peers(&r.tls);
+            core.set_peers(r.trunk, r.peers, Instant::now());
+            waiting -= 1;
+        }
+    }
     let mut ng_buf = vec![0u8; NG_MAX];
     let mut shutdown = Shutdown::default();
     loop {

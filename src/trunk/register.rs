@@ -281,6 +281,18 @@ impl Registrations {
         fail(reg, "no response (timeout)".into(), now)
     }
 
+    /// The REGISTER for `trunk` could not be sent: the trunk has no peer yet (its DNS names
+    /// have not resolved). Retried with the usual back-off.
+    pub fn no_peer(&mut self, trunk: usize, now: Instant) {
+        if let Some(reg) = self.regs.get_mut(&trunk) {
+            fail(
+                reg,
+                "no peer to register with (DNS names not resolved)".into(),
+                now,
+            );
+        }
+    }
+
     /// Stops every registration: the trunks to un-REGISTER (`Expires: 0`) now, those with a
     /// binding or a REGISTER out; nothing is scheduled afterwards.
     pub fn unregister_all(&mut self, now: Instant) -> Vec<usize> {
