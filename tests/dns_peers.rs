@@ -12,84 +12,14 @@
 
 mod common;
 
-use std::fs;
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::dnsmasq::{Dnsmasq, DNS_IP};
 use common::*;
 
-/// The DNS server's address (on the `it` side).
-const DNS_IP: &str = IT_IP;
 /// The priority-1 and priority-2 targets.
 const P1: &str = IT_IP;
 const P2: &str = IT2_IP;
-
-/// dnsmasq in the `it` namespace, serving only the records given; killed on drop.
-struct Dnsmasq {
-    child: Option<Child>,
-    log: std::path::PathBuf,
-}
-
-impl Dnsmasq {
-    fn start(lab: &Lab, records: &[String]) -> Dnsmasq {
-        let log = lab.path("dnsmasq.log");
-        let file = fs::File::create(&log).expect("dnsmasq log");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.it(),
-                "dnsmasq",
-                "--keep-in-foreground",
-            ])
-            .args([
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--pid-file=",
-            ])
-            .args(["--bind-interfaces", &format!("--listen-address={DNS_IP}")])
-            .args(["--log-queries", "--log-facility=-", "--local-ttl=5"])
-            .args(records)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn dnsmasq (apt-get install dnsmasq-base)");
-        let d = Dnsmasq {
-            child: Some(child),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !lab
-            .exec(&lab.it(), &["ss", "-Hlun"])
-            .contains(&format!("{DNS_IP}:53"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq did not start:\n{}",
-                d.log_text()
-            );
-            sleep(Duration::from_millis(100));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: a signal to the child we spawned.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A callee sipp on `ip`:5060.
 fn callee(lab: &Lab, name: &str, ip: &'static str) -> Sipp {
@@ -186,4 +116,67 @@ fn naptr_and_srv_priorities_order_the_targets_and_calls_fail_over_to_priority_tw
         log.contains("query[NAPTR] itsp.test") && log.contains("_sip._udp.naptr.itsp.test"),
         "{log}"
     );
+}
+
+/// `/etc/netns/NS/resolv.conf` naming dnsmasq, which `ip netns exec NS` puts over
+/// `/etc/resolv.conf` for mediagate; removed (with its directory) on drop.
+struct NetnsResolvConf {
+    dir: std::path::PathBuf,
+}
+
+impl NetnsResolvConf {
+    fn new(ns: &str) -> Self {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {DNS_IP}\n"))
+            .expect("write resolv.conf");
+        NetnsResolvConf { dir }
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_name_with_a_port_uses_only_its_address_records_from_the_system_resolver() {
+    let lab = Lab::new("dns-a");
+    lab.add_it_addr(&format!("{P2}/24"));
+    // An SRV record that must not be used: with a port, only A/AAAA count.
+    let dns = Dnsmasq::start(
+        &lab,
+        &[
+            "--srv-host=_sip._udp.p2.itsp.test,p1.itsp.test,5060,1,10".into(),
+            format!("--host-record=p1.itsp.test,{P1}"),
+            format!("--host-record=p2.itsp.test,{P2}"),
+        ],
+    );
+    let _resolv = NetnsResolvConf::new(&lab.mg());
+    let mut p1 = callee(&lab, "p1", P1);
+    let mut p2 = callee(&lab, "p2", P2);
+    let cfg = config(30).replace(
+        "peers = [\"udp:10.99.2.2:5060\"]",
+        "peers = [\"udp:p2.itsp.test:5060\"]",
+    );
+    assert!(cfg.contains("p2.itsp.test") && !cfg.contains("dns_servers"));
+    let mg = Mediagate::start(&lab, &cfg);
+    let st = mg.status();
+    assert_eq!(
+        st["trunks"][1]["peers"][0]["address"],
+        format!("{P2}:5060"),
+        "{st:#}\n{}",
+        dns.log_text()
+    );
+    call(&lab, &mg, "pbx");
+    assert_eq!((invites(&p1), invites(&p2)), (0, 1));
+    for s in [&mut p1, &mut p2] {
+        let st = s.stop();
+        assert!(st.success(), "{st}\n{}", s.describe());
+    }
+    mg.assert_idle(Duration::from_secs(5));
+    let log = dns.log_text();
+    assert!(log.contains("query[A] p2.itsp.test"), "{log}");
+    assert!(!log.contains("query[SRV]"), "{log}");
 }

@@ -11,6 +11,7 @@
 //! the processes that live in its namespaces.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod kamailio;
 pub mod pki;
 
