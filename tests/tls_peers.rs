@@ -6,7 +6,8 @@
 //! on 10.99.2.2:5061 with a certificate for itsp.test and 10.99.2.2, and on 10.99.2.3:5061 with
 //! one for other.test only; it requires client certificates of the test CA (made at test time,
 //! tests/common/pki.rs) and relays to and from a sipp "phone" on UDP 10.99.2.2. The callers
-//! and callees on both ends are sipp with RTP. These tests need root, sipp and Kamailio with
+//! and callees on both ends are sipp with RTP; one test names the ITSP in DNS (dnsmasq,
+//! tests/common/dnsmasq.rs). These tests need root, sipp, dnsmasq and Kamailio with
 //! `kamailio-tls-modules`; they fail (never skip) without them.
 
 mod common;
@@ -14,6 +15,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
+use common::dnsmasq::{Dnsmasq, DNS_IP};
 use common::kamailio::Kamailio;
 use common::pki::TestCa;
 use common::*;
@@ -248,4 +250,62 @@ fn itsp_calls_the_gw_over_tls_with_media_relayed() {
         "the ITSP caller's BYE (over TLS) was not relayed\n{}",
         pbx.describe()
     );
+}
+
+#[test]
+fn a_tls_peer_by_dns_name_is_verified_against_that_name_and_fails_over_to_the_next_srv_target() {
+    let t = TlsLab::new("tls-dns");
+    // SRV: the other.test address first (priority 1), the itsp.test one second.
+    let dns = Dnsmasq::start(
+        &t.lab,
+        &[
+            "--srv-host=_sips._tcp.itsp.test,p1.itsp.test,5061,1,10".into(),
+            "--srv-host=_sips._tcp.itsp.test,p2.itsp.test,5061,2,10".into(),
+            format!("--host-record=p1.itsp.test,{WRONG_CERT_IP}"),
+            format!("--host-record=p2.itsp.test,{IT_IP}"),
+        ],
+    );
+    let mut phone = t.phone();
+    let cfg = t.config(&["itsp.test"], "invite_timeout_s = 1\n").replace(
+        "max_calls = 100",
+        &format!("max_calls = 100\ndns_servers = [\"{DNS_IP}\"]"),
+    );
+    assert!(cfg.contains("\"tls:itsp.test\"") && cfg.contains("dns_servers"));
+    let mg = Mediagate::start(&t.lab, &cfg);
+    let st = mg.status();
+    let peers: Vec<&str> = st["trunks"][1]["peers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["address"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        peers,
+        [format!("{WRONG_CERT_IP}:5061"), format!("{IT_IP}:5061")],
+        "{st:#}\n{}",
+        dns.log_text()
+    );
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        &t.lab,
+        "pbx",
+        SippOpts::new(t.lab.gw(), "uac_short", GW_IP)
+            .caller("+4930123", &remote)
+            .args(&["-m", "1", "-d", "500"]),
+    );
+    uac.assert_ok(Some(&mg));
+    let status = phone.stop();
+    assert!(status.success(), "phone: {status}\n{}", phone.describe());
+    mg.assert_idle(Duration::from_secs(5));
+    // RFC 5922: the first target's certificate is not valid for the configured name.
+    let log = fs::read_to_string(t.lab.path("mediagate.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("cannot connect")
+            && l.contains(&format!("{WRONG_CERT_IP}:5061"))
+            && l.contains("not valid for name")
+            && l.contains("itsp.test")),
+        "{log}"
+    );
+    assert!(t
+        .kamailio
+        .log_text()
+        .contains("TLS-PEER INVITE cn=mediagate.test"));
 }
