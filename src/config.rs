@@ -647,7 +647,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         .map(|t| tls::material(t, file, &[Seg::Key("sip"), Seg::Key("tls")], &err))
         .transpose()?;
     if let Some(i) = listen.iter().position(|l| l.transport == Transport::Tls) {
-        if !tls.as_ref().is_some_and(|t| t.identity.is_some()) {
+        if tls.as_ref().is_none_or(|t| t.identity.is_none()) {
             return Err(err(
                 &[Seg::Key("sip"), Seg::Key("listen"), Seg::Index(i)],
                 "a tls: listener needs [sip.tls] cert and key".into(),
@@ -813,8 +813,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 Seg::Index(j),
             ];
             let peer = peers::parse_peer(p).map_err(|m| err(&at, m))?;
-            if peer.transport() == Transport::Tls
-                && !tls.as_ref().is_some_and(|m| m.roots.is_some())
+            if peer.transport() == Transport::Tls && tls.as_ref().is_none_or(|m| m.roots.is_none())
             {
                 return Err(err(
                     &at,
