@@ -119,7 +119,12 @@ fn invite_of(s: &Sipp) -> SipMsg {
 fn gw_calls_the_itsp_over_mutual_tls_with_media_relayed() {
     let t = TlsLab::new("tls-out");
     let mut phone = t.phone();
-    let mg = Mediagate::start(&t.lab, &t.config(&[&format!("{IT_IP}:5061")], ""));
+    // Keep-alive pings every second over the call's few seconds: Kamailio must answer them.
+    let cfg = t
+        .config(&[&format!("{IT_IP}:5061")], "")
+        .replace("max_calls = 100", "max_calls = 100\nkeepalive_s = 1");
+    assert!(cfg.contains("keepalive_s = 1"));
+    let mg = Mediagate::start(&t.lab, &cfg);
     let remote = format!("{MG_GW_IP}:5060");
     let mut uac = Sipp::spawn(
         &t.lab,
@@ -160,6 +165,15 @@ fn gw_calls_the_itsp_over_mutual_tls_with_media_relayed() {
     let contact = invite.header("Contact").unwrap_or_default();
     assert_eq!(contact, "<sip:mediagate@10.99.2.1:5061;transport=tls>");
     assert!(phone.received().iter().any(|m| m.is_request("BYE")));
+
+    // One connection carried the whole call, kept alive by CRLF ping and pong.
+    let log = fs::read_to_string(t.lab.path("mediagate.log")).unwrap_or_default();
+    let connects = log
+        .lines()
+        .filter(|l| l.contains("connected") && l.contains(&format!("{IT_IP}:5061")))
+        .count();
+    assert_eq!(connects, 1, "{log}");
+    assert!(!log.contains("no keep-alive pong"), "{log}");
 }
 
 #[test]
