@@ -76,7 +76,8 @@ fn naptr_and_srv_priorities_order_the_targets_and_calls_fail_over_to_priority_tw
         )
         .replace(
             "peers = [\"udp:10.99.2.2:5060\"]\nlocal = \"udp:10.99.2.1:5060\"",
-            "peers = [\"udp:itsp.test\"]\nlocal = \"udp:10.99.2.1:5060\"\ninvite_timeout_s = 1",
+            "peers = [\"udp:itsp.test\"]\nlocal = \"udp:10.99.2.1:5060\"\ninvite_timeout_s = 1\n\
+             options_interval_s = 2\noptions_timeout_s = 1\ndown_after = 1\nup_after = 1",
         );
     assert!(cfg.contains("udp:itsp.test") && cfg.contains("dns_servers"));
     let mg = Mediagate::start(&lab, &cfg);
@@ -98,6 +99,13 @@ fn naptr_and_srv_priorities_order_the_targets_and_calls_fail_over_to_priority_tw
         "{st:#}"
     );
 
+    // OPTIONS health per resolved target.
+    let state = |s: &serde_json::Value, i: usize| s["trunks"][1]["peers"][i]["state"].clone();
+    let (ok, st) = mg.wait_status(Duration::from_secs(6), |s| {
+        state(s, 0) == "up" && state(s, 1) == "up"
+    });
+    assert!(ok, "targets not probed up: {st:#}");
+
     // The priority-1 target takes the call.
     call(&lab, &mg, "pbx-1");
     assert_eq!((invites(&p1), invites(&p2)), (1, 0));
@@ -107,6 +115,10 @@ fn naptr_and_srv_priorities_order_the_targets_and_calls_fail_over_to_priority_tw
     assert!(st.success(), "p1: {st}\n{}", p1.describe());
     call(&lab, &mg, "pbx-2");
     assert_eq!(invites(&p2), 1, "{}", p2.describe());
+    let (ok, st) = mg.wait_status(Duration::from_secs(6), |s| {
+        state(s, 0) == "down" && state(s, 1) == "up"
+    });
+    assert!(ok, "the silent target is not down: {st:#}");
     let st = p2.stop();
     assert!(st.success(), "p2: {st}\n{}", p2.describe());
     mg.assert_idle(Duration::from_secs(5));
