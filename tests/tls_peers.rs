@@ -323,3 +323,44 @@ fn a_tls_peer_by_dns_name_is_verified_against_that_name_and_fails_over_to_the_ne
         .log_text()
         .contains("TLS-PEER INVITE cn=mediagate.test"));
 }
+
+/// An OPTIONS over a TLS connection from the ITSP's address to mediagate, by `openssl
+/// s_client` with `cert` (or no client certificate); what came back.
+fn options_over_tls(t: &TlsLab, cert: Option<&str>) -> String {
+    let dir = t.lab.dir.display().to_string();
+    let options = format!(
+        "OPTIONS sip:{MG_IT_IP}:5061 SIP/2.0\r\nVia: SIP/2.0/TLS {IT_IP}:5061;branch=z9hG4bK-s-client\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{IT_IP}>;tag=1\r\nTo: <sip:{MG_IT_IP}>\r\n\
+         Call-ID: s-client@{IT_IP}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let input = t.lab.path("options.txt");
+    fs::write(&input, options).expect("write OPTIONS");
+    let mut script = format!(
+        "(cat {input}; sleep 2) | timeout 10 openssl s_client -quiet -connect {MG_IT_IP}:5061 \
+         -CAfile {dir}/ca.pem",
+        input = input.display()
+    );
+    if let Some(c) = cert {
+        script.push_str(&format!(" -cert {dir}/{c}.pem -key {dir}/{c}.key"));
+    }
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.lab.it(), "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_tls_client_auth_trunk_peer_without_a_certificate_is_refused() {
+    let t = TlsLab::new("tls-client-auth");
+    let mg = Mediagate::start(&t.lab, &t.config(&[&format!("{IT_IP}:5061")], ""));
+    // With the ITSP's certificate, mediagate answers; without one, the connection is closed.
+    let with = options_over_tls(&t, Some("itsp"));
+    assert!(with.starts_with("SIP/2.0 200"), "{with}");
+    let without = options_over_tls(&t, None);
+    assert!(!without.contains("SIP/2.0"), "{without}");
+    let log = fs::read_to_string(t.lab.path("mediagate.log")).unwrap_or_default();
+    assert!(log.contains("presented no certificate"), "{log}");
+    mg.assert_idle(Duration::from_secs(2));
+}
