@@ -188,7 +188,8 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
-    let transports = Transports::bind(&config, inbound_tx).await?;
+    let (failures_tx, mut failures) = mpsc::channel(256);
+    let transports = Transports::bind(&config, inbound_tx, failures_tx).await?;
     for l in &config.sip.listen {
         tracing::info!(listen = %l, "SIP listening");
     }
@@ -296,6 +297,7 @@ pub async fn run(
                 transports.learn_tls_peers(&r.tls);
                 core.set_peers(r.trunk, r.peers, Instant::now());
             }
+            Some(target) = failures.recv() => core.transport_failed(target, Instant::now()),
             Some(()) = hangup.recv() => records.on_sighup(),
             Some(how) = stop.recv() => {
                 shutdown.begin(how, config.control.shutdown_grace, &mut core, &mut ng);

@@ -57,12 +57,19 @@ pub struct Transports {
     tls: Option<Arc<TlsContext>>,
     keepalive: Option<Duration>,
     inbound: mpsc::Sender<Inbound>,
+    /// Targets a connection could not be opened to (or that are in back-off), for the control
+    /// loop to fail their transactions over at once.
+    failures: mpsc::Sender<Target>,
 }
 
 impl Transports {
     /// Binds every `sip.listen` endpoint and starts the readers; received messages go to
-    /// `inbound`.
-    pub async fn bind(config: &Config, inbound: mpsc::Sender<Inbound>) -> io::Result<Self> {
+    /// `inbound`, targets that cannot be reached to `failures`.
+    pub async fn bind(
+        config: &Config,
+        inbound: mpsc::Sender<Inbound>,
+        failures: mpsc::Sender<Target>,
+    ) -> io::Result<Self> {
         let mut udp = HashMap::new();
         let mut listeners = Vec::new();
         for ep in &config.sip.listen {
@@ -85,6 +92,7 @@ impl Transports {
             tls: TlsContext::new(config)?.map(Arc::new),
             keepalive: config.sip.keepalive,
             inbound,
+            failures,
         };
         for (local, socket) in t.udp.iter() {
             tokio::spawn(read_udp(socket.clone(), *local, t.inbound.clone()));
@@ -141,6 +149,7 @@ impl Transports {
             if Instant::now() < *until {
                 tracing::debug!(to = %target.remote, transport = %target.transport,
                     "connecting is in back-off after a failure: message dropped");
+                let _ = self.failures.try_send(target);
                 return;
             }
         }
@@ -210,6 +219,7 @@ impl Transports {
         streams.backoff.insert(key, (Instant::now() + delay, delay));
         tracing::warn!(to = %target.remote, transport = %target.transport, %error,
             backoff_s = delay.as_secs(), "cannot connect");
+        let _ = self.failures.try_send(target);
         None
     }
 
