@@ -49,6 +49,15 @@ struct Streams {
     backoff: HashMap<StreamKey, (Instant, Duration)>,
 }
 
+impl Streams {
+    /// Removes the connection `key` when it is still the one fed by `tx`.
+    fn remove(&mut self, key: StreamKey, tx: &mpsc::Sender<Vec<u8>>) {
+        if self.conns.get(&key).is_some_and(|c| c.same_channel(tx)) {
+            self.conns.remove(&key);
+        }
+    }
+}
+
 /// The open sockets and connections.
 #[derive(Clone)]
 pub struct Transports {
@@ -179,13 +188,18 @@ impl Transports {
                 };
                 match self.connected(
                     target,
+                    &tx,
                     tokio::time::timeout(CONNECT_TIMEOUT, handshake).await,
                 ) {
                     Some(stream) => self.serve(stream, target, rx, keepalive).await,
                     None => Closed::Peer,
                 }
             }
-            _ => match self.connected(target, tokio::time::timeout(CONNECT_TIMEOUT, tcp).await) {
+            _ => match self.connected(
+                target,
+                &tx,
+                tokio::time::timeout(CONNECT_TIMEOUT, tcp).await,
+            ) {
                 Some(stream) => self.serve(stream, target, rx, keepalive).await,
                 None => Closed::Peer,
             },
@@ -194,11 +208,13 @@ impl Transports {
         self.forget(target, &tx);
     }
 
-    /// The outcome of a connect (and handshake): on success the back-off is cleared, on
-    /// failure it is logged and the back-off grows.
+    /// The outcome of a connect (and handshake): on success the back-off is cleared; on
+    /// failure it is logged, the connection's queue (`tx`) leaves the map at once so that later
+    /// sends meet the back-off, and the back-off grows.
     fn connected<S>(
         &self,
         target: Target,
+        tx: &mpsc::Sender<Vec<u8>>,
         result: Result<io::Result<S>, tokio::time::error::Elapsed>,
     ) -> Option<S> {
         let key = (target.transport, target.remote);
@@ -212,6 +228,7 @@ impl Transports {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_string(),
         };
+        streams.remove(key, tx);
         let delay = streams
             .backoff
             .get(&key)
@@ -242,10 +259,7 @@ impl Transports {
     /// Removes a closed connection from the map, unless another has replaced it.
     fn forget(&self, target: Target, tx: &mpsc::Sender<Vec<u8>>) {
         let key = (target.transport, target.remote);
-        let mut streams = self.streams.lock().expect("stream map");
-        if streams.conns.get(&key).is_some_and(|c| c.same_channel(tx)) {
-            streams.conns.remove(&key);
-        }
+        self.streams.lock().expect("stream map").remove(key, tx);
     }
 
     async fn accept(self, listener: TcpListener, transport: Transport, local: SocketAddr) {
