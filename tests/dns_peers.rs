@@ -192,3 +192,54 @@ fn a_name_with_a_port_uses_only_its_address_records_from_the_system_resolver() {
     assert!(log.contains("query[A] p2.itsp.test"), "{log}");
     assert!(!log.contains("query[SRV]"), "{log}");
 }
+
+#[test]
+fn a_changed_answer_replaces_the_peer_list_when_the_ttl_runs_out() {
+    let lab = Lab::new("dns-ttl");
+    lab.add_it_addr(&format!("{P2}/24"));
+    let records = |first: &str, second: &str| {
+        vec![
+            format!("--srv-host=_sip._udp.itsp.test,{first}.itsp.test,5060,1,10"),
+            format!("--srv-host=_sip._udp.itsp.test,{second}.itsp.test,5060,2,10"),
+            format!("--host-record=p1.itsp.test,{P1}"),
+            format!("--host-record=p2.itsp.test,{P2}"),
+        ]
+    };
+    let dns = Dnsmasq::start(&lab, &records("p1", "p2"));
+    let cfg = config(30)
+        .replace(
+            "max_calls = 100",
+            &format!("max_calls = 100\ndns_servers = [\"{DNS_IP}\"]"),
+        )
+        .replace(
+            "peers = [\"udp:10.99.2.2:5060\"]",
+            "peers = [\"udp:itsp.test\"]",
+        );
+    let mg = Mediagate::start(&lab, &cfg);
+    let order = |s: &serde_json::Value| -> Vec<String> {
+        s["trunks"][1]["peers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["address"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let p1 = format!("{P1}:5060");
+    let p2 = format!("{P2}:5060");
+    let st = mg.status();
+    assert_eq!(order(&st), [p1.clone(), p2.clone()], "{st:#}");
+    // The operator swaps the priorities; the answers had a TTL of 5 s.
+    drop(dns);
+    let dns = Dnsmasq::start(&lab, &records("p2", "p1"));
+    let (ok, st) = mg.wait_status(Duration::from_secs(15), |s| {
+        order(s) == [p2.clone(), p1.clone()]
+    });
+    assert!(
+        ok,
+        "the new answer was not taken: {st:#}\n{}",
+        dns.log_text()
+    );
+    mg.assert_idle(Duration::from_secs(1));
+}

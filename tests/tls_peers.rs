@@ -23,6 +23,8 @@ use common::*;
 /// The provider phone's SIP port (sipp behind Kamailio, on `IT_IP`).
 const PHONE_PORT: u16 = 5070;
 const PHONE_MEDIA_PORT: u16 = 6010;
+/// Kamailio's TLS module (Debian `kamailio-tls-modules`).
+const KAMAILIO_TLS_MODULE: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so";
 /// The address whose certificate names another host.
 const WRONG_CERT_IP: &str = IT2_IP;
 
@@ -36,6 +38,10 @@ impl TlsLab {
     /// Lab, test CA and certificates (ITSP, the wrong host, mediagate), Kamailio started.
     fn new(test: &str) -> TlsLab {
         let lab = Lab::new(test);
+        assert!(
+            std::path::Path::new(KAMAILIO_TLS_MODULE).is_file(),
+            "{KAMAILIO_TLS_MODULE} not found: run scripts/install-deps (Debian package kamailio-tls-modules)"
+        );
         lab.add_it_addr(&format!("{WRONG_CERT_IP}/24"));
         let ca = TestCa::new(&lab.dir, "mediagate test CA");
         ca.issue("itsp", "itsp.test", &["itsp.test", IT_IP]);
