@@ -7,7 +7,7 @@
 //! one for other.test only; it requires client certificates of the test CA (made at test time,
 //! tests/common/pki.rs) and relays to and from a sipp "phone" on UDP 10.99.2.2. The callers
 //! and callees on both ends are sipp with RTP; one test names the ITSP in DNS (dnsmasq,
-//! tests/common/dnsmasq.rs). These tests need root, sipp, dnsmasq and Kamailio with
+//! tests/common/dnsmasq.rs), one uses Kamailio over TCP (same connection handling). These tests need root, sipp, dnsmasq and Kamailio with
 //! `kamailio-tls-modules`; they fail (never skip) without them.
 
 mod common;
@@ -372,4 +372,57 @@ fn a_tls_client_auth_trunk_peer_without_a_certificate_is_refused() {
     let log = fs::read_to_string(t.lab.path("mediagate.log")).unwrap_or_default();
     assert!(log.contains("presented no certificate"), "{log}");
     mg.assert_idle(Duration::from_secs(2));
+}
+
+#[test]
+fn tcp_peers_get_the_same_connection_handling_refused_peer_fails_over_at_once_and_keepalive() {
+    let t = TlsLab::new("tcp-peers");
+    let mut phone = t.phone();
+    // Nothing listens on the first peer's TCP port: refused, then Kamailio over TCP.
+    let cfg = config(30)
+        .replace("max_calls = 100", "max_calls = 100\nkeepalive_s = 1")
+        .replace(
+            "peers = [\"udp:10.99.2.2:5060\"]\nlocal = \"udp:10.99.2.1:5060\"",
+            &format!(
+                "peers = [\"tcp:{WRONG_CERT_IP}:5060\", \"tcp:{IT_IP}:5060\"]\nlocal = \"tcp:10.99.2.1:5060\""
+            ),
+        );
+    assert!(cfg.contains("keepalive_s = 1") && cfg.contains("local = \"tcp:10.99.2.1:5060\""));
+    let mg = Mediagate::start(&t.lab, &cfg);
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        &t.lab,
+        "pbx",
+        SippOpts::new(t.lab.gw(), "uac_rtp", GW_IP)
+            .caller("+4930123", &remote)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    uac.assert_ok(Some(&mg));
+    let status = phone.stop();
+    assert!(status.success(), "phone: {status}\n{}", phone.describe());
+    mg.assert_idle(Duration::from_secs(5));
+    let log = fs::read_to_string(t.lab.path("mediagate.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("cannot connect")
+            && l.contains(&format!("{WRONG_CERT_IP}:5060"))
+            && l.contains("backoff_s")),
+        "{log}"
+    );
+    assert!(!log.contains("no response to INVITE"), "{log}");
+    let connects = log
+        .lines()
+        .filter(|l| l.contains("connected") && l.contains(&format!("{IT_IP}:5060")))
+        .count();
+    assert_eq!(connects, 1, "{log}");
+    assert!(!log.contains("no keep-alive pong"), "{log}");
+    let invite = invite_of(&phone);
+    assert!(
+        invite
+            .headers("Via")
+            .iter()
+            .any(|v| v.starts_with("SIP/2.0/TCP 10.99.2.1:5060;")),
+        "{:?}",
+        invite.headers("Via")
+    );
 }
