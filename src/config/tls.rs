@@ -181,9 +181,24 @@ mod tests {
     use rcgen::{CertificateParams, KeyPair};
     use std::path::PathBuf;
 
-    /// A directory of its own for `test` with `a.pem`/`a.key` and `b.pem`/`b.key` (two self-signed certificates),
-    /// and `junk.pem`.
-    fn files(test: &str) -> PathBuf {
+    /// A directory of its own for `test` with `a.pem`/`a.key` and `b.pem`/`b.key` (two
+    /// self-signed certificates) and `junk.pem`; removed on drop.
+    struct Files(PathBuf);
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for Files {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    fn files(test: &str) -> Files {
         let dir = std::env::temp_dir().join(format!(
             "mediagate-tls-config-{}-{test}",
             std::process::id()
@@ -199,7 +214,7 @@ mod tests {
             std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
         }
         std::fs::write(dir.join("junk.pem"), "not a certificate\n").unwrap();
-        dir
+        Files(dir)
     }
 
     /// A config with `listen`, `[sip.tls]` keys `tls` and a trunk with `peer` and `extra` keys;
