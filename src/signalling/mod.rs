@@ -3,7 +3,10 @@
 //! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
 //! ([`CallRecords`]) and, on SIGHUP, reopens it and reloads the configuration ([`reload`]).
 
+mod connection;
+mod dns;
 pub mod hep;
+mod tls;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +42,9 @@ pub enum ControlRequest {
 
 /// How long shutdown waits for the answers to its un-REGISTERs.
 const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
+
+/// How long start-up waits for the first resolution of trunk peers given by name.
+const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
 
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -214,7 +220,8 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
-    let transports = Transports::bind(&config.sip.listen, inbound_tx).await?;
+    let (failures_tx, mut failures) = mpsc::channel(256);
+    let transports = Transports::bind(&config, inbound_tx, failures_tx).await?;
     for l in &config.sip.listen {
         tracing::info!(listen = %l, "SIP listening");
     }
@@ -228,6 +235,25 @@ pub async fn run(
         }
         None => None,
     };
+    let mut resolved = dns::spawn(&config).context("starting the DNS resolver")?;
+    if let Some(rx) = &mut resolved {
+        // Start with the named trunks resolved when DNS answers quickly, so that registrations
+        // and the first calls find their peers; later answers arrive in the loop.
+        let mut waiting = config
+            .trunks
+            .iter()
+            .filter(|t| t.peers.len() < t.peer_specs.len())
+            .count();
+        let until = tokio::time::Instant::now() + FIRST_RESOLUTION;
+        while waiting > 0 {
+            let Ok(Some(r)) = tokio::time::timeout_at(until, rx.recv()).await else {
+                break;
+            };
+            transports.learn_tls_peers(&r.tls);
+            core.set_peers(r.trunk, r.peers, Instant::now());
+            waiting -= 1;
+        }
+    }
     let mut ng_buf = vec![0u8; NG_MAX];
     let mut shutdown = Shutdown::default();
     loop {
@@ -297,6 +323,16 @@ pub async fn run(
                     let _ = reply.send(core.set_draining(&trunk, on));
                 }
             },
+            Some(r) = async {
+                match &mut resolved {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                transports.learn_tls_peers(&r.tls);
+                core.set_peers(r.trunk, r.peers, Instant::now());
+            }
+            Some(target) = failures.recv() => core.transport_failed(target, Instant::now()),
             Some(()) = hangup.recv() => {
                 records.on_sighup();
                 let reloaded = reload(config_path.as_deref(), &config);

@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 mod identity;
 #[path = "b2bua_midcall.rs"]
 mod midcall;
+#[path = "b2bua_peers.rs"]
+mod peers;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
@@ -543,7 +545,24 @@ impl B2bua {
     /// started with. `config` must keep the running one's trunk list and wiring
     /// ([`crate::config::live::merge`] sees to it), so trunk indices, peer health and
     /// registrations carry over unchanged.
-    pub fn reconfigure(&mut self, config: Arc<Config>) {
+    pub fn reconfigure(&mut self, mut config: Arc<Config>) {
+        // Peers are restart-only (config::live keeps the file's), but a trunk whose peers are
+        // DNS names runs with the targets its resolver found (b2bua_peers::set_peers), which
+        // the reloaded file does not have: those stay until the next resolution.
+        let running = &self.config.trunks;
+        let named = |t: &crate::config::Trunk| {
+            t.peer_specs
+                .iter()
+                .any(|p| matches!(p, crate::config::PeerSpec::Name(_)))
+        };
+        if config.trunks.iter().any(named) {
+            for (new, old) in Arc::make_mut(&mut config).trunks.iter_mut().zip(running) {
+                if named(new) {
+                    new.peers = old.peers.clone();
+                    new.weights = old.weights.clone();
+                }
+            }
+        }
         self.limits.reconfigure(&config);
         self.config = config;
     }

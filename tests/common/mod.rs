@@ -11,6 +11,10 @@
 //! the processes that live in its namespaces.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+pub mod kamailio;
+pub mod pki;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
