@@ -18,14 +18,18 @@ mod capture;
 mod identity;
 pub mod live;
 mod log;
+mod peers;
 mod routing;
 pub use abuse::{AllowList, SourceLimit, Unknown};
+mod tls;
 pub use capture::CaptureConfig;
 pub use identity::{Credentials, Identity, Register, Secret};
 pub use log::{LogConfig, LogFormat};
+pub use peers::{NamedPeer, PeerSpec};
 pub use routing::{
     Direction, HeaderAction, HeaderPolicy, NumberField, TranslateRule, TrunkPolicy, POLICY_HEADERS,
 };
+pub use tls::{TlsMaterial, TrunkTls};
 
 /// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
 /// calls from no one. It exists so that a bare start shows a working process, not a surprise.
@@ -46,6 +50,27 @@ http = "127.0.0.1:9100"
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26.2; Via `SIP/2.0/TLS`, `;transport=tls` URIs).
+    Tls,
+}
+
+impl Transport {
+    /// The lower-case name used in config addresses, URI `transport=` parameters and metric
+    /// labels.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// The transport named `udp`, `tcp` or `tls`.
+    pub fn from_lower(s: &str) -> Option<Transport> {
+        [Transport::Udp, Transport::Tcp, Transport::Tls]
+            .into_iter()
+            .find(|t| t.lower() == s)
+    }
 }
 
 impl fmt::Display for Transport {
@@ -53,6 +78,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         })
     }
 }
@@ -67,14 +93,11 @@ pub struct Endpoint {
 impl std::str::FromStr for Endpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (proto, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}` is not of the form udp:IP:PORT or tcp:IP:PORT"))?;
-        let transport = match proto {
-            "udp" => Transport::Udp,
-            "tcp" => Transport::Tcp,
-            other => return Err(format!("unknown transport `{other}` (expected udp or tcp)")),
-        };
+        let (proto, rest) = s.split_once(':').ok_or_else(|| {
+            format!("`{s}` is not of the form udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")
+        })?;
+        let transport = Transport::from_lower(proto)
+            .ok_or_else(|| format!("unknown transport `{proto}` (expected udp, tcp or tls)"))?;
         let addr = rest
             .parse()
             .map_err(|_| format!("`{rest}` is not an IP:PORT socket address"))?;
@@ -84,11 +107,7 @@ impl std::str::FromStr for Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        };
-        write!(f, "{proto}:{}", self.addr)
+        write!(f, "{}:{}", self.transport.lower(), self.addr)
     }
 }
 
@@ -182,6 +201,14 @@ pub struct SipConfig {
     pub unknown: Unknown,
     /// SIP messages accepted per source IP (`rate_per_source` / `burst_per_source`).
     pub per_source: Option<SourceLimit>,
+    /// `[sip.tls]`: certificate, key and trust anchors; `None` when the section is absent.
+    pub tls: Option<TlsMaterial>,
+    /// CRLF keep-alive interval on the TCP and TLS connections mediagate opens (RFC 5626
+    /// §4.4.1, `keepalive_s`); `None` when 0.
+    pub keepalive: Option<Duration>,
+    /// DNS servers for trunk peers given by name (`dns_servers`); empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -252,7 +279,12 @@ pub struct MediaInterface {
 pub struct Trunk {
     pub name: String,
     pub kind: TrunkKind,
+    /// The peers calls go to and requests are recognised from. At start these are the
+    /// addresses of `peer_specs`; with host names among them, the DNS resolver replaces the
+    /// list with every resolved target in RFC 3263 order (`B2bua::set_peers`).
     pub peers: Vec<Endpoint>,
+    /// The peers as configured: addresses and host names, in config order.
+    pub peer_specs: Vec<PeerSpec>,
     /// The listen socket that faces this trunk; its IP is advertised in SDP toward the trunk.
     pub local: Endpoint,
     pub strategy: Strategy,
@@ -276,6 +308,11 @@ pub struct Trunk {
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
     /// `register`).
     pub identity: Identity,
+    /// Encoding names (`PCMA`, `telephone-event`, ...) offers toward this trunk are reduced to,
+    /// in this order of preference; empty: offers pass with every payload type.
+    pub codecs: Vec<String>,
+    /// `tls_name` and `tls_client_auth`, for the trunk's `tls:` peers.
+    pub tls: TrunkTls,
 }
 
 #[derive(Debug, Clone)]
@@ -332,7 +369,18 @@ struct RawSip {
     unknown: Option<String>,
     rate_per_source: Option<f64>,
     burst_per_source: Option<f64>,
+    tls: Option<tls::RawTls>,
+    #[serde(default = "default_keepalive")]
+    keepalive_s: u64,
+    #[serde(default)]
+    dns_servers: Vec<String>,
 }
+
+fn default_keepalive() -> u64 {
+    30
+}
+/// Longest `sip.keepalive_s`.
+const KEEPALIVE_MAX: u64 = 3600;
 
 fn default_max_calls() -> usize {
     10_000
@@ -452,6 +500,11 @@ struct RawTrunk {
     #[serde(default)]
     challenge_inbound: bool,
     register: Option<identity::RawRegister>,
+    #[serde(default)]
+    codecs: Vec<String>,
+    tls_name: Option<String>,
+    #[serde(default)]
+    tls_client_auth: bool,
 }
 
 fn default_options_timeout() -> u64 {
@@ -633,6 +686,26 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             "at least one listen address is required".into(),
         ));
     }
+    let tls = raw
+        .sip
+        .tls
+        .as_ref()
+        .map(|t| tls::material(t, file, &[Seg::Key("sip"), Seg::Key("tls")], &err))
+        .transpose()?;
+    if let Some(i) = listen.iter().position(|l| l.transport == Transport::Tls) {
+        if tls.as_ref().is_none_or(|t| t.identity.is_none()) {
+            return Err(err(
+                &[Seg::Key("sip"), Seg::Key("listen"), Seg::Index(i)],
+                "a tls: listener needs [sip.tls] cert and key".into(),
+            ));
+        }
+    }
+    if raw.sip.keepalive_s > KEEPALIVE_MAX {
+        return Err(err(
+            &[Seg::Key("sip"), Seg::Key("keepalive_s")],
+            format!("must be 0 (off) to {KEEPALIVE_MAX} seconds"),
+        ));
+    }
     if raw.sip.max_calls == 0 {
         return Err(err(
             &[Seg::Key("sip"), Seg::Key("max_calls")],
@@ -805,20 +878,37 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         if t.peers.is_empty() {
             return Err(err(&at("peers"), "a trunk needs at least one peer".into()));
         }
-        let mut peers = Vec::new();
+        let mut peer_specs = Vec::new();
         for (j, p) in t.peers.iter().enumerate() {
-            peers.push(p.parse::<Endpoint>().map_err(|m| {
-                err(
-                    &[
-                        Seg::Key("trunk"),
-                        Seg::Index(i),
-                        Seg::Key("peers"),
-                        Seg::Index(j),
-                    ],
-                    m,
-                )
-            })?);
+            let at = [
+                Seg::Key("trunk"),
+                Seg::Index(i),
+                Seg::Key("peers"),
+                Seg::Index(j),
+            ];
+            let peer = peers::parse_peer(p).map_err(|m| err(&at, m))?;
+            if peer.transport() == Transport::Tls && tls.as_ref().is_none_or(|m| m.roots.is_none())
+            {
+                return Err(err(
+                    &at,
+                    "a tls: peer needs [sip.tls] ca (the trust anchors its certificate is checked against)".into(),
+                ));
+            }
+            if matches!(peer, PeerSpec::Name(_)) && t.strategy == Strategy::Weighted {
+                return Err(err(
+                    &at,
+                    "strategy \"weighted\" needs addresses: a peer given by name takes its order from DNS (SRV priorities and weights)".into(),
+                ));
+            }
+            peer_specs.push(peer);
         }
+        let peers: Vec<Endpoint> = peer_specs
+            .iter()
+            .filter_map(|p| match p {
+                PeerSpec::Addr(e) => Some(*e),
+                PeerSpec::Name(_) => None,
+            })
+            .collect();
         let local: Endpoint = t.local.parse().map_err(|m| err(&at("local"), m))?;
         if !listen.contains(&local) {
             return Err(err(
@@ -915,10 +1005,37 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
         )?;
+        if let Some(j) = t
+            .codecs
+            .iter()
+            .position(|c| c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+        {
+            return Err(err(
+                &[
+                    Seg::Key("trunk"),
+                    Seg::Index(i),
+                    Seg::Key("codecs"),
+                    Seg::Index(j),
+                ],
+                format!(
+                    "`{}` is not an encoding name like \"PCMA\" (no rate, no spaces)",
+                    t.codecs[j]
+                ),
+            ));
+        }
+        let trunk_tls = tls::trunk_tls(
+            t.tls_name.as_deref(),
+            t.tls_client_auth,
+            peer_specs.iter().any(|p| p.transport() == Transport::Tls),
+            tls.as_ref(),
+            &[Seg::Key("trunk"), Seg::Index(i)],
+            &err,
+        )?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
             peers,
+            peer_specs,
             local,
             strategy: t.strategy,
             weights,
@@ -931,6 +1048,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_duration: t.max_duration_s.map(Duration::from_secs),
             policy,
             identity,
+            codecs: t.codecs.clone(),
+            tls: trunk_tls,
         });
     }
 
@@ -1029,6 +1148,22 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             emergency,
             unknown,
             per_source: sip_per_source,
+            tls,
+            keepalive: (raw.sip.keepalive_s > 0).then(|| Duration::from_secs(raw.sip.keepalive_s)),
+            dns_servers: raw
+                .sip
+                .dns_servers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    peers::parse_dns_server(d).map_err(|m| {
+                        err(
+                            &[Seg::Key("sip"), Seg::Key("dns_servers"), Seg::Index(i)],
+                            m,
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         },
         media: MediaConfig {
             port_first,
@@ -1325,6 +1460,9 @@ to = ["pbx"]
             (Some(10), Some(2.5), vec![503])
         );
         assert_eq!(t.redirect, Redirect::Pass);
+        let c = parse("t.toml", &with("codecs = [\"PCMA\", \"telephone-event\"]")).unwrap();
+        assert_eq!(c.trunks[1].codecs, ["PCMA", "telephone-event"]);
+        assert!(c.trunks[0].codecs.is_empty(), "no filtering by default");
         assert_eq!(c.trunks[0].failover_on, DEFAULT_FAILOVER_ON.to_vec());
         assert_eq!(c.trunks[0].invite_timeout.as_secs(), 5);
         assert!(c.trunks[0].probe.is_none(), "probing is off by default");
@@ -1353,6 +1491,8 @@ to = ["pbx"]
             ("max_cps = 0", "trunk[1].max_cps"),
             ("max_cps = -1.5", "trunk[1].max_cps"),
             ("max_duration_s = 0", "trunk[1].max_duration_s"),
+            ("codecs = [\"PCMA\", \"PCMA/8000\"]", "trunk[1].codecs[1]"),
+            ("codecs = [\"\"]", "trunk[1].codecs[0]"),
         ] {
             let e = error_of(&with(keys));
             assert_eq!(e.key, key, "{keys}: {e}");

@@ -6,32 +6,61 @@
 use std::fmt;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::config::{LogConfig, LogFormat};
 
 /// Whether numbers are masked; set from `log.redact` at start and on reload.
 static REDACT: AtomicBool = AtomicBool::new(false);
 
+/// Replaces the running level filter (set by [`init`]); an error names what failed.
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
 /// Digits left visible at the end of a masked number.
 const VISIBLE_DIGITS: usize = 2;
 
 /// Installs the process's subscriber for `config` (once, at start). `RUST_LOG`, when set,
-/// replaces `log.level`.
+/// replaces `log.level` (and keeps [`set_level`] from changing it).
 pub fn init(config: &LogConfig) {
     set_redact(config.redact);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    // The reload handle's type differs per format, so each branch stores its own closure.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            if !fixed {
+                let _ = SET_LEVEL.set(Box::new(move |level: &str| {
+                    handle
+                        .reload(tracing_subscriber::EnvFilter::new(level))
+                        .map_err(|e| e.to_string())
+                }));
+            }
+            builder.init()
+        }};
+    }
     match config.format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Human => install!(builder),
+        LogFormat::Json => install!(builder.json().with_current_span(true).with_span_list(false)),
+    }
+}
+
+/// Applies `log.level` from a reloaded configuration. Does nothing (and says so) when
+/// `RUST_LOG` set the level at start, or before [`init`].
+pub fn set_level(level: &str) {
+    match SET_LEVEL.get() {
+        Some(set) => match set(level) {
+            Ok(()) => tracing::info!(level, "log level changed"),
+            Err(error) => tracing::warn!(level, %error, "cannot change the log level"),
+        },
+        None => tracing::info!(level, "log.level not applied: RUST_LOG sets the level"),
     }
 }
 

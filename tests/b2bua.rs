@@ -966,3 +966,37 @@ fn server_header_toward_callers_follows_the_trunk_policy() {
         "pass relays the callee's; mediagate's own answers keep its token"
     );
 }
+
+#[test]
+fn an_offer_without_a_codec_the_trunk_allows_gets_488_and_never_reaches_it() {
+    let text = include_str!("data/routing.toml").replace(
+        "codecs = [\"PCMA\", \"telephone-event\"]",
+        "codecs = [\"G729\"]",
+    );
+    let mut h = Harness::with_config(&text);
+    let out = h.send(invite_from("+4930123", "100", 6), h.pbx);
+    assert_eq!(finals_to_pbx(&h, &out), vec![488]);
+    assert!(invites(&out).is_empty(), "{out:#?}");
+    assert!(h.ports_all_free());
+}
+
+/// A trunk whose peer is a DNS name runs on the targets its resolver found; a configuration
+/// reload (whose file has only the name) keeps them, so calls still reach the trunk.
+#[test]
+fn a_reload_keeps_the_resolved_targets_of_a_named_peer() {
+    let text = CONFIG.replace(
+        "peers = [\"udp:10.99.2.2:5060\"]",
+        "peers = [\"udp:itsp.example\"]",
+    );
+    assert_ne!(text, CONFIG, "tests/data/lab.toml changed shape");
+    let mut h = Harness::with_config(&text);
+    let resolved = config::Endpoint {
+        transport: config::Transport::Udp,
+        addr: "10.99.2.2:5060".parse().unwrap(),
+    };
+    h.core.set_peers(1, vec![resolved], h.now);
+    h.core
+        .reconfigure(Arc::new(config::parse("lab.toml", &text).unwrap()));
+    let out = h.send(parse(INVITE), h.pbx);
+    assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
+}

@@ -10,11 +10,10 @@
 mod common;
 
 use std::fs;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::kamailio::Kamailio;
 use common::*;
 
 const ITSP_LOCAL: &str = "local = \"udp:10.99.2.1:5060\"\n";
@@ -137,95 +136,16 @@ fn sipp_registrar_md5_register_refresh_and_unregister_on_sigterm() {
     );
 }
 
-const KAMAILIO: &str = "/usr/sbin/kamailio";
-
-/// Kamailio as the ITSP in the `it` namespace; SIGTERM (then SIGKILL to its group) on drop.
-struct ItspKamailio {
-    child: Option<Child>,
-    log: std::path::PathBuf,
-}
-
-impl ItspKamailio {
-    fn start(lab: &Lab) -> Self {
-        assert!(
-            std::path::Path::new(KAMAILIO).is_file(),
-            "{KAMAILIO} not found: run scripts/install-deps (Debian package `kamailio`)"
-        );
-        let cfg = repo_root().join("tests/data/kamailio/itsp_auth.cfg");
-        let log = lab.path("kamailio-itsp.log");
-        let file = fs::File::create(&log).expect("kamailio log");
-        let rundir = lab.path("kamailio-itsp-run");
-        fs::create_dir_all(&rundir).expect("rundir");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.it(),
-                KAMAILIO,
-                "-DD",
-                "-E",
-                "-m",
-                "32",
-            ])
-            .arg("-Y")
-            .arg(&rundir)
-            .arg("-f")
-            .arg(&cfg)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn kamailio");
-        let k = ItspKamailio {
-            child: Some(child),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ss = lab.exec(&lab.it(), &["ss", "-Hlun"]);
-            if ss.contains("10.99.2.2:5060") {
-                sleep(Duration::from_millis(300));
-                return k;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kamailio did not start:\n{}",
-                k.log_text()
-            );
-            sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ItspKamailio {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: signals to the child we spawned and to the process group it leads.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            sleep(Duration::from_millis(50));
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-        let _ = child.wait();
-    }
-}
-
 #[test]
 fn kamailio_itsp_sha256_challenge_on_invite_is_answered() {
     let lab = Lab::new("digest-kamailio");
-    let kam = ItspKamailio::start(&lab);
+    let kam = Kamailio::start(
+        &lab,
+        &lab.it(),
+        "itsp",
+        &repo_root().join("tests/data/kamailio/itsp_auth.cfg"),
+        "10.99.2.2:5060",
+    );
     let cfg = config_itsp(r#"auth = { user = "acme", password = "pw-kam" }"#);
     let mg = Mediagate::start(&lab, &cfg);
     let remote = format!("{MG_GW_IP}:5060");

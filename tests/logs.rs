@@ -21,16 +21,7 @@ fn logged_call(test: &str, log: &str) -> (String, String) {
     let mut uas = Sipp::spawn(&lab, "itsp", SippOpts::new(lab.it(), "uas_echo", IT_IP));
     uas.settle();
     let mut mg = Mediagate::start(&lab, &format!("{}\n[log]\n{log}\n", config(30)));
-    let remote = format!("{MG_GW_IP}:5060");
-    let mut uac = Sipp::spawn(
-        &lab,
-        "pbx",
-        SippOpts::new(lab.gw(), "uac_short", GW_IP)
-            .caller(DIALLED, &remote)
-            .args(&["-m", "1", "-d", "200"])
-            .timeout(15),
-    );
-    uac.assert_ok(Some(&mg));
+    let uac = short_call(&lab, &mg, "pbx", DIALLED, (5060, SIPP_MEDIA_PORT));
     mg.assert_idle(Duration::from_secs(5));
     let st = uas.stop();
     assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
@@ -102,4 +93,39 @@ fn human_lines_show_the_span_and_the_number_without_redaction() {
         "{new_call}"
     );
     assert!(serde_json::from_str::<Value>(new_call).is_err());
+}
+
+#[test]
+fn log_level_changes_with_a_reload() {
+    require_root_and_tools();
+    let lab = Lab::new("logs_level");
+    let mut uas = Sipp::spawn(&lab, "itsp", SippOpts::new(lab.it(), "uas_echo", IT_IP));
+    uas.settle();
+    let quiet = format!("{}\n[log]\nlevel = \"warn\"\n", config(30));
+    let mut mg = Mediagate::start(&lab, &quiet);
+    short_call(&lab, &mg, "first", DIALLED, (5060, SIPP_MEDIA_PORT));
+    mg.assert_idle(Duration::from_secs(5));
+    let log = fs::read_to_string(&mg.log).unwrap();
+
+    fs::write(&mg.config_path, quiet.replace("\"warn\"", "\"info\"")).unwrap();
+    mg.sighup();
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The environment's level wins over the file, at start and on reload.
+        mg.wait_log(
+            Duration::from_secs(5),
+            "log.level not applied: RUST_LOG sets the level",
+        );
+    } else {
+        assert!(
+            !log.contains("new call"),
+            "an info line at level warn:\n{log}"
+        );
+        mg.wait_log(Duration::from_secs(5), "log level changed");
+        short_call(&lab, &mg, "second", DIALLED, (5060, SIPP_MEDIA_PORT));
+        mg.wait_log(Duration::from_secs(5), "new call");
+    }
+    mg.assert_idle(Duration::from_secs(5));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    assert!(mg.stop().expect("running").success());
 }

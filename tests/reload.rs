@@ -3,9 +3,12 @@
 //! translation; the next call is translated by the new file; a restart-only change (media
 //! ports) is reported and not applied; an invalid file is refused with its FILE:LINE: key
 //! error in the log and calls keep being routed by the running configuration; `/metrics`
-//! counts both reloads. Needs root; fails (never skips) without it.
+//! counts both reloads. Needs root; fails (never skips) without it. And the same in the
+//! sans-IO core, where a call in set-up fails over after a reload: its next INVITE still
+//! follows the configuration the call started with.
 
 mod common;
+mod sansio;
 
 use std::fs;
 use std::time::Duration;
@@ -20,13 +23,17 @@ const DIALLED: &str = "+4930123";
 const PREFIX_RULE: &str = "[[trunk.translate]]\nfield = \"called\"\ndirection = \"out\"\n\
                            match = '^\\+(\\d+)$'\nreplace = \"0099$1\"\n\n";
 
+/// `base` with the prefix rule on the ITSP trunk (the last one, before the routes).
+fn with_prefix_rule(base: &str) -> String {
+    let at = base.find("[[route]]").expect("the config has routes");
+    let (trunks, routes) = base.split_at(at);
+    format!("{trunks}{PREFIX_RULE}{routes}")
+}
+
 /// The lab config with the prefix rule on the ITSP trunk and a wider media port range (which
 /// needs a restart, so it must not be applied).
 fn reloaded_config() -> String {
-    let base = config(30);
-    let at = base.find("[[route]]").expect("lab.toml has routes");
-    let (trunks, routes) = base.split_at(at);
-    format!("{trunks}{PREFIX_RULE}{routes}").replace("30000-30999", "30000-31999")
+    with_prefix_rule(&config(30)).replace("30000-30999", "30000-31999")
 }
 
 /// Distinct INVITEs (by Call-ID) the callee received, in order: their Request-URIs.
@@ -45,22 +52,6 @@ fn invites_received(uas: &Sipp) -> Vec<String> {
         }
     }
     uris
-}
-
-/// One short call (no media) from the PBX on its own SIP and media ports; returns when it
-/// completed successfully.
-fn short_call(lab: &Lab, mg: &Mediagate, name: &str) {
-    let remote = format!("{MG_GW_IP}:5060");
-    let mut uac = Sipp::spawn(
-        lab,
-        name,
-        SippOpts::new(lab.gw(), "uac_short", GW_IP)
-            .caller(DIALLED, &remote)
-            .ports(5070, 6100)
-            .args(&["-m", "1", "-d", "200"])
-            .timeout(15),
-    );
-    uac.assert_ok(Some(mg));
 }
 
 /// RTP packets mediagate received on every stream of call `id`.
@@ -130,7 +121,7 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
     let rx_at_reload = call_rx_packets(&mg.status(), &first_id);
 
     // Call 2 goes out translated by the new rule.
-    short_call(&lab, &mg, "second");
+    short_call(&lab, &mg, "second", DIALLED, (5070, 6100));
     let invites = invites_received(&uas);
     assert_eq!(invites.len(), 2, "{invites:?}\n{}", uas.describe());
     assert_eq!(invites[0], "INVITE sip:+4930123@10.99.2.2:5060 SIP/2.0");
@@ -159,7 +150,7 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
         "{}",
         mg.log_tail(20)
     );
-    short_call(&lab, &mg, "third");
+    short_call(&lab, &mg, "third", DIALLED, (5070, 6100));
     let invites = invites_received(&uas);
     assert_eq!(invites.len(), 3, "{invites:?}");
     assert_eq!(invites[2], "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0");
@@ -179,4 +170,73 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
     assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
     let st = mg.stop().expect("mediagate was running");
     assert!(st.success(), "mediagate exit when stopped: {st}");
+}
+
+/// The Request-URI of the one INVITE in `out` sent to `to`.
+fn invite_uri_to(out: &[mediagate::sip::transaction::Transmit], to: &str) -> String {
+    let invites: Vec<String> = out
+        .iter()
+        .filter(|t| t.target.remote.to_string() == to && t.message.is_request())
+        .map(|t| t.message.to_bytes())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .filter(|l| l.starts_with("INVITE "))
+        .collect();
+    assert_eq!(invites.len(), 1, "one INVITE to {to} expected: {out:#?}");
+    invites[0].clone()
+}
+
+#[test]
+fn a_call_in_set_up_keeps_its_configuration_across_a_reload() {
+    use std::sync::Arc;
+    // The ITSP trunk with a second peer to fail over to.
+    let old_text = sansio::LAB.replace(
+        "\"udp:10.99.2.2:5060\"]",
+        "\"udp:10.99.2.2:5060\", \"udp:10.99.2.3:5060\"]",
+    );
+    let mut h = sansio::Harness::with_config(&old_text);
+    let out = h.send(sansio::parse(sansio::INVITE), h.pbx);
+    assert_eq!(
+        invite_uri_to(&out, "10.99.2.2:5060"),
+        "INVITE sip:+4930123@10.99.2.2:5060 SIP/2.0"
+    );
+    let first = out
+        .iter()
+        .find(|t| t.target.remote == h.itsp.remote)
+        .unwrap()
+        .message
+        .clone();
+
+    let old = mediagate::config::parse("lab.toml", &old_text).unwrap();
+    let new = mediagate::config::parse("lab.toml", &with_prefix_rule(&old_text)).unwrap();
+    let merged = mediagate::config::live::merge(&old, new).unwrap();
+    assert!(
+        merged.restart_needed.is_empty(),
+        "{:?}",
+        merged.restart_needed
+    );
+    h.core.reconfigure(Arc::new(merged.config));
+
+    // The first peer refuses: the call fails over with its own (old) translation.
+    let busy = mediagate::sip::dialog::response_to(&first, 503, "Busy", Some("b1"));
+    let out = h.send(busy, h.itsp);
+    assert_eq!(
+        invite_uri_to(&out, "10.99.2.3:5060"),
+        "INVITE sip:+4930123@10.99.2.3:5060 SIP/2.0"
+    );
+
+    // A new call takes the new rule.
+    let second = sansio::INVITE
+        .replace("pbx-call-1", "pbx-call-2")
+        .replace("z9hG4bK-pbx-1", "z9hG4bK-pbx-2");
+    let out = h.send(sansio::parse(&second), h.pbx);
+    assert_eq!(
+        invite_uri_to(&out, "10.99.2.2:5060"),
+        "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0"
+    );
 }

@@ -3,8 +3,8 @@
 //!
 //!   gw (10.99.1.2, "pbx" trunk) -- 10.99.1.1 [mediagate] 10.99.2.1 -- it (10.99.2.2, "itsp")
 //!
-//! What the ITSP side receives carries the translated numbers; a denied destination gets 403
-//! and never reaches it. These tests need root; they fail (never skip) without it.
+//! What the ITSP side receives carries the translated numbers and only the trunk's codecs; a
+//! denied destination gets 403 and never reaches it. These tests need root; they fail (never skip) without it.
 
 mod common;
 
@@ -94,5 +94,39 @@ fn denied_destination_gets_403() {
         "a denied call reached the ITSP\n{}",
         uas.describe()
     );
+    mg.assert_idle(Duration::from_secs(5));
+}
+
+#[test]
+fn the_itsp_is_offered_only_its_codecs_in_its_order() {
+    let lab = Lab::new("codecs");
+    let (mg, mut uas) = call(&lab, "uac_codecs", "+4930123");
+    let st = uas.stop();
+    assert!(st.success(), "ITSP sipp failed: {st}\n{}", uas.describe());
+    let inv = uas
+        .received()
+        .into_iter()
+        .find(|m| m.is_request("INVITE"))
+        .unwrap_or_else(|| panic!("the ITSP received no INVITE\n{}", uas.describe()));
+    let body = inv.body();
+    let sdp: Vec<&str> = body.lines().map(str::trim).collect();
+    let port = inv.sdp_audio_port().expect("an audio line");
+    // Offered 0 8 9 101; the trunk allows PCMA and telephone-event, in that order.
+    assert!(
+        sdp.contains(&format!("m=audio {port} RTP/AVP 8 101").as_str()),
+        "{}",
+        inv.text
+    );
+    for kept in [
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+    ] {
+        assert!(sdp.contains(&kept), "{kept} missing:\n{}", inv.text);
+    }
+    for gone in ["a=rtpmap:0 PCMU/8000", "a=rtpmap:9 G722/8000"] {
+        assert!(!sdp.contains(&gone), "{gone} passed:\n{}", inv.text);
+    }
     mg.assert_idle(Duration::from_secs(5));
 }

@@ -728,3 +728,69 @@ fn cdrs_record_each_ending() {
     );
     mg.assert_idle(Duration::from_secs(5));
 }
+
+// ---------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------
+
+/// A peer that dies mid-call (its address taken away: nothing sent to it arrives, nothing comes
+/// back) stalls nothing: its call, with no media flowing, ends by the media timeout with a BYE
+/// to the caller and a clean record although the BYE toward the dead peer is never answered,
+/// and a new call placed meanwhile fails over to the other peer after `invite_timeout_s`.
+#[test]
+fn a_peer_dying_mid_call_ends_its_call_by_media_timeout_while_new_calls_fail_over() {
+    let lab = lab("t_dies");
+    let path = lab.path("cdr.jsonl");
+    let config = trunk_config("invite_timeout_s = 2", "", Some(&path));
+    let media_timeout = "\ntimeout_s = 30\n";
+    assert_eq!(config.matches(media_timeout).count(), 1, "{config}");
+    let config = config.replace(media_timeout, "\ntimeout_s = 4\n");
+    let (mut p1, mut p2) = peers(&lab, "", ("uas_wait_bye", &[]), ("uas_wait_bye", &[]));
+    let mg = Mediagate::start(&lab, &config);
+    let mut doomed = caller(&lab, "doomed", "uac_wait_bye", DIALLED, &["-m", "1"]);
+    wait_confirmed(&mg, 1);
+    lab.del_it_addr(&format!("{P1}/24"));
+
+    let rescued = place(
+        &lab,
+        &mg,
+        "rescued",
+        "uac_short",
+        DIALLED,
+        &["-d", "300"],
+        SECOND_CALLER,
+    );
+    assert_one_200(&rescued);
+    doomed.assert_ok(Some(&mg));
+    mg.assert_idle(Duration::from_secs(10));
+    stop_ok(&mut p2);
+    p1.stop();
+
+    let records = cdrs(&path, 2);
+    let record_of = |s: &Sipp| {
+        let id = caller_call_id(s);
+        records
+            .iter()
+            .find(|r| r["sip_call_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no CDR for {id}: {records:#?}"))
+            .clone()
+    };
+    let r = record_of(&doomed);
+    assert_eq!(
+        (&r["final_code"], &r["ended_by"], &r["end_reason"]),
+        (&json!(200), &json!("mediagate"), &json!("media-timeout")),
+        "{r}"
+    );
+    assert_eq!(r["attempts"], json!([attempt(P1, 200.into())]), "{r}");
+    let r = record_of(&rescued);
+    assert_eq!(
+        (&r["final_code"], &r["end_reason"]),
+        (&json!(200), &json!("bye")),
+        "{r}"
+    );
+    assert_eq!(
+        r["attempts"],
+        json!([attempt(P1, "timeout".into()), attempt(P2, 200.into())]),
+        "{r}"
+    );
+}

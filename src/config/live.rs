@@ -3,7 +3,7 @@
 //! Routes, translation rules, header policy, deny-lists, limits, failover and timeouts apply to
 //! new calls at once. Settings bound to sockets, threads or per-peer state cannot change while
 //! running: listen addresses, media ports, interfaces and data plane, the control endpoints,
-//! the CDR file, the log format and level, the HEP capture, and each trunk's wiring (peers,
+//! the CDR file, the log format, the HEP capture, and each trunk's wiring (peers,
 //! `local`, OPTIONS probing, registration). A reload keeps their running values and names them
 //! so the operator knows a restart is needed. Trunks are matched by position and name: a reload
 //! that adds, removes, renames or reorders trunks is refused as a whole, because the routes of
@@ -57,7 +57,6 @@ pub fn merge(old: &Config, mut new: Config) -> Result<Merged, String> {
     running!("control.ng", control.ng);
     running!("cdr", cdr);
     running!("log.format", log.format);
-    running!("log.level", log.level);
     running!("capture", capture);
     // The front door (signalling::gate) and the data plane read these once at start.
     running!("sip.unknown", sip.unknown);

@@ -196,13 +196,6 @@ fn method_label(m: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-fn transport_label(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    }
-}
-
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
@@ -210,7 +203,7 @@ impl Metrics {
 
     /// Counts one SIP message received or sent over `transport`.
     pub fn sip_message(&mut self, dir: Direction, transport: Transport, msg: &Message) {
-        let transport = transport_label(transport);
+        let transport = transport.lower();
         if let Some(m) = msg.method() {
             *self
                 .requests

@@ -5,6 +5,8 @@
 //! rewritten and ICE and rtcp-mux attributes dropped ([`DROPPED_ATTRIBUTES`]). Every other line
 //! passes through byte-exact, with the original line endings.
 
+mod codecs;
+
 use std::net::{IpAddr, SocketAddr};
 
 /// Largest SDP body accepted.
@@ -73,8 +75,9 @@ pub struct Anchor<'a> {
 
 /// Attributes an anchored description leaves out: mediagate terminates the media path, so ICE
 /// (candidates would leak internal addresses, credentials without candidates mean nothing) and
-/// RTCP multiplexing (it relays RTCP on its own port) do not apply across it.
-const DROPPED_ATTRIBUTES: [&str; 8] = [
+/// RTCP multiplexing (it relays RTCP on its own port) do not apply across it; RFC 5576 source
+/// attributes go too, as their `cname:` commonly names the sender's user and host address.
+const DROPPED_ATTRIBUTES: [&str; 10] = [
     "candidate:",
     "remote-candidates:",
     "ice-ufrag:",
@@ -83,6 +86,8 @@ const DROPPED_ATTRIBUTES: [&str; 8] = [
     "ice-lite",
     "end-of-candidates",
     "rtcp-mux",
+    "ssrc:",
+    "ssrc-group:",
 ];
 
 /// Whether a `c=` value is the unspecified address (`IN IP4 0.0.0.0`, old-style hold).
@@ -344,6 +349,7 @@ a=rtpmap:8 PCMA/8000\r\n\
 a=rtcp:6001\r\n\
 a=x-unknown: keep  me\r\n\
 a=candidate:1 1 UDP 1 192.168.0.9 6000 typ host\r\n\
+a=ssrc:1234 cname:alice@10.99.1.2\r\n\
 m=video 0 RTP/AVP 96\r\n";
 
     #[test]

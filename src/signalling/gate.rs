@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, SourceLimit, Unknown};
+use crate::config::{Config, Endpoint, SourceLimit, Unknown};
 use crate::sip::message::{Message, ParseError};
 use crate::sip::validate;
 
@@ -130,6 +130,8 @@ pub struct Gate {
     ng: Option<Mutex<SourceBuckets>>,
     /// Open inbound TCP connections per source.
     tcp: Mutex<HashMap<IpAddr, usize>>,
+    /// The addresses DNS gave the trunks whose peers are names, by trunk index.
+    resolved: Mutex<HashMap<usize, Vec<IpAddr>>>,
     counts: [AtomicU64; Refusal::ALL.len()],
 }
 
@@ -159,6 +161,7 @@ impl Gate {
             sip: buckets(config.sip.per_source),
             ng: buckets(config.control.per_source),
             tcp: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
             config,
             counts: Default::default(),
         }
@@ -188,9 +191,20 @@ impl Gate {
         })
     }
 
-    /// Whether `ip` is one of the trunks' peers.
+    /// Whether `ip` is one of the trunks' peers (configured, or resolved from a name).
     pub fn is_peer(&self, ip: IpAddr) -> bool {
         self.config.trunk_of_peer(ip).is_some()
+            || self
+                .resolved
+                .lock()
+                .is_ok_and(|r| r.values().flatten().any(|p| *p == ip))
+    }
+
+    /// The peers DNS now gives trunk `trunk` (replacing what it gave before).
+    pub fn set_peers(&self, trunk: usize, peers: &[Endpoint]) {
+        if let Ok(mut r) = self.resolved.lock() {
+            r.insert(trunk, peers.iter().map(|p| p.addr.ip()).collect());
+        }
     }
 
     /// Counts one refusal.

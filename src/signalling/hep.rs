@@ -35,10 +35,15 @@ const PROTO_SIP: u8 = 1;
 /// One captured message.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<'a> {
+    /// Where the message came from (the peer for a received one, mediagate for a sent one).
     pub src: SocketAddr,
+    /// Where it went.
     pub dst: SocketAddr,
+    /// UDP, or TCP (TLS too) for the IP protocol chunk.
     pub transport: Transport,
+    /// When it was received or sent.
     pub time: SystemTime,
+    /// `capture.agent_id`.
     pub agent_id: u32,
     /// The SIP message as on the wire.
     pub payload: &'a [u8],

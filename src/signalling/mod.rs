@@ -3,8 +3,11 @@
 //! data plane. Runs on a tokio current-thread runtime. It also owns the CDR file
 //! ([`CallRecords`]) and, on SIGHUP, reopens it and reloads the configuration ([`reload`]).
 
+mod connection;
+mod dns;
 pub mod gate;
 pub mod hep;
+mod tls;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +44,9 @@ pub enum ControlRequest {
 
 /// How long shutdown waits for the answers to its un-REGISTERs.
 const UNREGISTER_GRACE: Duration = Duration::from_secs(2);
+
+/// How long start-up waits for the first resolution of trunk peers given by name.
+const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
 
 /// Longest sleep of the control loop when no timer is due.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -220,7 +226,8 @@ pub async fn run(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let (inbound_tx, mut inbound) = mpsc::channel(4096);
-    let transports = Transports::bind(&config.sip.listen, inbound_tx, gate.clone()).await?;
+    let (failures_tx, mut failures) = mpsc::channel(256);
+    let transports = Transports::bind(&config, inbound_tx, failures_tx, gate.clone()).await?;
     for l in &config.sip.listen {
         tracing::info!(listen = %l, "SIP listening");
     }
@@ -234,6 +241,26 @@ pub async fn run(
         }
         None => None,
     };
+    let mut resolved = dns::spawn(&config).context("starting the DNS resolver")?;
+    if let Some(rx) = &mut resolved {
+        // Start with the named trunks resolved when DNS answers quickly, so that registrations
+        // and the first calls find their peers; later answers arrive in the loop.
+        let mut waiting = config
+            .trunks
+            .iter()
+            .filter(|t| t.peers.len() < t.peer_specs.len())
+            .count();
+        let until = tokio::time::Instant::now() + FIRST_RESOLUTION;
+        while waiting > 0 {
+            let Ok(Some(r)) = tokio::time::timeout_at(until, rx.recv()).await else {
+                break;
+            };
+            transports.learn_tls_peers(&r.tls);
+            gate.set_peers(r.trunk, &r.peers);
+            core.set_peers(r.trunk, r.peers, Instant::now());
+            waiting -= 1;
+        }
+    }
     let mut ng_buf = vec![0u8; NG_MAX];
     let mut shutdown = Shutdown::default();
     loop {
@@ -313,12 +340,26 @@ pub async fn run(
                     let _ = reply.send(core.set_draining(&trunk, on));
                 }
             },
+            Some(r) = async {
+                match &mut resolved {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                transports.learn_tls_peers(&r.tls);
+                gate.set_peers(r.trunk, &r.peers);
+                core.set_peers(r.trunk, r.peers, Instant::now());
+            }
+            Some(target) = failures.recv() => core.transport_failed(target, Instant::now()),
             Some(()) = hangup.recv() => {
                 records.on_sighup();
                 let reloaded = reload(config_path.as_deref(), &config);
                 metrics.config_reload(reloaded.is_some());
                 if let Some(new) = reloaded {
                     crate::logging::set_redact(new.log.redact);
+                    if new.log.level != config.log.level {
+                        crate::logging::set_level(&new.log.level);
+                    }
                     core.reconfigure(new.clone());
                     ng.reconfigure(new.clone());
                     config = new;
@@ -356,6 +397,9 @@ pub async fn run(
     let end = Instant::now() + UNREGISTER_GRACE;
     loop {
         for t in core.drain_transmits() {
+            if let Some(c) = &mut capture {
+                c.sip(Direction::Sent, &t.target, &t.message);
+            }
             transports.send(t.target, &t.message);
         }
         if !core.unregistering() || Instant::now() >= end {
@@ -363,7 +407,12 @@ pub async fn run(
         }
         let deadline = core.poll_timeout().map_or(end, |d| d.min(end));
         tokio::select! {
-            Some((msg, source)) = inbound.recv() => core.handle_message(msg, source, Instant::now()),
+            Some((msg, source)) = inbound.recv() => {
+                if let Some(c) = &mut capture {
+                    c.sip(Direction::Received, &source, &msg);
+                }
+                core.handle_message(msg, source, Instant::now())
+            }
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
         }
     }

@@ -1,6 +1,14 @@
-//! SIP transports (RFC 3261 §18): UDP sockets and TCP connections, inbound and outbound, framed
-//! by Content-Length. Everything received is parsed and handed to the control loop as
-//! [`Inbound`]; everything sent goes through [`Transports::send`].
+//! SIP transports (RFC 3261 §18): UDP sockets and TCP and TLS connections, inbound and
+//! outbound. Everything received is parsed and handed to the control loop as [`Inbound`];
+//! everything sent goes through [`Transports::send`].
+//!
+//! Stream connections (TCP, TLS) are kept one per remote address and transport and used in
+//! both directions: a request to a peer goes over the connection it opened to us, or the one we
+//! opened to it. A missing connection is opened on the first send (its queue holds what is sent
+//! meanwhile); a connect or handshake that fails puts the address in back-off (1 s, doubling
+//! up to 60 s) during which sends to it are dropped and the transaction layer times out, so
+//! calls fail over instead of waiting on a dead peer. Connections mediagate opened send CRLF
+//! keep-alives (`sip.keepalive_s`, see [`super::connection`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -8,68 +16,96 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::gate::{Gate, Refusal, TcpSlot};
-use crate::config::{Endpoint, Transport};
-use crate::sip::message::{Message, ParseError, MAX_MESSAGE};
+use super::connection::{self, Closed};
+use super::gate::{Gate, TcpSlot};
+use super::tls::TlsContext;
+use crate::config::{Config, Transport};
+use crate::sip::message::{Message, MAX_MESSAGE};
 use crate::sip::transaction::Target;
 
 /// A parsed message and where it came from.
 pub type Inbound = (Message, Target);
 
-/// Queue depth per TCP connection writer.
-const TCP_QUEUE: usize = 1024;
-/// A TCP connection that sends nothing for this long between messages is closed.
-const TCP_IDLE: Duration = Duration::from_secs(600);
-/// The same for a connection from an address that is no trunk peer (all it can get is 403).
-const TCP_STRANGER_IDLE: Duration = Duration::from_secs(30);
-/// Once a message has begun on a TCP connection, the rest of it must arrive within this time, or
-/// the connection is closed (a slowloris client trickling bytes holds nothing for long).
-const TCP_MESSAGE_TIME: Duration = Duration::from_secs(10);
+/// Queue depth per stream connection writer.
+const STREAM_QUEUE: usize = 1024;
+/// Longest TCP connect plus TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First back-off after a failed connect, doubled per further failure up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A stream connection's identity: transport and remote address.
+type StreamKey = (Transport, SocketAddr);
+
+/// Stream connections by remote, and remotes whose last connect failed.
+#[derive(Default)]
+struct Streams {
+    /// Each connection's task reads this queue and writes it to the stream.
+    conns: HashMap<StreamKey, mpsc::Sender<Vec<u8>>>,
+    /// No connect attempt before `until`; `delay` is the next back-off.
+    backoff: HashMap<StreamKey, (Instant, Duration)>,
+}
+
+impl Streams {
+    /// Removes the connection `key` when it is still the one fed by `tx`.
+    fn remove(&mut self, key: StreamKey, tx: &mpsc::Sender<Vec<u8>>) {
+        if self.conns.get(&key).is_some_and(|c| c.same_channel(tx)) {
+            self.conns.remove(&key);
+        }
+    }
+}
 
 /// The open sockets and connections.
 #[derive(Clone)]
 pub struct Transports {
     udp: Arc<HashMap<SocketAddr, Arc<UdpSocket>>>,
-    /// Live TCP connections by remote address; each has a writer task fed by this sender.
-    tcp: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>,
+    streams: Arc<Mutex<Streams>>,
+    tls: Option<Arc<TlsContext>>,
+    keepalive: Option<Duration>,
     inbound: mpsc::Sender<Inbound>,
+    /// Targets a connection could not be opened to (or that are in back-off), for the control
+    /// loop to fail their transactions over at once.
+    failures: mpsc::Sender<Target>,
+    /// The front door: per-source limits and refusal counters.
     gate: Arc<Gate>,
 }
 
 impl Transports {
-    /// Binds every listen endpoint and starts the readers; received messages that pass `gate`
-    /// go to `inbound`.
+    /// Binds every `sip.listen` endpoint and starts the readers; received messages that pass
+    /// `gate` go to `inbound`, targets that cannot be reached to `failures`.
     pub async fn bind(
-        listen: &[Endpoint],
+        config: &Config,
         inbound: mpsc::Sender<Inbound>,
+        failures: mpsc::Sender<Target>,
         gate: Arc<Gate>,
     ) -> io::Result<Self> {
         let mut udp = HashMap::new();
         let mut listeners = Vec::new();
-        for ep in listen {
+        for ep in &config.sip.listen {
+            let annotate =
+                |e: io::Error| io::Error::new(e.kind(), format!("cannot bind {ep}: {e}"));
             match ep.transport {
                 Transport::Udp => {
-                    let s = Arc::new(UdpSocket::bind(ep.addr).await.map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot bind udp:{}: {e}", ep.addr))
-                    })?);
-                    udp.insert(ep.addr, s);
+                    let s = UdpSocket::bind(ep.addr).await.map_err(annotate)?;
+                    udp.insert(ep.addr, Arc::new(s));
                 }
-                Transport::Tcp => {
-                    let l = TcpListener::bind(ep.addr).await.map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot bind tcp:{}: {e}", ep.addr))
-                    })?;
-                    listeners.push((ep.addr, l));
+                Transport::Tcp | Transport::Tls => {
+                    let l = TcpListener::bind(ep.addr).await.map_err(annotate)?;
+                    listeners.push((ep.transport, ep.addr, l));
                 }
             }
         }
         let t = Transports {
             udp: Arc::new(udp),
-            tcp: Arc::new(Mutex::new(HashMap::new())),
+            streams: Arc::default(),
+            tls: TlsContext::new(config)?.map(Arc::new),
+            keepalive: config.sip.keepalive,
             inbound,
+            failures,
             gate,
         };
         for (local, socket) in t.udp.iter() {
@@ -80,61 +116,70 @@ impl Transports {
                 t.gate.clone(),
             ));
         }
-        for (local, listener) in listeners {
-            tokio::spawn(t.clone().accept_tcp(listener, local));
+        for (transport, local, listener) in listeners {
+            tokio::spawn(t.clone().accept(listener, transport, local));
         }
         Ok(t)
     }
 
-    /// Sends a message; UDP send errors and closed connections are logged, not fatal: the
+    /// TLS peers learnt at run time (resolved DNS names): how to verify them.
+    pub fn learn_tls_peers(&self, found: &[(SocketAddr, crate::config::TrunkTls)]) {
+        if let Some(tls) = &self.tls {
+            tls.learn(found);
+        }
+    }
+
+    /// Sends a message; UDP send errors and unreachable peers are logged, not fatal: the
     /// transaction layer retransmits or times out.
     pub fn send(&self, target: Target, message: &Message) {
         let bytes = message.to_bytes();
-        match target.transport {
-            Transport::Udp => {
-                let Some(socket) = self.udp.get(&target.local) else {
-                    tracing::warn!(local = %target.local, "no UDP socket for this local address");
+        if target.transport == Transport::Udp {
+            let Some(socket) = self.udp.get(&target.local) else {
+                tracing::warn!(local = %target.local, "no UDP socket for this local address");
+                return;
+            };
+            if let Err(e) = socket.try_send_to(&bytes, target.remote) {
+                tracing::debug!(error = %e, to = %target.remote, "UDP send failed");
+            }
+            return;
+        }
+        let key = (target.transport, target.remote);
+        let mut streams = self.streams.lock().expect("stream map");
+        if let Some(tx) = streams.conns.get(&key) {
+            match tx.try_send(bytes) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!(to = %target.remote, "connection queue full: message dropped");
                     return;
-                };
-                if let Err(e) = socket.try_send_to(&bytes, target.remote) {
-                    tracing::debug!(error = %e, to = %target.remote, "UDP send failed");
                 }
-            }
-            Transport::Tcp => {
-                let existing = self
-                    .tcp
-                    .lock()
-                    .expect("tcp map")
-                    .get(&target.remote)
-                    .cloned();
-                match existing {
-                    Some(tx) => {
-                        if tx.try_send(bytes).is_err() {
-                            tracing::debug!(to = %target.remote, "TCP connection queue full or closed");
-                        }
-                    }
-                    None => {
-                        tokio::spawn(self.clone().connect_and_send(target, bytes));
-                    }
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    streams.conns.remove(&key);
+                    return self.open(&mut streams, target, b);
                 }
             }
         }
+        self.open(&mut streams, target, bytes);
     }
 
-    async fn accept_tcp(self, listener: TcpListener, local: SocketAddr) {
-        loop {
-            match listener.accept().await {
-                Ok((stream, remote)) => match self.gate.open_tcp(remote.ip()) {
-                    Some(slot) => self.start_connection(stream, local, remote, None, Some(slot)),
-                    None => drop(stream),
-                },
-                Err(e) => tracing::warn!(error = %e, "TCP accept failed"),
+    /// Starts a connection to `target` with `first` queued, unless the remote is in back-off.
+    fn open(&self, streams: &mut Streams, target: Target, first: Vec<u8>) {
+        let key = (target.transport, target.remote);
+        if let Some((until, _)) = streams.backoff.get(&key) {
+            if Instant::now() < *until {
+                tracing::debug!(to = %target.remote, transport = %target.transport,
+                    "connecting is in back-off after a failure: message dropped");
+                let _ = self.failures.try_send(target);
+                return;
             }
         }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let _ = tx.try_send(first);
+        streams.conns.insert(key, tx.clone());
+        tokio::spawn(self.clone().connect(target, tx, rx));
     }
 
-    async fn connect_and_send(self, target: Target, first: Vec<u8>) {
-        let connect = async {
+    async fn connect(self, target: Target, tx: mpsc::Sender<Vec<u8>>, rx: mpsc::Receiver<Vec<u8>>) {
+        let tcp = async {
             let socket = match target.remote {
                 SocketAddr::V4(_) => TcpSocket::new_v4()?,
                 SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -142,107 +187,155 @@ impl Transports {
             socket.bind(SocketAddr::new(target.local.ip(), 0))?;
             socket.connect(target.remote).await
         };
-        match connect.await {
-            Ok(stream) => {
-                self.start_connection(stream, target.local, target.remote, Some(first), None)
+        let keepalive = self.keepalive;
+        let closed = match target.transport {
+            Transport::Tls => {
+                let handshake = async {
+                    let tls = self.tls.clone().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::Unsupported, "no [sip.tls] section")
+                    })?;
+                    tls.connect(tcp.await?, target.remote).await
+                };
+                match self.connected(
+                    target,
+                    &tx,
+                    tokio::time::timeout(CONNECT_TIMEOUT, handshake).await,
+                ) {
+                    Some(stream) => self.serve(stream, target, rx, keepalive).await,
+                    None => Closed::Peer,
+                }
             }
-            Err(e) => tracing::info!(error = %e, to = %target.remote, "TCP connect failed"),
+            _ => match self.connected(
+                target,
+                &tx,
+                tokio::time::timeout(CONNECT_TIMEOUT, tcp).await,
+            ) {
+                Some(stream) => self.serve(stream, target, rx, keepalive).await,
+                None => Closed::Peer,
+            },
+        };
+        tracing::debug!(to = %target.remote, transport = %target.transport, ?closed, "connection closed");
+        self.forget(target, &tx);
+    }
+
+    /// The outcome of a connect (and handshake): on success the back-off is cleared; on
+    /// failure it is logged, the connection's queue (`tx`) leaves the map at once so that later
+    /// sends meet the back-off, and the back-off grows.
+    fn connected<S>(
+        &self,
+        target: Target,
+        tx: &mpsc::Sender<Vec<u8>>,
+        result: Result<io::Result<S>, tokio::time::error::Elapsed>,
+    ) -> Option<S> {
+        let key = (target.transport, target.remote);
+        let mut streams = self.streams.lock().expect("stream map");
+        let error = match result {
+            Ok(Ok(stream)) => {
+                streams.backoff.remove(&key);
+                tracing::info!(to = %target.remote, transport = %target.transport, "connected");
+                return Some(stream);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        streams.remove(key, tx);
+        let delay = streams
+            .backoff
+            .get(&key)
+            .map_or(BACKOFF_FIRST, |(_, d)| (*d * 2).min(BACKOFF_MAX));
+        streams.backoff.insert(key, (Instant::now() + delay, delay));
+        tracing::warn!(to = %target.remote, transport = %target.transport, %error,
+            backoff_s = delay.as_secs(), "cannot connect");
+        let _ = self.failures.try_send(target);
+        None
+    }
+
+    /// Runs a connection until it closes.
+    async fn serve<S: AsyncRead + AsyncWrite>(
+        &self,
+        stream: S,
+        target: Target,
+        rx: mpsc::Receiver<Vec<u8>>,
+        keepalive: Option<Duration>,
+    ) -> Closed {
+        let closed = connection::run(
+            stream,
+            target,
+            rx,
+            self.inbound.clone(),
+            keepalive,
+            self.gate.clone(),
+        )
+        .await;
+        if closed == Closed::NoPong {
+            tracing::info!(peer = %target.remote, transport = %target.transport,
+                "no keep-alive pong: connection closed");
+        }
+        closed
+    }
+
+    /// Removes a closed connection from the map, unless another has replaced it.
+    fn forget(&self, target: Target, tx: &mpsc::Sender<Vec<u8>>) {
+        let key = (target.transport, target.remote);
+        self.streams.lock().expect("stream map").remove(key, tx);
+    }
+
+    async fn accept(self, listener: TcpListener, transport: Transport, local: SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    let target = Target {
+                        transport,
+                        remote,
+                        local,
+                    };
+                    // Over the per-source or total limit: closed at once (counted).
+                    if let Some(slot) = self.gate.open_tcp(remote.ip()) {
+                        tokio::spawn(self.clone().accepted(stream, target, slot));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            }
         }
     }
 
-    /// Registers a connection and starts its reader and writer tasks.
-    fn start_connection(
-        &self,
-        stream: TcpStream,
-        local: SocketAddr,
-        remote: SocketAddr,
-        first: Option<Vec<u8>>,
-        slot: Option<TcpSlot>,
-    ) {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-        if let Some(bytes) = first {
-            let _ = tx.try_send(bytes);
-        }
-        let writer_tx = tx.clone();
-        self.tcp.lock().expect("tcp map").insert(remote, tx);
-        let (mut reader, mut writer) = stream.into_split();
-        tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
-                if writer.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let inbound = self.inbound.clone();
-        let registry = self.tcp.clone();
-        let gate = self.gate.clone();
-        tokio::spawn(async move {
-            // Held for the connection's life: its place among the open connections.
-            let _slot = slot;
-            let target = Target {
-                transport: Transport::Tcp,
-                remote,
-                local,
-            };
-            let idle = if gate.is_peer(remote.ip()) {
-                TCP_IDLE
-            } else {
-                TCP_STRANGER_IDLE
-            };
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = vec![0u8; 16 * 1024];
-            // When the message now in `buf` began; `None` between messages.
-            let mut started: Option<Instant> = None;
-            'conn: loop {
-                let deadline = started.map_or(Instant::now() + idle, |t| t + TCP_MESSAGE_TIME);
-                let n = match tokio::time::timeout_at(deadline.into(), reader.read(&mut chunk))
-                    .await
-                {
-                    Ok(Ok(0) | Err(_)) => break,
-                    Ok(Ok(n)) => n,
+    /// Serves an accepted connection (after the TLS handshake for `tls:` listeners); `_slot`
+    /// is its place among the open connections, freed when it ends.
+    async fn accepted(self, tcp: TcpStream, target: Target, _slot: TcpSlot) {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let closed = match (&self.tls, target.transport) {
+            (Some(tls), Transport::Tls) => {
+                let handshake =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(tcp, target.remote));
+                match handshake.await {
+                    Ok(Ok(stream)) => {
+                        self.register(target, &tx);
+                        self.serve(stream, target, rx, None).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(from = %target.remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
                     Err(_) => {
-                        gate.count(Refusal::SipIdleClosed);
-                        tracing::info!(from = %remote, partial = buf.len(), "TCP connection too slow or idle: closing");
-                        break;
-                    }
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match Message::parse_stream(&buf) {
-                        Ok(Some((msg, used))) => {
-                            buf.drain(..used);
-                            if !gate.admit_sip(remote.ip()) {
-                                continue;
-                            }
-                            if inbound.send((msg, target)).await.is_err() {
-                                break 'conn;
-                            }
-                        }
-                        Ok(None) if buf.len() <= MAX_MESSAGE => break,
-                        Ok(None) | Err(_) => {
-                            // Framing is lost: answer what can be answered, then close.
-                            let error = Message::parse_stream(&buf)
-                                .err()
-                                .unwrap_or(ParseError::TooLarge);
-                            if let Some(reply) =
-                                gate.reply_to_unparseable(&buf, &error, remote.ip())
-                            {
-                                let _ = writer_tx.try_send(reply.to_bytes());
-                            }
-                            tracing::info!(from = %remote, %error, "unparseable TCP stream: closing");
-                            break 'conn;
-                        }
+                        tracing::info!(from = %target.remote, "TLS handshake timed out");
+                        return;
                     }
                 }
-                let between_messages = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
-                started = match (between_messages, started) {
-                    (true, _) => None,
-                    (false, None) => Some(Instant::now()),
-                    (false, t) => t,
-                };
             }
-            registry.lock().expect("tcp map").remove(&remote);
-        });
+            (None, Transport::Tls) => return,
+            _ => {
+                self.register(target, &tx);
+                self.serve(tcp, target, rx, None).await
+            }
+        };
+        tracing::debug!(from = %target.remote, transport = %target.transport, ?closed, "connection closed");
+        self.forget(target, &tx);
+    }
+
+    fn register(&self, target: Target, tx: &mpsc::Sender<Vec<u8>>) {
+        let key = (target.transport, target.remote);
+        let mut streams = self.streams.lock().expect("stream map");
+        streams.conns.insert(key, tx.clone());
     }
 }
 

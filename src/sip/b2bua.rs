@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 mod identity;
 #[path = "b2bua_midcall.rs"]
 mod midcall;
+#[path = "b2bua_peers.rs"]
+mod peers;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
@@ -149,6 +151,23 @@ struct Call {
     media: CallMedia,
     /// Mid-call requests relayed to the other leg and negotiation state (`b2bua_midcall.rs`).
     mid: midcall::MidCall,
+}
+
+impl Call {
+    /// An offer about to be sent to leg `to`, reduced to the codecs that leg's trunk allows
+    /// (`trunk.codecs`): `Ok(None)` when it passes unchanged (no offer, or no list), `Err` when
+    /// nothing of it is left (the sender gets 488).
+    fn offer_for(&self, to: Side, offer: Option<&Sdp>) -> Result<Option<Sdp>, ()> {
+        let trunk = match to {
+            Side::A => self.a_trunk,
+            Side::B => self.b_trunk,
+        };
+        let codecs = &self.config.trunks[trunk].codecs;
+        match offer {
+            Some(offer) if !codecs.is_empty() => offer.keep_codecs(codecs).map(Some).ok_or(()),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Identifies a call inside the B2BUA.
@@ -571,7 +590,24 @@ impl B2bua {
     /// started with. `config` must keep the running one's trunk list and wiring
     /// ([`crate::config::live::merge`] sees to it), so trunk indices, peer health and
     /// registrations carry over unchanged.
-    pub fn reconfigure(&mut self, config: Arc<Config>) {
+    pub fn reconfigure(&mut self, mut config: Arc<Config>) {
+        // Peers are restart-only (config::live keeps the file's), but a trunk whose peers are
+        // DNS names runs with the targets its resolver found (b2bua_peers::set_peers), which
+        // the reloaded file does not have: those stay until the next resolution.
+        let running = &self.config.trunks;
+        let named = |t: &crate::config::Trunk| {
+            t.peer_specs
+                .iter()
+                .any(|p| matches!(p, crate::config::PeerSpec::Name(_)))
+        };
+        if config.trunks.iter().any(named) {
+            for (new, old) in Arc::make_mut(&mut config).trunks.iter_mut().zip(running) {
+                if named(new) {
+                    new.peers = old.peers.clone();
+                    new.weights = old.weights.clone();
+                }
+            }
+        }
         self.limits.reconfigure(&config);
         self.config = config;
     }
@@ -923,7 +959,16 @@ impl B2bua {
     /// Sends (or re-sends, after failover) the INVITE toward the call's current B trunk.
     fn send_b_invite(&mut self, key: CallKey, now: Instant) {
         let mut call = self.calls.remove(&key).expect("live call");
-        let anchored = call.a_offer.as_ref().map(|offer| {
+        let filtered = match call.offer_for(Side::B, call.a_offer.as_ref()) {
+            Ok(filtered) => filtered,
+            Err(()) => {
+                tracing::info!(call = %call.label, "no codec of the offer is allowed toward the trunk: 488");
+                self.calls.insert(key, call);
+                self.fail_call(key, 488, Ending::Failed, now);
+                return;
+            }
+        };
+        let anchored = filtered.as_ref().or(call.a_offer.as_ref()).map(|offer| {
             call.media
                 .anchor(Side::A, offer, &mut self.media.borrow_mut().ctx(now))
         });
@@ -1480,13 +1525,14 @@ impl B2bua {
     }
 
     fn sweep_media(&mut self, now: Instant) {
-        let media = &self.config.media;
         let idle: Vec<CallKey> = self
             .calls
             .iter()
             .filter(|(_, c)| matches!(c.phase, Phase::Confirmed | Phase::Answered))
             .filter(|(_, c)| {
-                // A held call (`media.hold_timeout_s`) may be silent for longer.
+                // The call's own configuration: a reload does not change its timeouts. A held
+                // call (`media.hold_timeout_s`) may be silent for longer.
+                let media = &c.config.media;
                 let timeout = if c.mid.held {
                     media.hold_timeout
                 } else {

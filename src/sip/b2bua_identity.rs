@@ -129,6 +129,12 @@ impl B2bua {
     /// A REGISTER (or un-REGISTER with `expires` 0) of `trunk` to its first usable peer.
     fn send_register(&mut self, trunk: usize, expires: u32, now: Instant) {
         let peers = self.config.trunks[trunk].peers.len();
+        if peers == 0 {
+            if expires > 0 {
+                self.registrations.no_peer(trunk, now);
+            }
+            return;
+        }
         let peer = (0..peers)
             .find(|&p| self.health.usable((trunk, p)))
             .unwrap_or(0);

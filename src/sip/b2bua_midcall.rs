@@ -126,6 +126,13 @@ impl B2bua {
             self.txns.respond(txn, trying, now);
         }
         let call = self.calls.get_mut(&key).expect("live");
+        let offer = match call.offer_for(side.other(), offer.as_ref()) {
+            Ok(filtered) => filtered.or(offer),
+            Err(()) => {
+                tracing::info!(call = %call.label, "no codec of the re-offer is allowed toward the trunk: 488");
+                return self.respond(txn, &req, 488, now);
+            }
+        };
         let mut anchored = None;
         if let Some(sdp) = offer {
             let snapshot = call.media.remotes(side);

@@ -38,9 +38,20 @@ pub fn token() -> String {
 
 /// The Contact mediagate advertises on a leg: its own address, never the other side's.
 pub fn contact_for(target: &Target) -> String {
-    match target.transport {
-        Transport::Udp => format!("<sip:mediagate@{}>", target.local),
-        Transport::Tcp => format!("<sip:mediagate@{};transport=tcp>", target.local),
+    format!(
+        "<sip:mediagate@{}{}>",
+        target.local,
+        uri_transport(target.transport)
+    )
+}
+
+/// The `;transport=` URI parameter for a Contact reached over `transport` (none for UDP, the
+/// default): `;transport=tcp` or `;transport=tls`.
+pub fn uri_transport(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
     }
 }
 

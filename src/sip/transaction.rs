@@ -530,6 +530,31 @@ impl Transactions {
         }
     }
 
+    /// The transport could not deliver to `target` (connect or TLS handshake failed): every
+    /// client transaction toward it still waiting for a final response ends now, reported as
+    /// a timeout (RFC 3261 §17.1.4: the TU is told at once and fails over).
+    pub fn transport_failed(&mut self, target: Target) -> Vec<Event> {
+        let failed: Vec<TxnId> = self
+            .clients
+            .iter()
+            .filter(|(_, t)| t.target == target && matches!(t.state, State::Initial))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &failed {
+            let t = self.clients.remove(id).expect("listed");
+            let method = t
+                .request
+                .method()
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default();
+            self.client_index.remove(&(t.branch, method));
+        }
+        failed
+            .into_iter()
+            .map(|txn| Event::Timeout { txn })
+            .collect()
+    }
+
     /// Runs every timer due at `now`; returns the timeouts the user must act on.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
@@ -675,6 +700,30 @@ mod tests {
 
     fn sent_count(tx: &mut Transactions) -> usize {
         tx.drain_transmits().count()
+    }
+
+    #[test]
+    fn a_transport_failure_ends_the_waiting_client_transactions_toward_that_target() {
+        let mut tx = Transactions::new();
+        let t0 = Instant::now();
+        let a = tx.send_request(request("INVITE", "x"), target(Transport::Tls), t0);
+        let b = tx.send_request(request("OPTIONS", "y"), target(Transport::Tls), t0);
+        let other = Target {
+            remote: "10.0.0.9:5061".parse().unwrap(),
+            ..target(Transport::Tls)
+        };
+        tx.send_request(request("INVITE", "z"), other, t0);
+        let mut events = tx.transport_failed(target(Transport::Tls));
+        events.sort_by_key(|e| match e {
+            Event::Timeout { txn } => *txn,
+            _ => u64::MAX,
+        });
+        assert_eq!(
+            events,
+            [Event::Timeout { txn: a }, Event::Timeout { txn: b }]
+        );
+        assert_eq!(tx.len(), 1, "the transaction toward another target stays");
+        assert!(tx.handle_timeout(t0 + Duration::from_secs(40)).len() == 1);
     }
 
     #[test]

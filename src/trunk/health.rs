@@ -43,6 +43,21 @@ struct Peer {
     outstanding: Option<(TxnId, Instant)>,
 }
 
+impl Peer {
+    /// A peer not probed yet, its first probe due at `next_probe`.
+    fn unprobed(next_probe: Instant) -> Peer {
+        Peer {
+            state: PeerState::Unprobed,
+            successes: 0,
+            failures: 0,
+            changed: None,
+            rtt: None,
+            next_probe,
+            outstanding: None,
+        }
+    }
+}
+
 /// A peer of a trunk: (trunk index, peer index).
 pub type PeerRef = (usize, usize);
 
@@ -64,14 +79,8 @@ impl Health {
             .map(|t| {
                 let n = t.peers.len() as u32;
                 (0..n)
-                    .map(|i| Peer {
-                        state: PeerState::Unprobed,
-                        successes: 0,
-                        failures: 0,
-                        changed: None,
-                        rtt: None,
-                        next_probe: now + t.probe.map_or(Duration::ZERO, |p| p.interval * i / n),
-                        outstanding: None,
+                    .map(|i| {
+                        Peer::unprobed(now + t.probe.map_or(Duration::ZERO, |p| p.interval * i / n))
                     })
                     .collect()
             })
@@ -81,6 +90,38 @@ impl Health {
             peers,
             by_txn: HashMap::new(),
         }
+    }
+
+    /// Trunk `t`'s peer list changed (DNS): `moved[i]` is the new index of old peer `i`, or
+    /// `None` when it is gone; the list now has `len` peers. Kept peers keep their state and
+    /// probe in flight; new ones start unprobed with a probe due at `now`.
+    pub fn retarget(&mut self, t: usize, moved: &[Option<usize>], len: usize, now: Instant) {
+        let mut old: Vec<Option<Peer>> = std::mem::take(&mut self.peers[t])
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut fresh: Vec<Option<Peer>> = (0..len).map(|_| None).collect();
+        for (i, to) in moved.iter().enumerate() {
+            if let (Some(j), Some(peer)) = (to, old.get_mut(i).and_then(Option::take)) {
+                fresh[*j] = Some(peer);
+            }
+        }
+        self.peers[t] = fresh
+            .into_iter()
+            .map(|p| p.unwrap_or_else(|| Peer::unprobed(now)))
+            .collect();
+        self.by_txn.retain(|_, (pt, pp)| {
+            if *pt != t {
+                return true;
+            }
+            match moved.get(*pp).copied().flatten() {
+                Some(j) => {
+                    *pp = j;
+                    true
+                }
+                None => false,
+            }
+        });
     }
 
     /// Whether new calls may be sent to the peer.
@@ -279,6 +320,25 @@ up_after = 2
         );
         assert_eq!(h.due(t0 + Duration::from_secs(9)), vec![(0, 1)]);
         assert!(h.due(t0 + Duration::from_secs(10)).contains(&(0, 0)));
+    }
+
+    #[test]
+    fn retarget_keeps_the_state_of_peers_that_stay() {
+        let t0 = Instant::now();
+        let mut h = Health::new(&config(), t0);
+        h.sent((0, 0), 1, t0);
+        assert!(h.on_response(1, 200, t0));
+        h.sent((0, 1), 2, t0);
+        // DNS now lists a new target first, old peer 1 second; old peer 0 is gone.
+        h.retarget(0, &[None, Some(1)], 2, t0);
+        assert_eq!(h.state((0, 0)), PeerState::Unprobed);
+        assert!(
+            h.due(t0).contains(&(0, 0)),
+            "a new target is probed at once"
+        );
+        assert!(h.probing(2), "the probe in flight stays with its peer");
+        assert!(h.on_response(2, 200, t0));
+        assert_eq!(h.state((0, 1)), PeerState::Up);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, Transport};
-use crate::sip::dialog::{token, PRODUCT};
+use crate::config::Config;
+use crate::sip::dialog::{token, uri_transport, PRODUCT};
 use crate::sip::header;
 use crate::sip::message::{Message, Method, StartLine};
 use crate::sip::transaction::{Target, TxnId};
@@ -171,10 +171,7 @@ impl Registrations {
         m.push_header("To", format!("<{aor}>"));
         m.push_header("Call-ID", reg.call_id.clone());
         m.push_header("CSeq", format!("{} REGISTER", reg.cseq));
-        let transport = match target.transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-        };
+        let transport = uri_transport(target.transport);
         m.push_header(
             "Contact",
             format!("<sip:{}@{}{transport}>", r.user, target.local),
@@ -282,6 +279,18 @@ impl Registrations {
             return true;
         }
         fail(reg, "no response (timeout)".into(), now)
+    }
+
+    /// The REGISTER for `trunk` could not be sent: the trunk has no peer yet (its DNS names
+    /// have not resolved). Retried with the usual back-off.
+    pub fn no_peer(&mut self, trunk: usize, now: Instant) {
+        if let Some(reg) = self.regs.get_mut(&trunk) {
+            fail(
+                reg,
+                "no peer to register with (DNS names not resolved)".into(),
+                now,
+            );
+        }
     }
 
     /// Stops every registration: the trunks to un-REGISTER (`Expires: 0`) now, those with a

@@ -21,6 +21,11 @@ impl Selector {
         }
     }
 
+    /// Trunk `t` now has `len` peers (DNS changed its list): its rotation starts again.
+    pub fn resize(&mut self, t: usize, len: usize) {
+        self.current[t] = vec![0; len];
+    }
+
     /// The peers of trunk `t` a new call tries, in order; `usable` says which are not down.
     /// Advances the trunk's rotation by one call.
     pub fn order(&mut self, t: usize, trunk: &Trunk, usable: impl Fn(usize) -> bool) -> Vec<usize> {

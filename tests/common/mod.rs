@@ -11,6 +11,10 @@
 //! the processes that live in its namespaces.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+pub mod kamailio;
+pub mod pki;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -172,6 +176,30 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         }
         sleep(Duration::from_millis(20));
     }
+}
+
+/// One short call (SDP, no RTP, `uac_short`) from the PBX side to `dialled` through mediagate,
+/// from SIP port `sip_port` and media port `media_port` of the PBX address (another sipp may
+/// hold 5060); returns the caller once it completed successfully.
+pub fn short_call(
+    lab: &Lab,
+    mg: &Mediagate,
+    name: &str,
+    dialled: &str,
+    (sip_port, media_port): (u16, u16),
+) -> Sipp {
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        lab,
+        name,
+        SippOpts::new(lab.gw(), "uac_short", GW_IP)
+            .caller(dialled, &remote)
+            .ports(sip_port, media_port)
+            .args(&["-m", "1", "-d", "200"])
+            .timeout(15),
+    );
+    uac.assert_ok(Some(mg));
+    uac
 }
 
 /// Moves the calling thread into a named network namespace.
