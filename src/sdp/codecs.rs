@@ -102,12 +102,10 @@ impl Sdp {
                 fields[2],
                 kept.join(" ")
             );
-            for i in start + 1..end {
-                if attribute_payload_type(&self.lines[i])
-                    .is_some_and(|pt| pt != "*" && formats.contains(&pt) && !kept.contains(&pt))
-                {
-                    drop[i] = true;
-                }
+            let section = self.lines[start + 1..end].iter();
+            for (line, dropped) in section.zip(&mut drop[start + 1..end]) {
+                *dropped = attribute_payload_type(line)
+                    .is_some_and(|pt| pt != "*" && formats.contains(&pt) && !kept.contains(&pt));
             }
         }
         let text: String = lines
