@@ -50,6 +50,38 @@ pub struct Media {
     /// Where the peer wants RTCP (`a=rtcp:` or RTP port + 1).
     pub rtcp: SocketAddr,
     pub direction: Direction,
+    /// RTP clock rate of the line's first (preferred) payload format: its `a=rtpmap` rate, or
+    /// the RFC 3551 rate of a static payload type; `None` for non-RTP formats and unknown
+    /// dynamic ones. The data planes measure jitter in it.
+    pub clock_rate: Option<u32>,
+}
+
+/// RTP clock rates of the static payload types of RFC 3551 §6 (G.722's RTP clock is 8000
+/// although it samples at 16 kHz).
+pub fn static_clock_rate(pt: u8) -> Option<u32> {
+    match pt {
+        0 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 13 | 15 | 18 => Some(8000),
+        6 => Some(16000),
+        10 | 11 => Some(44100),
+        16 => Some(11025),
+        17 => Some(22050),
+        14 | 25 | 26 | 28 | 31 | 32 | 33 | 34 => Some(90000),
+        _ => None,
+    }
+}
+
+/// The clock rate of an `a=rtpmap:PT encoding/rate[/channels]` value for payload type `pt`.
+fn rtpmap_rate(value: &str, pt: u8) -> Option<u32> {
+    let (num, rest) = value.split_once(' ')?;
+    if num.parse::<u8>().ok()? != pt {
+        return None;
+    }
+    rest.trim()
+        .split('/')
+        .nth(1)?
+        .parse()
+        .ok()
+        .filter(|&r| r > 0)
 }
 
 /// A parsed session description.
@@ -146,6 +178,9 @@ impl Sdp {
             conn: Option<IpAddr>,
             rtcp: Option<(u16, Option<IpAddr>)>,
             direction: Option<Direction>,
+            /// The first format, when it is an RTP payload type, and its `a=rtpmap` rate.
+            first_pt: Option<u8>,
+            rtpmap: Option<u32>,
         }
         let mut session_dir = Direction::SendRecv;
         let mut media: Vec<Partial> = Vec::new();
@@ -178,9 +213,13 @@ impl Sdp {
                         .next()
                         .and_then(|p| p.parse().ok())
                         .ok_or_else(|| bad(n, "media port is not a number 0-65535"))?;
-                    let (Some(protocol), Some(_)) = (it.next(), it.next()) else {
+                    let (Some(protocol), Some(format)) = (it.next(), it.next()) else {
                         return Err(bad(n, "media line needs proto and formats"));
                     };
+                    let first_pt = format
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|&pt| pt < 128 && protocol.starts_with("RTP/"));
                     media.push(Partial {
                         kind: kind.to_string(),
                         protocol: protocol.to_string(),
@@ -188,6 +227,8 @@ impl Sdp {
                         conn: None,
                         rtcp: None,
                         direction: None,
+                        first_pt,
+                        rtpmap: None,
                     });
                 }
                 "a" => {
@@ -202,6 +243,12 @@ impl Sdp {
                         match media.last_mut() {
                             Some(m) => m.direction = Some(d),
                             None => session_dir = d,
+                        }
+                    } else if let (Some(map), Some(m)) =
+                        (value.strip_prefix("rtpmap:"), media.last_mut())
+                    {
+                        if let Some(rate) = m.first_pt.and_then(|pt| rtpmap_rate(map, pt)) {
+                            m.rtpmap = Some(rate);
                         }
                     } else if let (Some(rest), Some(m)) =
                         (value.strip_prefix("rtcp:"), media.last_mut())
@@ -239,6 +286,7 @@ impl Sdp {
                         if m.port == 0 { 0 } else { rtcp_port },
                     ),
                     direction: m.direction.unwrap_or(session_dir),
+                    clock_rate: m.rtpmap.or_else(|| m.first_pt.and_then(static_clock_rate)),
                 })
             })
             .collect::<Result<_, SdpError>>()?;
@@ -355,6 +403,26 @@ m=video 0 RTP/AVP 96\r\n";
         assert_eq!(m[0].rtcp, "10.99.1.2:6001".parse().unwrap());
         assert_eq!(m[0].direction, Direction::SendRecv);
         assert_eq!(m[1].rtp.port(), 0);
+        assert_eq!(m[0].clock_rate, Some(8000));
+        assert_eq!(m[1].clock_rate, None, "dynamic type without rtpmap");
+    }
+
+    #[test]
+    fn clock_rate_of_the_first_format() {
+        let rate = |m: &str| {
+            let body = format!("v=0\r\nc=IN IP4 10.0.0.1\r\n{m}");
+            Sdp::parse(body.as_bytes()).unwrap().media()[0].clock_rate
+        };
+        assert_eq!(rate("m=audio 5 RTP/AVP 9 0\r\n"), Some(8000), "G.722");
+        assert_eq!(
+            rate(
+                "m=audio 5 RTP/AVP 111 0\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:111 opus/48000/2\r\n"
+            ),
+            Some(48000)
+        );
+        assert_eq!(rate("m=video 5 RTP/AVP 31\r\n"), Some(90000));
+        assert_eq!(rate("m=image 5 udptl t38\r\n"), None);
+        assert_eq!(rate("m=audio 5 RTP/AVP 96\r\na=rtpmap:96 x/0\r\n"), None);
     }
 
     #[test]

@@ -324,8 +324,8 @@ fn parse_head(data: &[u8]) -> Result<(usize, Message), ParseError> {
             return Err(ParseError::TooManyHeaders);
         }
     }
-    let printed_headers = headers.len()
-        + usize::from(!headers.iter().any(|h: &Header| h.name == "Content-Length"));
+    let printed_headers =
+        headers.len() + usize::from(!headers.iter().any(|h: &Header| h.name == "Content-Length"));
     if printed_headers > MAX_HEADERS {
         return Err(ParseError::TooManyHeaders);
     }
