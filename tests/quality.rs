@@ -6,8 +6,9 @@
 //!
 //! - gw → mediagate (the caller's leg) with `--skip-every 10` (sequence numbers 9, 19, …, 199
 //!   never sent: exactly `LOST` of the `EXPECTED` packets RFC 3550 A.1 expects) and
-//!   `--ts-jitter-ms 20` (every odd packet stamped 20 ms late in RTP time, so the A.8 jitter
-//!   converges to about 20 ms whatever the real arrival times);
+//!   `--ts-jitter-ms 20` (every odd packet stamped 20 ms late in RTP time: whatever the real
+//!   arrival times, the A.8 jitter is near what `media::quality` computes for the ideal
+//!   schedule, one packet every 20 ms, about 17 ms);
 //! - it → mediagate (the callee's leg) clean.
 //!
 //! The assertions: `/status` quality of both legs' RTP streams (lost and expected exactly,
@@ -21,6 +22,7 @@ use std::fs;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use mediagate::media::{Quality, RtpHeader, RtpQuality};
 use mediagate::metrics::prometheus::parse_exposition;
 use serde_json::Value;
 
@@ -172,6 +174,11 @@ fn quality(test: &str, dataplane: Dataplane) {
         lossy["jitter_ms"].as_f64().expect("jitter"),
         clean["jitter_ms"].as_f64().expect("jitter"),
     );
+    eprintln!(
+        "{}: caller leg {lossy}, callee leg {clean}, ideal jitter {} ms",
+        dataplane.as_str(),
+        ideal_jitter_ms()
+    );
     assert_jitter(lossy_j, clean_j);
     let (lossy_mos, clean_mos) = (
         lossy["mos"].as_f64().expect("mos"),
@@ -248,15 +255,38 @@ fn quality(test: &str, dataplane: Dataplane) {
     uas.stop();
 }
 
-/// The injected jitter is measured (real arrival jitter on a busy test box adds a little),
-/// and the clean direction stays well below it.
+/// Real arrival times on a busy two-core test box differ from the generator's schedule by a
+/// few milliseconds at most.
+const JITTER_TOLERANCE_MS: f64 = 5.0;
+
+/// The jitter of the impaired direction had every packet arrived on time (one every 20 ms):
+/// the generator's sequence numbers and timestamps through `media::quality`.
+fn ideal_jitter_ms() -> f64 {
+    let mut q = RtpQuality::default();
+    let late = (TS_JITTER_MS * 8.0) as u32;
+    for seq in (0..PACKETS).filter(|s| s % SKIP_EVERY != SKIP_EVERY - 1) {
+        let ts = seq as u32 * 160 + if seq % 2 == 1 { late } else { 0 };
+        let header = RtpHeader {
+            seq: seq as u16,
+            timestamp: ts,
+            ssrc: 0,
+        };
+        q.record(header, seq * 20_000_000, 8000);
+    }
+    Quality::new(q.counts(), 8000)
+        .and_then(|q| q.jitter_ms)
+        .expect("jitter")
+}
+
+/// The impaired direction measures the injected jitter, the clean one next to none.
 fn assert_jitter(jittered_ms: f64, clean_ms: f64) {
+    let ideal = ideal_jitter_ms();
     assert!(
-        (TS_JITTER_MS - 3.0..=TS_JITTER_MS + 10.0).contains(&jittered_ms),
-        "jitter of the jittered direction: {jittered_ms} ms"
+        ideal > TS_JITTER_MS / 2.0 && (jittered_ms - ideal).abs() < JITTER_TOLERANCE_MS,
+        "jitter of the jittered direction: {jittered_ms} ms, {ideal} ms if on time"
     );
     assert!(
-        clean_ms < TS_JITTER_MS / 2.0,
+        clean_ms < JITTER_TOLERANCE_MS,
         "jitter of the clean direction: {clean_ms} ms"
     );
 }

@@ -462,7 +462,9 @@ fn main() {
             let target = (((now - t0) as f64 / ns_per_pkt) as u64 + 1).min(a.packets);
             if target <= next {
                 sleeps += 1;
-                let wake = t0 + ((next + wake_pkts) as f64 * ns_per_pkt) as u64;
+                // Packet k is due at t0 + k·interval: wake when the last of the next
+                // `wake_pkts` is due (waking one interval later sent packets in pairs).
+                let wake = t0 + ((next + wake_pkts - 1) as f64 * ns_per_pkt) as u64;
                 sleep_until(wake.min(deadline));
                 continue;
             }
