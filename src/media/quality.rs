@@ -14,7 +14,8 @@ const MAX_MISORDER: u16 = 100;
 const MIN_SEQUENTIAL: u16 = 2;
 /// A.1 `RTP_SEQ_MOD`.
 const SEQ_MOD: u32 = 1 << 16;
-/// Arrival gaps are clamped to this (a minute), so `gap × clock rate` cannot overflow.
+/// Arrival gaps are clamped to this (a minute), so `gap × clock rate` cannot overflow for any
+/// clock rate SDP gives ([`crate::sdp::MAX_CLOCK_RATE`]).
 const MAX_GAP_NS: u64 = 60_000_000_000;
 /// Transit differences are clamped to this many timestamp units, so the scaled jitter cannot
 /// overflow 32 bits whatever a sender's timestamps do.
@@ -159,7 +160,9 @@ impl RtpQuality {
             let gap_ns = arrival_ns
                 .saturating_sub(self.last_arrival_ns)
                 .min(MAX_GAP_NS);
-            let arrival_units = (gap_ns * u64::from(clock_rate) / 1_000_000_000) as u32;
+            // Saturating: exact for SDP's rates (at most 1 MHz), no overflow for any other.
+            let arrival_units =
+                (gap_ns.saturating_mul(u64::from(clock_rate)) / 1_000_000_000) as u32;
             let d = (arrival_units.wrapping_sub(ts.wrapping_sub(self.last_ts)) as i32)
                 .unsigned_abs()
                 .min(MAX_TRANSIT_STEP);

@@ -292,3 +292,35 @@ fn load3(slots: &[AtomicU64; 3]) -> QualityCounts {
         jitter: slots[2].load(Relaxed) as u32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_is_the_measurement_that_saw_more_of_the_stream() {
+        let s = StreamStats::new(Instant::now(), None);
+        assert_eq!(s.quality(), None, "nothing expected yet");
+        s.set_clock_rate(8000);
+        // The socket tier relayed the first packets (next hop unresolved), the kernel the rest.
+        s.store_quality(QualityCounts {
+            expected: 2,
+            lost: 1,
+            jitter: 0,
+        });
+        s.store_kernel_quality(QualityCounts {
+            expected: 200,
+            lost: 2,
+            jitter: 16 * 8,
+        });
+        let q = s.quality().unwrap();
+        assert_eq!((q.packets_expected, q.packets_lost), (200, 2));
+        assert_eq!(q.jitter_ms, Some(1.0));
+        s.store_quality(QualityCounts {
+            expected: 300,
+            lost: 0,
+            jitter: 0,
+        });
+        assert_eq!(s.quality().unwrap().packets_lost, 0, "user space saw more");
+    }
+}

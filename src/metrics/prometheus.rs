@@ -1036,6 +1036,11 @@ mod tests {
     #[test]
     fn rtp_quality_of_ended_calls_per_trunk() {
         let mut m = Metrics::new();
+        let none = render(&m, &DataplaneSnapshot::default());
+        assert!(
+            !none.lines().any(|l| l.starts_with("mediagate_rtp_")),
+            "no series before a call ends:\n{none}"
+        );
         m.calls_ended(&[
             answered_with_quality(),
             answered_with_quality(),

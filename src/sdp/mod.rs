@@ -70,6 +70,10 @@ pub fn static_clock_rate(pt: u8) -> Option<u32> {
     }
 }
 
+/// Highest `a=rtpmap` clock rate taken as one: media clocks are at most a few hundred kHz
+/// (90 kHz video, 192 kHz audio), and a bound keeps `arrival gap × rate` in 64 bits.
+pub const MAX_CLOCK_RATE: u32 = 1_000_000;
+
 /// The clock rate of an `a=rtpmap:PT encoding/rate[/channels]` value for payload type `pt`.
 fn rtpmap_rate(value: &str, pt: u8) -> Option<u32> {
     let (num, rest) = value.split_once(' ')?;
@@ -81,7 +85,7 @@ fn rtpmap_rate(value: &str, pt: u8) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
-        .filter(|&r| r > 0)
+        .filter(|&r| r > 0 && r <= MAX_CLOCK_RATE)
 }
 
 /// A parsed session description.
@@ -423,6 +427,10 @@ m=video 0 RTP/AVP 96\r\n";
         assert_eq!(rate("m=video 5 RTP/AVP 31\r\n"), Some(90000));
         assert_eq!(rate("m=image 5 udptl t38\r\n"), None);
         assert_eq!(rate("m=audio 5 RTP/AVP 96\r\na=rtpmap:96 x/0\r\n"), None);
+        assert_eq!(
+            rate("m=audio 5 RTP/AVP 96\r\na=rtpmap:96 x/4000000000\r\n"),
+            None
+        );
     }
 
     #[test]
