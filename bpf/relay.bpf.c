@@ -117,6 +117,110 @@ struct flow {
 	__u16 dport;
 };
 
+/* RTP quality: RFC 3550 A.1 and A.8 (integer form), step for step as media::quality does. */
+#define MG_Q_MAX_DROPOUT 3000
+#define MG_Q_MAX_MISORDER 100
+#define MG_Q_MIN_SEQUENTIAL 2
+#define MG_Q_SEQ_MOD (1U << 16)
+#define MG_Q_MAX_GAP_NS 60000000000ULL /* arrival gaps clamped: gap * rate cannot overflow */
+#define MG_Q_MAX_TRANSIT_STEP (1U << 24) /* transit steps clamped: jitter cannot overflow */
+
+static __always_inline void q_init_seq(struct mg_quality *q, __u16 seq)
+{
+	q->base_seq = seq;
+	q->max_seq = seq;
+	q->bad_seq = MG_Q_SEQ_MOD + 1;
+	q->cycles = 0;
+	q->received = 0;
+}
+
+/* Moves the current source's expected and lost packets into the prior totals. */
+static __always_inline void q_fold_prior(struct mg_quality *q)
+{
+	__u32 expected = q->received ? q->cycles + q->max_seq - q->base_seq + 1 : 0;
+	q->prior_expected += expected;
+	q->prior_lost += expected > q->received ? expected - q->received : 0;
+}
+
+/* A.1 update_seq, counting into `received` what A.1 counts as valid. */
+static __always_inline void q_update_seq(struct mg_quality *q, __u16 seq)
+{
+	__u16 udelta = seq - q->max_seq;
+	if (q->probation) {
+		if (seq == (__u16)(q->max_seq + 1)) {
+			q->probation--;
+			q->max_seq = seq;
+			if (!q->probation) {
+				q_init_seq(q, seq);
+				q->received++;
+			}
+		} else {
+			q->probation = MG_Q_MIN_SEQUENTIAL - 1;
+			q->max_seq = seq;
+		}
+		return;
+	}
+	if (udelta < MG_Q_MAX_DROPOUT) {
+		if (seq < q->max_seq)
+			q->cycles += MG_Q_SEQ_MOD;
+		q->max_seq = seq;
+	} else if (udelta <= MG_Q_SEQ_MOD - MG_Q_MAX_MISORDER) {
+		if (seq != q->bad_seq) {
+			q->bad_seq = (seq + 1) & (MG_Q_SEQ_MOD - 1);
+			return;
+		}
+		q_fold_prior(q);
+		q_init_seq(q, seq);
+	}
+	q->received++;
+}
+
+/* Takes an accepted packet's RTP header (if it is RTP: version 2, not RTCP types 72-76) into
+ * the stream's quality state. */
+static __always_inline void track_rtp(const struct mg_config *cfg, struct mg_state *st,
+				      const struct udphdr *udp, void *data_end)
+{
+	const __u8 *rtp = (const void *)(udp + 1);
+	if ((const void *)(rtp + 12) > data_end || (rtp[0] >> 6) != 2)
+		return;
+	__u8 pt = rtp[1] & 0x7f;
+	if (pt >= 72 && pt <= 76)
+		return;
+	__u16 seq = ((__u16)rtp[2] << 8) | rtp[3];
+	__u32 ts = ((__u32)rtp[4] << 24) | ((__u32)rtp[5] << 16) | ((__u32)rtp[6] << 8) | rtp[7];
+	__u32 ssrc = ((__u32)rtp[8] << 24) | ((__u32)rtp[9] << 16) | ((__u32)rtp[10] << 8) | rtp[11];
+	__u64 now = bpf_ktime_get_ns();
+	struct mg_quality *q = &st->quality;
+	if (!q->packets || ssrc != q->ssrc) {
+		/* A new source: on probation until MIN_SEQUENTIAL packets in sequence. */
+		q_fold_prior(q);
+		q_init_seq(q, seq);
+		q->max_seq = seq - 1;
+		q->probation = MG_Q_MIN_SEQUENTIAL;
+		q->ssrc = ssrc;
+		q->flags &= ~MG_Q_HAVE_PREVIOUS;
+	}
+	q->packets++;
+	q_update_seq(q, seq);
+	__u32 rate = cfg->clock_rate;
+	if (!rate)
+		return;
+	if (q->flags & MG_Q_HAVE_PREVIOUS) {
+		__u64 gap = now > q->last_arrival_ns ? now - q->last_arrival_ns : 0;
+		if (gap > MG_Q_MAX_GAP_NS)
+			gap = MG_Q_MAX_GAP_NS;
+		__u32 arrival_units = (__u32)(gap * rate / 1000000000ULL);
+		__s32 diff = (__s32)(arrival_units - (ts - q->last_ts));
+		__u32 d = diff < 0 ? -(__u32)diff : (__u32)diff;
+		if (d > MG_Q_MAX_TRANSIT_STEP)
+			d = MG_Q_MAX_TRANSIT_STEP;
+		q->jitter += d - ((q->jitter + 8) >> 4);
+	}
+	q->last_arrival_ns = now;
+	q->last_ts = ts;
+	q->flags |= MG_Q_HAVE_PREVIOUS;
+}
+
 /* A stream's verdict on a packet's source: 0 to forward, else the drop counter. */
 static __always_inline __u32 admit_v4(const struct mg_config *cfg, struct mg_state *st,
 				      const struct flow *f)
@@ -246,6 +350,7 @@ static __always_inline int classify(struct xdp_md *ctx, const struct flow *f, __
  * the peer's config, destination and `fib` filled in to forward, else a counted XDP verdict. */
 static __always_inline int route(struct xdp_md *ctx, const struct flow *f,
 				 const struct mg_config *cfg, struct mg_state *st,
+				 const struct udphdr *udp, void *data_end,
 				 struct mg_config **pcfg_out, struct mg_addr *dst, __u16 *dport,
 				 struct bpf_fib_lookup *fib)
 {
@@ -254,6 +359,8 @@ static __always_inline int route(struct xdp_md *ctx, const struct flow *f,
 		__sync_fetch_and_add(&st->drops, 1);
 		return count(drop, XDP_DROP);
 	}
+	/* Accepted from the peer: what it sent counts for quality, whichever tier forwards it. */
+	track_rtp(cfg, st, udp, data_end);
 	__u32 peer = cfg->peer_port;
 	struct mg_config *pcfg = bpf_map_lookup_elem(&mg_configs, &peer);
 	struct mg_state *pst = bpf_map_lookup_elem(&mg_states, &peer);
@@ -324,7 +431,7 @@ static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, stru
 	fib.tos = ip->tos;
 	fib.tot_len = bpf_ntohs(ip->tot_len);
 	fib.ipv4_src = cfg->local.w[3];
-	verdict = route(ctx, &f, cfg, st, &pcfg, &dst, &dport, &fib);
+	verdict = route(ctx, &f, cfg, st, udp, data_end, &pcfg, &dst, &dport, &fib);
 	if (verdict >= 0 || !pcfg)
 		return verdict;
 	/* Rewrite addresses, ports and TTL with incremental checksum updates. */
@@ -381,7 +488,7 @@ static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
 	fib.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
 	fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 	__builtin_memcpy(fib.ipv6_src, &cfg->local, 16);
-	verdict = route(ctx, &f, cfg, st, &pcfg, &dst, &dport, &fib);
+	verdict = route(ctx, &f, cfg, st, udp, data_end, &pcfg, &dst, &dport, &fib);
 	if (verdict >= 0 || !pcfg)
 		return verdict;
 	__u16 old_ports[2] = { udp->source, udp->dest };

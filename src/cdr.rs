@@ -220,13 +220,19 @@ pub struct MediaCounters {
     /// Packets dropped on this leg's streams, every reason together (unknown or wrong source,
     /// no destination yet, send failed).
     pub drops: u64,
-    /// Fraction (0.0–1.0) of the expected RTP packets from this leg's peer that never arrived.
-    /// Always `None` (`null`) for now: the data plane does not measure RTP quality yet. The
-    /// field is in the format already so that parsers need not change when it does.
+    /// RTP packets from this leg's peer that never arrived (RFC 3550 A.1: expected from the
+    /// sequence numbers minus received, clamped at 0), over the leg's media lines; `None`
+    /// (`null`) when no RTP was received.
+    pub packets_lost: Option<u64>,
+    /// Fraction (0.0–1.0) of the expected RTP packets from this leg's peer that never arrived:
+    /// `packets_lost` over the packets expected; `None` (`null`) when no RTP was received.
     pub loss: Option<f64>,
-    /// RFC 3550 interarrival jitter of the packets from this leg's peer, in milliseconds.
-    /// Always `None` (`null`) until RTP quality statistics exist, like `loss`.
+    /// RFC 3550 A.8 interarrival jitter of the RTP from this leg's peer, in milliseconds (the
+    /// largest of the leg's media lines); `None` (`null`) without RTP or when the payload's
+    /// clock rate is unknown.
     pub jitter_ms: Option<f64>,
+    /// Estimated MOS (1.0–4.5, [`crate::media::quality::mos`]) of `loss` and `jitter_ms`.
+    pub mos: Option<f64>,
 }
 
 impl MediaCounters {
@@ -234,12 +240,26 @@ impl MediaCounters {
     /// at the end of a call, before its media is released.
     pub fn from_streams<'a>(streams: impl IntoIterator<Item = &'a StreamStats>) -> Self {
         let mut c = MediaCounters::default();
+        let (mut expected, mut lost) = (0u64, 0u64);
         for s in streams {
             c.rx_packets += s.rx_packets();
             c.rx_bytes += s.rx_bytes();
             c.tx_packets += s.tx_packets();
             c.tx_bytes += s.tx_bytes();
             c.drops += s.total_drops();
+            if let Some(q) = s.quality() {
+                expected += q.packets_expected;
+                lost += q.packets_lost;
+                if let Some(j) = q.jitter_ms {
+                    c.jitter_ms = Some(c.jitter_ms.map_or(j, |m| m.max(j)));
+                }
+            }
+        }
+        if expected > 0 {
+            let loss = lost as f64 / expected as f64;
+            c.packets_lost = Some(lost);
+            c.loss = Some(loss);
+            c.mos = c.jitter_ms.map(|j| crate::media::quality::mos(loss, j));
         }
         c
     }
@@ -484,8 +504,7 @@ mod tests {
                 tx_packets: 2990,
                 tx_bytes: 514_280,
                 drops: 1,
-                loss: None,
-                jitter_ms: None,
+                ..MediaCounters::default()
             },
             media_out: MediaCounters::default(),
         }
@@ -743,10 +762,39 @@ mod tests {
                 tx_packets: 99,
                 tx_bytes: 17_028,
                 drops: 1,
-                loss: None,
-                jitter_ms: None,
+                ..MediaCounters::default()
             }
         );
+    }
+
+    #[test]
+    fn media_counters_carry_the_legs_rtp_quality() {
+        use crate::media::QualityCounts;
+        let now = std::time::Instant::now();
+        let (audio, video, rtcp) = (
+            StreamStats::new(now, None),
+            StreamStats::new(now, None),
+            StreamStats::new(now, None),
+        );
+        audio.set_clock_rate(8000);
+        audio.store_quality(QualityCounts {
+            expected: 300,
+            lost: 15,
+            jitter: 16 * 40, // 40 units = 5 ms
+        });
+        video.set_clock_rate(90000);
+        video.store_kernel_quality(QualityCounts {
+            expected: 100,
+            lost: 5,
+            jitter: 16 * 90, // 1 ms
+        });
+        let c = MediaCounters::from_streams([&audio, &rtcp, &video]);
+        assert_eq!(c.packets_lost, Some(20));
+        assert_eq!(c.loss, Some(0.05));
+        assert_eq!(c.jitter_ms, Some(5.0), "the worst line");
+        assert_eq!(c.mos, Some(crate::media::quality::mos(0.05, 5.0)));
+        let none = MediaCounters::from_streams([&rtcp]);
+        assert_eq!((none.loss, none.jitter_ms, none.mos), (None, None, None));
     }
 
     #[test]

@@ -56,6 +56,24 @@ fn answer(req: &Message, code: u16, sdp: bool) -> Message {
     r
 }
 
+/// A request of the PBX inside the dialog that the 200 `ok` confirmed (no body).
+fn from_pbx_in_dialog(ok: &Message, method: Method, cseq: u32, branch: &str) -> Message {
+    let mut m = parse(INVITE);
+    m.start = StartLine::Request {
+        method: method.clone(),
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    m.set_header(
+        "Via",
+        format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-{branch}"),
+    );
+    m.set_header("To", ok.header("To").unwrap().into());
+    m.set_header("CSeq", format!("{cseq} {}", method.as_str()));
+    m.body.clear();
+    m.remove_headers("Content-Type");
+    m
+}
+
 const AUTH: &str = r#"auth = { user = "acme", password = "pw-1", realm = "itsp.example" }"#;
 const MD5_CHALLENGE: &str =
     r#"Digest realm="itsp.example", nonce="n-1", qop="auth", algorithm=MD5"#;
@@ -95,39 +113,13 @@ fn challenged_invite_is_resent_with_credentials_and_the_caller_sees_no_401() {
     let out = h.send(answer(&inv2, 200, true), h.itsp);
     let ok = to(&out, &h.pbx).remove(0);
     assert_eq!(ok.code(), Some(200));
-    let mut ack = parse(INVITE);
-    ack.start = StartLine::Request {
-        method: Method::Ack,
-        uri: "sip:mediagate@10.99.1.1:5060".into(),
-    };
-    ack.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack".into(),
-    );
-    ack.set_header("To", ok.header("To").unwrap().into());
-    ack.set_header("CSeq", "1 ACK".into());
-    ack.body.clear();
-    ack.remove_headers("Content-Type");
-    let out = h.send(ack, h.pbx);
+    let out = h.send(from_pbx_in_dialog(&ok, Method::Ack, 1, "ack"), h.pbx);
     assert_eq!(
         requests(&out, &h.itsp, Method::Ack)[0].header("CSeq"),
         Some("2 ACK")
     );
     // The callee hangs up... no: the caller does; the trunk challenges the BYE with 407.
-    let mut bye = parse(INVITE);
-    bye.start = StartLine::Request {
-        method: Method::Bye,
-        uri: "sip:mediagate@10.99.1.1:5060".into(),
-    };
-    bye.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
-    );
-    bye.set_header("To", ok.header("To").unwrap().into());
-    bye.set_header("CSeq", "2 BYE".into());
-    bye.body.clear();
-    bye.remove_headers("Content-Type");
-    let out = h.send(bye, h.pbx);
+    let out = h.send(from_pbx_in_dialog(&ok, Method::Bye, 2, "bye"), h.pbx);
     let bye1 = requests(&out, &h.itsp, Method::Bye).remove(0);
     assert_eq!(bye1.header("CSeq"), Some("3 BYE"));
     let sha = r#"Digest realm="itsp.example", nonce="n-2", qop="auth", algorithm=SHA-256"#;
@@ -141,6 +133,44 @@ fn challenged_invite_is_resent_with_credentials_and_the_caller_sees_no_401() {
     assert!(out.is_empty(), "{out:#?}");
     assert_eq!(h.status()["active_calls"], 0);
     assert!(h.status()["transactions"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn challenged_re_invite_is_resent_with_credentials_and_the_caller_sees_no_401() {
+    let mut h = lab_with(AUTH);
+    let out = h.send(parse(INVITE), h.pbx);
+    let inv = requests(&out, &h.itsp, Method::Invite).remove(0);
+    let out = h.send(answer(&inv, 200, true), h.itsp);
+    let ok = to(&out, &h.pbx).remove(0);
+    h.send(from_pbx_in_dialog(&ok, Method::Ack, 1, "ack"), h.pbx);
+
+    // The PBX puts the call on hold; the trunk challenges the re-INVITE.
+    let mut hold = from_pbx_in_dialog(&ok, Method::Invite, 2, "hold");
+    hold.push_header("Content-Type", "application/sdp".into());
+    hold.body = b"v=0\r\no=pbx 1 2 IN IP4 10.99.1.2\r\ns=-\r\nc=IN IP4 10.99.1.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8\r\na=sendonly\r\n".to_vec();
+    let out = h.send(hold, h.pbx);
+    let re1 = requests(&out, &h.itsp, Method::Invite).remove(0);
+    let out = h.send(challenge(&re1, 401, MD5_CHALLENGE), h.itsp);
+    assert!(to(&out, &h.pbx).is_empty(), "the PBX sees no 401: {out:#?}");
+    let re2 = requests(&out, &h.itsp, Method::Invite).remove(0);
+    let (n1, _) = header::cseq(&re1).unwrap();
+    assert_eq!(
+        re2.header("CSeq"),
+        Some(format!("{} INVITE", n1 + 1).as_str())
+    );
+    assert_eq!(re2.header("Call-ID"), re1.header("Call-ID"));
+    assert_eq!(re2.body, re1.body, "same offer");
+    assert_authorized(&re2, "Authorization", "pw-1");
+
+    // Answered: the PBX gets the 200, and its ACK reaches the trunk with the resent CSeq.
+    let out = h.send(answer(&re2, 200, true), h.itsp);
+    let ok2 = to(&out, &h.pbx).remove(0);
+    assert_eq!(ok2.code(), Some(200));
+    let out = h.send(from_pbx_in_dialog(&ok, Method::Ack, 2, "ack2"), h.pbx);
+    assert_eq!(
+        requests(&out, &h.itsp, Method::Ack)[0].header("CSeq"),
+        Some(format!("{} ACK", n1 + 1).as_str())
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use mediagate::dataplane::kernel::abi::{
     FLAG_KERNEL,
 };
 use mediagate::dataplane::kernel::PROGRAM;
+use mediagate::media::{RtpHeader, RtpQuality};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -768,6 +769,8 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     let to_removed = packet("10.99.1.2:6004", "10.99.1.1:30004", 64, true, false);
     assert_eq!(test_run(fd, &to_removed, gw).0, XDP_DROP, "removed stream");
 
+    rtp_quality(fd, gw, &mut configs, &mut states);
+
     // Unresolved next hop: passed to the kernel (the socket path relays it).
     let (_, unresolved) = stream("10.99.2.1:30002", 30000, "10.99.2.77:7000", "10.99.2.2");
     configs.set(ib, unresolved, 0).unwrap();
@@ -776,5 +779,95 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         test_run(fd, &moved, gw).0,
         XDP_PASS,
         "unresolved neighbour passes"
+    );
+}
+
+/// RTP quality in the program: a fresh pair whose A side has a clock rate of 1 Hz, so that the
+/// arrival gaps of these back-to-back test runs (far below a second) are 0 in RTP units and
+/// the jitter is exactly that of the timestamps. After a wrap, a reordered packet, duplicates,
+/// a gap and an RTCP packet, the program's state must equal `media::quality` fed the same
+/// packets, and A.1's counts must be the ones worked out by hand.
+fn rtp_quality(
+    fd: i32,
+    gw: u32,
+    configs: &mut Array<MapData, Config>,
+    states: &mut Array<MapData, State>,
+) {
+    let (iq, cfg_q) = stream("10.99.1.1:30200", 30202, "10.99.1.2:6200", "10.99.1.2");
+    let (iqb, cfg_qb) = stream("10.99.2.1:30202", 30200, "10.99.2.2:7200", "10.99.2.2");
+    for (i, c) in [
+        (
+            iq,
+            Config {
+                clock_rate: 1,
+                ..cfg_q
+            },
+        ),
+        (iqb, cfg_qb),
+    ] {
+        configs.set(i, c, 0).unwrap();
+        states.set(i, State::default(), 0).unwrap();
+    }
+    const SSRC: u32 = 0x0bad_cafe;
+    let rtp = |second: u8, seq: u16, ts: u32| {
+        let mut p = packet("10.99.1.2:6200", "10.99.1.1:30200", 64, false, false);
+        let h = &mut p[42..54];
+        h[0] = 0x80;
+        h[1] = second;
+        h[2..4].copy_from_slice(&seq.to_be_bytes());
+        h[4..8].copy_from_slice(&ts.to_be_bytes());
+        h[8..12].copy_from_slice(&SSRC.to_be_bytes());
+        p
+    };
+    // (sequence number, timestamp): a wrap after 65535, 0 late, 0 twice, 3 and 4 lost.
+    let sent: [(u16, u32); 8] = [
+        (65533, 0),
+        (65534, 160),
+        (65535, 320),
+        (1, 640),
+        (0, 480),
+        (0, 480),
+        (2, 900),
+        (5, 1440),
+    ];
+    let mut model = RtpQuality::default();
+    for (i, &(seq, ts)) in sent.iter().enumerate() {
+        assert_eq!(
+            test_run(fd, &rtp(8, seq, ts), gw).0,
+            XDP_REDIRECT,
+            "RTP {i}"
+        );
+        model.record(
+            RtpHeader {
+                seq,
+                timestamp: ts,
+                ssrc: SSRC,
+            },
+            0,
+            1,
+        );
+        if i == 3 {
+            // An RTCP sender report on the port (200 = type 72 with the marker bit).
+            assert_eq!(test_run(fd, &rtp(200, 7, 7), gw).0, XDP_REDIRECT, "RTCP");
+        }
+    }
+    let mut q = states.get(&iq, 0).unwrap().quality;
+    assert!(q.last_arrival_ns > 0, "arrival from bpf_ktime_get_ns");
+    q.last_arrival_ns = 0;
+    assert_eq!(
+        q, model,
+        "the program's A.1/A.8 state equals media::quality's"
+    );
+    // By hand: base 65534 (probation ends there), extended max 65536 + 5: 8 expected; 7
+    // received (65534, 65535, 1, 0, 0, 2, 5), so 3 and 4 lost but one masked by the duplicate.
+    let c = q.counts();
+    assert_eq!((c.expected, c.lost, q.cycles), (8, 1, 65536));
+    // Jitter (×16) from the timestamp steps alone: D = 160, 160, 320, 160, 0, 420, 540, and
+    // J += D − ((J + 8) >> 4): 160, 310, 611, 733, 687, 1064, 1537.
+    assert_eq!(q.jitter, 1537);
+    assert_eq!(
+        states.get(&iqb, 0).unwrap().quality,
+        RtpQuality::default(),
+        "the peer's state is untouched"
     );
 }

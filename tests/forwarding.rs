@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -856,114 +856,6 @@ fn generator(
             "-1",
         ],
     )
-}
-
-/// A process in a namespace (`ip netns exec` execs it, so the child is the program itself)
-/// with stdout/stderr in the lab directory; SIGTERM, then SIGKILL, on drop.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    status: Option<ExitStatus>,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Proc {
-    fn spawn(lab: &Lab, ns: &str, name: &str, bin: &str, args: &[&str]) -> Proc {
-        let out = lab.path(&format!("{name}.json"));
-        let err = lab.path(&format!("{name}.err"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, bin])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&out).expect("create stdout file"))
-            .stderr(fs::File::create(&err).expect("create stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child: Some(child),
-            status: None,
-            out,
-            err,
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} (status {:?}): stdout {}\nstderr {}",
-            self.name,
-            self.status,
-            fs::read_to_string(&self.out).unwrap_or_default(),
-            fs::read_to_string(&self.err).unwrap_or_default()
-        )
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        if self.status.is_some() {
-            return self.status;
-        }
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                self.status = Some(st);
-                self.child = None;
-                return self.status;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Wait for the process to exit successfully and parse its one JSON line.
-    fn wait_json(&mut self, limit: Duration) -> Value {
-        let st = self
-            .wait(limit)
-            .unwrap_or_else(|| panic!("{} still running after {limit:?}", self.name));
-        assert!(st.success(), "{} failed: {}", self.name, self.describe());
-        self.json()
-    }
-
-    /// SIGTERM (the sink then prints its result) and parse its JSON.
-    fn term_json(&mut self) -> Value {
-        if let Some(child) = &self.child {
-            // SAFETY: kill() on our own child's pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        self.wait_json(Duration::from_secs(5))
-    }
-
-    fn json(&self) -> Value {
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-            panic!(
-                "{}: output is not JSON ({e}): {}",
-                self.name,
-                self.describe()
-            )
-        })
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill() on our own child's pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.describe());
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -192,6 +192,24 @@ fn metrics_call(test: &str, dataplane: Dataplane) {
         1.0
     );
     assert_eq!(sum(&after, "mediagate_calls_ended_total", &[]), 1.0);
+    // RTP quality of both legs of this clean call (sipp's pcap one way, echoed back): one
+    // observation per leg, nothing lost.
+    for trunk in ["pbx", "itsp"] {
+        assert_eq!(
+            get(
+                &after,
+                &format!("mediagate_rtp_packets_lost_total{{trunk=\"{trunk}\"}}")
+            ),
+            0.0
+        );
+        assert_eq!(
+            get(
+                &after,
+                &format!("mediagate_rtp_mos_count{{trunk=\"{trunk}\"}}")
+            ),
+            1.0
+        );
+    }
     assert_eq!(
         get(&after, "mediagate_trunk_active_calls{trunk=\"pbx\"}"),
         0.0

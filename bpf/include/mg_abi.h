@@ -46,8 +46,31 @@ struct mg_config {
 	__u8 family;              /* MG_FAMILY_*; both streams of a kernel-tier pair share it */
 	__u8 pad;
 	__u32 generation;         /* bumped on renegotiation: the program re-opens learning */
-	__u32 pad2;
+	__u32 clock_rate;         /* RTP clock of the stream's payload (from SDP); 0 = unknown:
+	                           * loss is tracked, jitter is not */
 };
+
+/* RTP quality of the packets a stream accepts: RFC 3550 A.1 sequence tracking and A.8 jitter
+ * in integer form, the layout of media::quality::RtpQuality (user space runs the same steps;
+ * see that module for the meaning of each field). */
+struct mg_quality {
+	__u64 last_arrival_ns;    /* bpf_ktime_get_ns() of the previous RTP packet */
+	__u32 ssrc;
+	__u32 packets;            /* RTP packets seen, probation included; 0 = none yet */
+	__u16 max_seq;
+	__u16 probation;
+	__u32 cycles;             /* sequence wraps * 65536 */
+	__u32 base_seq;
+	__u32 bad_seq;
+	__u32 received;
+	__u32 jitter;             /* timestamp units * 16 */
+	__u32 last_ts;
+	__u32 prior_expected;     /* totals of earlier sources (SSRC changes, restarts) */
+	__u32 prior_lost;
+	__u32 flags;              /* MG_Q_HAVE_PREVIOUS */
+};
+
+#define MG_Q_HAVE_PREVIOUS 1
 
 /* What the program learns and counts about a stream. Written by the program, zeroed by user
  * space when the stream is added. Packets forwarded out of a stream's peer are this stream's
@@ -64,6 +87,8 @@ struct mg_state {
 	__u64 last_seen_ns;        /* bpf_ktime_get_coarse_ns() of the last forwarded packet:
 	                            * tick resolution is plenty for media timeouts, and reading it
 	                            * costs a load instead of a clock read per packet */
+	struct mg_quality quality; /* updated without atomics: a flow hashes to one rx queue,
+	                            * so one CPU writes it at a time in practice */
 };
 
 #define MG_LATCHED (1ULL << 48)

@@ -13,6 +13,11 @@
 //! of many streams. Packets go round-robin over the streams, so each stream sees `--pps` evenly
 //! spaced packets per second (staggered phases); `--pps 0` sends as fast as possible.
 //!
+//! Known impairments for quality tests: `--skip-every N` leaves out every Nth sequence number
+//! of each stream (seq N−1, 2N−1, …: a loss of exactly 1/N that the relay must report), and
+//! `--ts-jitter-ms J` stamps every odd packet J ms late in RTP time (8 kHz clock), so a
+//! receiver's RFC 3550 jitter converges to J ms although the packets leave evenly.
+//!
 //! The run stops by itself after `--packets` packets or `--seconds` seconds, whichever comes
 //! first, and prints one JSON object: packets sent, achieved rate and, with `--cpu-stat`, the
 //! whole-box idle time per CPU and the CPU time of `--watch-pid` processes over the sending
@@ -54,6 +59,8 @@ struct Args {
     watch: Vec<u32>,
     sndbuf: i32,
     run_id: u32,
+    skip_every: u64,
+    ts_jitter_units: u32,
 }
 
 fn usage(msg: &str) -> ! {
@@ -89,6 +96,8 @@ fn parse_args() -> Args {
         watch: Vec::new(),
         sndbuf: 4 << 20,
         run_id: 0,
+        skip_every: 0,
+        ts_jitter_units: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -133,6 +142,9 @@ fn parse_args() -> Args {
             "--watch-pid" => a.watch.push(num(&v) as u32),
             "--sndbuf" => a.sndbuf = num(&v) as i32,
             "--run-id" => a.run_id = num(&v) as u32,
+            "--skip-every" => a.skip_every = num(&v) as u64,
+            // RTP timestamps count 8000 per second (PCMA): 8 units per millisecond.
+            "--ts-jitter-ms" => a.ts_jitter_units = (num(&v) * 8.0) as u32,
             _ => usage(&format!("unknown option {k}")),
         }
     }
@@ -260,12 +272,15 @@ fn build_streams(a: &Args) -> Vec<Stream> {
         .collect()
 }
 
+/// Writes packet `seq` of stream `s`; odd packets' RTP timestamps are `ts_late` units late.
 #[inline]
-fn fill(pkt: &mut [u8; DGRAM_LEN], s: &Stream, seq: u64, now: u64) {
+fn fill(pkt: &mut [u8; DGRAM_LEN], s: &Stream, seq: u64, now: u64, ts_late: u32) {
     pkt.copy_from_slice(&s.template);
     let h = UDP_HDR;
+    let late = if seq % 2 == 1 { ts_late } else { 0 };
+    let ts = (seq as u32).wrapping_mul(160).wrapping_add(late);
     pkt[h + 2..h + 4].copy_from_slice(&(seq as u16).to_be_bytes());
-    pkt[h + 4..h + 8].copy_from_slice(&((seq as u32).wrapping_mul(160)).to_be_bytes());
+    pkt[h + 4..h + 8].copy_from_slice(&ts.to_be_bytes());
     pkt[h + 20..h + 28].copy_from_slice(&seq.to_le_bytes());
     pkt[h + 28..h + 36].copy_from_slice(&now.to_le_bytes());
     let c = !fold(s.base_sum + sum16(&pkt[..VAR_END]));
@@ -435,6 +450,7 @@ fn main() {
     let t0 = monotonic_ns();
     let deadline = t0 + (a.seconds * 1e9) as u64;
     let (mut sent, mut calls, mut errors, mut sleeps) = (0u64, 0u64, 0u64, 0u64);
+    let mut skipped = 0u64;
     let mut last_err = String::new();
     let mut next = 0u64; // index of the next packet (round-robin over streams)
     loop {
@@ -446,7 +462,9 @@ fn main() {
             let target = (((now - t0) as f64 / ns_per_pkt) as u64 + 1).min(a.packets);
             if target <= next {
                 sleeps += 1;
-                let wake = t0 + ((next + wake_pkts) as f64 * ns_per_pkt) as u64;
+                // Packet k is due at t0 + k·interval: wake when the last of the next
+                // `wake_pkts` is due (waking one interval later sent packets in pairs).
+                let wake = t0 + ((next + wake_pkts - 1) as f64 * ns_per_pkt) as u64;
                 sleep_until(wake.min(deadline));
                 continue;
             }
@@ -454,12 +472,22 @@ fn main() {
         } else {
             a.packets - next
         };
-        let n = due.min(batch as u64) as usize;
-        for k in 0..n {
-            let idx = next + k as u64;
+        let take = due.min(batch as u64);
+        let mut n = 0;
+        for idx in next..next + take {
+            let seq = idx / n_streams;
+            if a.skip_every > 0 && seq % a.skip_every == a.skip_every - 1 {
+                skipped += 1;
+                continue;
+            }
             let s = &streams[(idx % n_streams) as usize];
-            fill(&mut bufs[k], s, idx / n_streams, now);
-            names[k] = s.dst;
+            fill(&mut bufs[n], s, seq, now, a.ts_jitter_units);
+            names[n] = s.dst;
+            n += 1;
+        }
+        next += take;
+        if n == 0 {
+            continue;
         }
         // SAFETY: hdrs[..n] point at live buffers, iovecs and names owned by this frame.
         let rc = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
@@ -468,11 +496,9 @@ fn main() {
             errors += 1;
             last_err = errno_str();
             // Skip the batch rather than spinning on a persistent error.
-            next += n as u64;
             continue;
         }
         sent += rc as u64;
-        next += n as u64;
     }
     let t1 = monotonic_ns();
     let after = a.cpu_stat.then(|| snap(&a.watch));
@@ -484,6 +510,7 @@ fn main() {
         "pps_per_stream": if paced { json!(a.pps) } else { Value::Null },
         "offered_pps": offered,
         "sent": sent,
+        "skipped": skipped,
         "attempted": next,
         "seconds": secs,
         "achieved_pps": achieved,

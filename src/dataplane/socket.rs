@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::media::{Admission, Command, DropReason, Latch, StreamId, StreamSpec, StreamStats};
+use crate::media::{
+    Admission, Command, DropReason, Latch, RtpHeader, RtpQuality, StreamId, StreamSpec, StreamStats,
+};
 
 /// Packets handled per `recvmmsg`/`sendmmsg` call.
 const BATCH: usize = 64;
@@ -120,6 +122,8 @@ struct Slot {
     socket: UdpSocket,
     latch: Latch,
     stats: Arc<StreamStats>,
+    /// RFC 3550 loss and jitter of the RTP received on this socket.
+    quality: RtpQuality,
 }
 
 /// Pre-allocated buffers for one batch.
@@ -251,6 +255,7 @@ impl Relay {
                     socket,
                     latch: spec.latch,
                     stats: spec.stats,
+                    quality: RtpQuality::default(),
                 });
             }
             Op::Renegotiate(id, sdp) => {
@@ -296,6 +301,11 @@ impl Relay {
                 None => (None, None),
             };
             let stream = self.slots[slot].as_mut().expect("checked above");
+            let (arrival_ns, clock_rate) = (
+                stream.stats.nanos_since_epoch(now),
+                stream.stats.clock_rate(),
+            );
+            let mut rtp = false;
             let mut out = 0;
             let (mut accepted, mut rx_bytes) = (0u64, 0u64);
             for i in 0..received {
@@ -318,6 +328,10 @@ impl Relay {
                 }
                 accepted += 1;
                 rx_bytes += len as u64;
+                if let Some(h) = RtpHeader::parse(&self.batch.bufs[i][..len.min(MAX_PACKET)]) {
+                    stream.quality.record(h, arrival_ns, clock_rate);
+                    rtp = true;
+                }
                 let Some(dest) = dest else {
                     stream.stats.record_drop(DropReason::NoDestination);
                     continue;
@@ -337,6 +351,9 @@ impl Relay {
             }
             if accepted > 0 {
                 stream.stats.record_rx(accepted, rx_bytes, now);
+            }
+            if rtp {
+                stream.stats.store_quality(stream.quality.counts());
             }
             if out > 0 {
                 let sent = send_batch(

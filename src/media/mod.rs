@@ -1,10 +1,11 @@
 //! The media session layer shared by every front end and every forwarding tier: port allocation,
-//! the stream model, the latching rule and per-stream counters.
+//! the stream model, the latching rule, per-stream counters and RTP quality statistics.
 //!
 //! Signalling decides *what* to relay and hands [`Command`]s to a data plane; the data plane
 //! decides per packet with [`Latch::admit`] and counts into [`StreamStats`].
 
 pub mod ports;
+pub mod quality;
 pub mod session;
 pub mod stats;
 
@@ -12,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 pub use ports::PortPool;
+pub use quality::{Quality, QualityCounts, RtpHeader, RtpQuality};
 pub use stats::{DropReason, KernelTotals, StreamStats, Tier};
 
 /// Identifies one relayed socket (one RTP or RTCP port of one call leg).

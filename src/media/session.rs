@@ -185,22 +185,28 @@ impl CallMedia {
         if leg.local_ip == local && leg.advertised == advertised {
             return Ok(false);
         }
-        let remotes: Vec<Option<[Option<SocketAddr>; 2]>> = leg
+        let remotes: Vec<Option<([Option<SocketAddr>; 2], u32)>> = leg
             .pairs
             .iter()
-            .map(|p| p.as_ref().map(|p| [p.rtp.remote(), p.rtcp.remote()]))
+            .map(|p| {
+                p.as_ref()
+                    .map(|p| ([p.rtp.remote(), p.rtcp.remote()], p.rtp.clock_rate()))
+            })
             .collect();
         self.release_leg(side, ctx);
         let leg = &mut self.legs[side.index()];
         leg.local_ip = local;
         leg.advertised = advertised;
         for (line, remote) in remotes.into_iter().enumerate() {
-            let Some(remote) = remote else { continue };
+            let Some((remote, clock_rate)) = remote else {
+                continue;
+            };
             self.ensure_pair(side, line, ctx)?;
             let (rtp, rtcp) = stream_ids(self.line_ids[line], side);
             let pair = self.legs[side.index()].pairs[line]
                 .as_ref()
                 .expect("ensured");
+            pair.rtp.set_clock_rate(clock_rate);
             for ((id, stats), addr) in [(rtp, &pair.rtp), (rtcp, &pair.rtcp)]
                 .into_iter()
                 .zip(remote)
@@ -275,6 +281,8 @@ impl CallMedia {
             let (rtp, rtcp) = stream_ids(base, from);
             let leg = &self.legs[from.index()];
             let pair = leg.pairs[i].as_ref().expect("ensured");
+            // Set before the command, so that a tier reading it on `Renegotiate` sees it.
+            pair.rtp.set_clock_rate(m.clock_rate.unwrap_or(0));
             for (id, stats, addr) in [(rtp, &pair.rtp, m.rtp), (rtcp, &pair.rtcp, m.rtcp)] {
                 ctx.commands.push(Command::Renegotiate {
                     id,
@@ -452,6 +460,13 @@ impl CallMedia {
                 "tx_bytes": s.tx_bytes(),
                 "drops": s.total_drops(),
                 "kernel_packets": s.kernel_packets(),
+                "quality": s.quality().map(|q| json!({
+                    "packets_expected": q.packets_expected,
+                    "packets_lost": q.packets_lost,
+                    "loss_ratio": q.loss_ratio,
+                    "jitter_ms": q.jitter_ms,
+                    "mos": q.mos,
+                })),
             })
         };
         leg.pairs

@@ -2,9 +2,11 @@
 //! control thread for `/status` and media timeouts. Single writer, so relaxed atomics suffice.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
+
+use super::quality::{Quality, QualityCounts};
 
 /// Why a data plane dropped a packet; every drop is counted under one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,13 @@ pub struct StreamStats {
     tx_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     kernel: [AtomicU64; 5],
+    /// RTP quality (expected, lost, jitter × 16) as measured by the user-space tier that
+    /// relays the stream, and as measured by the XDP program.
+    quality: [AtomicU64; 3],
+    kernel_quality: [AtomicU64; 3],
+    /// RTP clock rate of the stream's payload (0 = unknown or not RTP), set by the control
+    /// thread from SDP and read by the data planes for jitter.
+    clock_rate: AtomicU32,
     /// Milliseconds since [`StreamStats::epoch`] of the last accepted packet, 0 = never.
     last_rx_ms: AtomicU64,
     latched: AtomicBool,
@@ -102,6 +111,9 @@ impl StreamStats {
             tx_bytes: AtomicU64::new(0),
             drops: Default::default(),
             kernel: Default::default(),
+            quality: Default::default(),
+            kernel_quality: Default::default(),
+            clock_rate: AtomicU32::new(0),
             last_rx_ms: AtomicU64::new(0),
             latched: AtomicBool::new(false),
             tier: AtomicU8::new(Tier::Socket as u8),
@@ -141,6 +153,47 @@ impl StreamStats {
         {
             slot.store(v, Relaxed);
         }
+    }
+
+    /// Sets the RTP clock rate of the stream's payload (from the `a=rtpmap` of the SDP that
+    /// describes what the stream receives; 0 for RTCP or an unknown rate).
+    pub fn set_clock_rate(&self, rate: u32) {
+        self.clock_rate.store(rate, Relaxed);
+    }
+
+    /// The RTP clock rate jitter is measured in (0 = unknown: no jitter).
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate.load(Relaxed)
+    }
+
+    /// Nanoseconds from the stream's creation to `now`: the arrival clock of the user-space
+    /// tiers' jitter measurement (only differences matter).
+    pub fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Publishes the quality counts of the user-space tier that relays the stream.
+    pub fn store_quality(&self, c: QualityCounts) {
+        store3(&self.quality, c);
+    }
+
+    /// Publishes the quality counts the XDP program keeps for the stream.
+    pub fn store_kernel_quality(&self, c: QualityCounts) {
+        store3(&self.kernel_quality, c);
+    }
+
+    /// The stream's RTP quality, `None` before any RTP packet was expected (RTCP streams,
+    /// silent ones). Where both the kernel and a user-space tier saw the stream (the kernel tier
+    /// passes the first packets of a new destination to the socket tier), the measurement
+    /// that expected more packets, i.e. saw more of the stream, is the one shown.
+    pub fn quality(&self) -> Option<Quality> {
+        let (user, kernel) = (load3(&self.quality), load3(&self.kernel_quality));
+        let best = if kernel.expected > user.expected {
+            kernel
+        } else {
+            user
+        };
+        Quality::new(best, self.clock_rate())
     }
 
     fn total(&self, user: &AtomicU64, kernel: usize) -> u64 {
@@ -227,5 +280,51 @@ impl StreamStats {
     /// When the last packet was accepted, or the creation instant if none was.
     pub fn last_activity(&self) -> Instant {
         self.epoch + std::time::Duration::from_millis(self.last_rx_ms.load(Relaxed))
+    }
+}
+
+fn store3(slots: &[AtomicU64; 3], c: QualityCounts) {
+    slots[0].store(c.expected, Relaxed);
+    slots[1].store(c.lost, Relaxed);
+    slots[2].store(u64::from(c.jitter), Relaxed);
+}
+
+fn load3(slots: &[AtomicU64; 3]) -> QualityCounts {
+    QualityCounts {
+        expected: slots[0].load(Relaxed),
+        lost: slots[1].load(Relaxed),
+        jitter: slots[2].load(Relaxed) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_is_the_measurement_that_saw_more_of_the_stream() {
+        let s = StreamStats::new(Instant::now(), None);
+        assert_eq!(s.quality(), None, "nothing expected yet");
+        s.set_clock_rate(8000);
+        // The socket tier relayed the first packets (next hop unresolved), the kernel the rest.
+        s.store_quality(QualityCounts {
+            expected: 2,
+            lost: 1,
+            jitter: 0,
+        });
+        s.store_kernel_quality(QualityCounts {
+            expected: 200,
+            lost: 2,
+            jitter: 16 * 8,
+        });
+        let q = s.quality().unwrap();
+        assert_eq!((q.packets_expected, q.packets_lost), (200, 2));
+        assert_eq!(q.jitter_ms, Some(1.0));
+        s.store_quality(QualityCounts {
+            expected: 300,
+            lost: 0,
+            jitter: 0,
+        });
+        assert_eq!(s.quality().unwrap().packets_lost, 0, "user space saw more");
     }
 }

@@ -19,6 +19,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram as PromHistogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use serde_json::Value;
@@ -80,6 +81,63 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
     100e-3,
 ];
+
+/// Upper bounds (seconds) of the per-leg RTP jitter histogram, `+Inf` added: a few ms is
+/// normal on a LAN, 20–50 ms stretches a jitter buffer, beyond 100 ms is audible.
+pub const JITTER_BUCKETS: [f64; 10] = [
+    0.5e-3, 1e-3, 2.5e-3, 5e-3, 10e-3, 20e-3, 30e-3, 50e-3, 100e-3, 200e-3,
+];
+
+/// Upper bounds of the per-leg estimated MOS histogram, `+Inf` added: finer near the top,
+/// where G.711 calls sit (4.40 with no loss and no jitter).
+pub const MOS_BUCKETS: [f64; 10] = [1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.3, 4.4];
+
+/// Histograms per trunk, observed once per call leg when its CDR is written.
+type LegHistograms = Family<Labels, PromHistogram, fn() -> PromHistogram>;
+
+fn jitter_histogram() -> PromHistogram {
+    PromHistogram::new(JITTER_BUCKETS.into_iter())
+}
+
+fn mos_histogram() -> PromHistogram {
+    PromHistogram::new(MOS_BUCKETS.into_iter())
+}
+
+/// RTP quality of ended calls' legs, per trunk (the leg's trunk: `trunk_in` for the caller's,
+/// `trunk_out` for the callee's), from their CDRs.
+#[derive(Debug)]
+struct LegQuality {
+    /// trunk → RTP packets lost.
+    lost: BTreeMap<String, u64>,
+    jitter: LegHistograms,
+    mos: LegHistograms,
+}
+
+impl Default for LegQuality {
+    fn default() -> Self {
+        LegQuality {
+            lost: BTreeMap::new(),
+            jitter: Family::new_with_constructor(jitter_histogram),
+            mos: Family::new_with_constructor(mos_histogram),
+        }
+    }
+}
+
+impl LegQuality {
+    fn observe(&mut self, trunk: &str, leg: &crate::cdr::MediaCounters) {
+        let Some(lost) = leg.packets_lost else {
+            return;
+        };
+        *self.lost.entry(trunk.to_string()).or_default() += lost;
+        let labels = vec![("trunk", trunk.to_string())];
+        if let Some(j) = leg.jitter_ms {
+            self.jitter.get_or_create(&labels).observe(j / 1000.0);
+        }
+        if let Some(m) = leg.mos {
+            self.mos.get_or_create(&labels).observe(m);
+        }
+    }
+}
 
 /// SIP methods given their own label value; anything else is `other` (bounded cardinality
 /// whatever the network sends).
@@ -186,6 +244,8 @@ pub struct Metrics {
     reloads: (u64, u64),
     /// Whether the latest reload was refused.
     last_reload_failed: bool,
+    /// RTP loss, jitter and MOS of ended calls, per trunk.
+    quality: LegQuality,
 }
 
 fn method_label(m: &str) -> &'static str {
@@ -223,13 +283,18 @@ impl Metrics {
         }
     }
 
-    /// Counts the calls whose records the B2BUA produced.
+    /// Counts the calls whose records the B2BUA produced, and observes their legs' RTP
+    /// quality under each leg's trunk.
     pub fn calls_ended<'a>(&mut self, records: impl IntoIterator<Item = &'a Cdr>) {
         for r in records {
             *self
                 .calls_ended
                 .entry((r.trunk_in.clone(), r.final_code))
                 .or_default() += 1;
+            self.quality.observe(&r.trunk_in, &r.media_in);
+            if let Some(out) = &r.trunk_out {
+                self.quality.observe(out, &r.media_out);
+            }
         }
     }
 
@@ -539,6 +604,7 @@ impl Metrics {
                 HdrBuckets::from_histogram(h, &LATENCY_BUCKETS),
             );
         }
+        self.render_quality(out);
         out.gauge(
             "mediagate_media_port_pairs",
             "RTP/RTCP port pairs (an even port and the next) of the media port pool, state=total or free.",
@@ -549,6 +615,30 @@ impl Metrics {
             "mediagate_media_streams",
             "Media streams the data plane holds now (including streams kept by delete delay).",
             [(vec![], self.streams.len() as f64)],
+        );
+    }
+}
+
+impl Metrics {
+    fn render_quality(&self, out: &mut Out) {
+        let q = &self.quality;
+        out.counter(
+            "mediagate_rtp_packets_lost",
+            "RTP packets the peers of ended calls sent but mediagate never received (RFC 3550 A.1: expected from sequence numbers minus received), by the trunk of the leg.",
+            q.lost
+                .iter()
+                .map(|(t, n)| (vec![("trunk", t.clone())], *n)),
+        );
+        out.registry.register_with_unit(
+            "mediagate_rtp_jitter",
+            help_text("RFC 3550 interarrival jitter of the RTP received from each leg of an ended call (the worst media line), observed once per leg at call end, by the trunk of the leg."),
+            Unit::Seconds,
+            q.jitter.clone(),
+        );
+        out.registry.register(
+            "mediagate_rtp_mos",
+            help_text("Estimated MOS (ITU-T G.107 E-model from loss and jitter, 1 to 4.5) of the RTP received from each leg of an ended call, observed once per leg at call end, by the trunk of the leg."),
+            q.mos.clone(),
         );
     }
 }
@@ -969,6 +1059,69 @@ mod tests {
         }
     }
 
+    /// An answered call from `pbx` to `itsp` whose legs carried RTP: 2 % loss and 3 ms
+    /// jitter from the caller, none from the callee.
+    fn answered_with_quality() -> Cdr {
+        let leg = |lost: u64, loss: f64, jitter_ms: f64| MediaCounters {
+            packets_lost: Some(lost),
+            loss: Some(loss),
+            jitter_ms: Some(jitter_ms),
+            mos: Some(crate::media::quality::mos(loss, jitter_ms)),
+            ..MediaCounters::default()
+        };
+        Cdr {
+            trunk_out: Some("itsp".into()),
+            media_in: leg(10, 0.02, 3.0),
+            media_out: leg(0, 0.0, 0.4),
+            ..cdr("pbx", 200)
+        }
+    }
+
+    #[test]
+    fn rtp_quality_of_ended_calls_per_trunk() {
+        let mut m = Metrics::new();
+        let none = render(&m, &DataplaneSnapshot::default());
+        assert!(
+            !none.lines().any(|l| l.starts_with("mediagate_rtp_")),
+            "no series before a call ends:\n{none}"
+        );
+        m.calls_ended(&[
+            answered_with_quality(),
+            answered_with_quality(),
+            cdr("pbx", 486),
+        ]);
+        let samples = parse_exposition(&render(&m, &DataplaneSnapshot::default())).unwrap();
+        let get = |k: &str| samples.get(k).copied();
+        assert_eq!(
+            get(r#"mediagate_rtp_packets_lost_total{trunk="pbx"}"#),
+            Some(20.0)
+        );
+        assert_eq!(
+            get(r#"mediagate_rtp_packets_lost_total{trunk="itsp"}"#),
+            Some(0.0)
+        );
+        // Two legs per trunk, the rejected call had no RTP; 3 ms is in the 5 ms bucket, not 2.5.
+        assert_eq!(
+            get(r#"mediagate_rtp_jitter_seconds_count{trunk="pbx"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            get(r#"mediagate_rtp_jitter_seconds_bucket{le="0.0025",trunk="pbx"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            get(r#"mediagate_rtp_jitter_seconds_bucket{le="0.005",trunk="pbx"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            get(r#"mediagate_rtp_mos_bucket{le="4.4",trunk="itsp"}"#),
+            Some(0.0),
+            "a clean leg is above 4.4: {:?}",
+            crate::media::quality::mos(0.0, 0.4)
+        );
+        assert_eq!(get(r#"mediagate_rtp_mos_count{trunk="itsp"}"#), Some(2.0));
+    }
+
     fn stream(id: StreamId, stats: &Arc<StreamStats>) -> Command {
         Command::Add(StreamSpec {
             id,
@@ -1214,7 +1367,7 @@ mod tests {
             ..Default::default()
         };
         let mut m = Metrics::new();
-        m.calls_ended(&[cdr("pbx", 200)]);
+        m.calls_ended(&[answered_with_quality()]);
         let invite = msg("INVITE sip:1@x SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
         let ok = msg("SIP/2.0 200 OK\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
         m.sip_message(Direction::Received, Transport::Udp, &invite);

@@ -2,26 +2,7 @@
 //! toward a trunk keeps only the payload types whose encoding is listed, in the list's order,
 //! so an ITSP that accepts a few codecs, or prefers one, gets exactly those.
 
-use super::{media_fields, Sdp};
-
-/// Encoding names of the static RTP payload types (RFC 3551 §6), which need no `a=rtpmap`.
-const STATIC_PAYLOAD_TYPES: [(u8, &str); 15] = [
-    (0, "PCMU"),
-    (3, "GSM"),
-    (4, "G723"),
-    (5, "DVI4"),
-    (6, "DVI4"),
-    (7, "LPC"),
-    (8, "PCMA"),
-    (9, "G722"),
-    (10, "L16"),
-    (11, "L16"),
-    (12, "QCELP"),
-    (13, "CN"),
-    (15, "G728"),
-    (18, "G729"),
-    (34, "H263"),
-];
+use super::{media_fields, static_encoding, Sdp};
 
 /// The encoding name of payload type `pt` in one media section: its `a=rtpmap`, else the static
 /// assignment.
@@ -30,13 +11,7 @@ fn encoding<'a>(pt: &str, rtpmaps: &[(&'a str, &'a str)]) -> Option<&'a str> {
         .iter()
         .find(|(p, _)| *p == pt)
         .map(|(_, n)| *n)
-        .or_else(|| {
-            let pt: u8 = pt.parse().ok()?;
-            STATIC_PAYLOAD_TYPES
-                .iter()
-                .find(|(p, _)| *p == pt)
-                .map(|(_, n)| *n)
-        })
+        .or_else(|| static_encoding(pt.parse().ok()?))
 }
 
 /// The payload type an attribute line (`a=rtpmap:PT ...`, `a=fmtp:PT ...`, `a=rtcp-fb:PT ...`)
@@ -102,12 +77,10 @@ impl Sdp {
                 fields[2],
                 kept.join(" ")
             );
-            for i in start + 1..end {
-                if attribute_payload_type(&self.lines[i])
-                    .is_some_and(|pt| pt != "*" && formats.contains(&pt) && !kept.contains(&pt))
-                {
-                    drop[i] = true;
-                }
+            let section = self.lines[start + 1..end].iter();
+            for (line, dropped) in section.zip(&mut drop[start + 1..end]) {
+                *dropped = attribute_payload_type(line)
+                    .is_some_and(|pt| pt != "*" && formats.contains(&pt) && !kept.contains(&pt));
             }
         }
         let text: String = lines

@@ -52,6 +52,71 @@ pub struct Media {
     /// Where the peer wants RTCP (`a=rtcp:` or RTP port + 1).
     pub rtcp: SocketAddr,
     pub direction: Direction,
+    /// RTP clock rate of the line's first (preferred) payload format: its `a=rtpmap` rate, or
+    /// the RFC 3551 rate of a static payload type; `None` for non-RTP formats and unknown
+    /// dynamic ones. The data planes measure jitter in it.
+    pub clock_rate: Option<u32>,
+}
+
+/// The static RTP payload types of RFC 3551 §6: number, encoding name and RTP clock rate
+/// (G.722's RTP clock is 8000 although it samples at 16 kHz). They need no `a=rtpmap`.
+const STATIC_PAYLOAD_TYPES: [(u8, &str, u32); 24] = [
+    (0, "PCMU", 8000),
+    (3, "GSM", 8000),
+    (4, "G723", 8000),
+    (5, "DVI4", 8000),
+    (6, "DVI4", 16000),
+    (7, "LPC", 8000),
+    (8, "PCMA", 8000),
+    (9, "G722", 8000),
+    (10, "L16", 44100),
+    (11, "L16", 44100),
+    (12, "QCELP", 8000),
+    (13, "CN", 8000),
+    (14, "MPA", 90000),
+    (15, "G728", 8000),
+    (16, "DVI4", 11025),
+    (17, "DVI4", 22050),
+    (18, "G729", 8000),
+    (25, "CelB", 90000),
+    (26, "JPEG", 90000),
+    (28, "nv", 90000),
+    (31, "H261", 90000),
+    (32, "MPV", 90000),
+    (33, "MP2T", 90000),
+    (34, "H263", 90000),
+];
+
+fn static_payload_type(pt: u8) -> Option<&'static (u8, &'static str, u32)> {
+    STATIC_PAYLOAD_TYPES.iter().find(|(p, _, _)| *p == pt)
+}
+
+/// RTP clock rate of a static payload type (RFC 3551 §6).
+pub fn static_clock_rate(pt: u8) -> Option<u32> {
+    static_payload_type(pt).map(|(_, _, rate)| *rate)
+}
+
+/// Encoding name of a static payload type (RFC 3551 §6).
+pub fn static_encoding(pt: u8) -> Option<&'static str> {
+    static_payload_type(pt).map(|(_, name, _)| *name)
+}
+
+/// Highest `a=rtpmap` clock rate taken as one: media clocks are at most a few hundred kHz
+/// (90 kHz video, 192 kHz audio), and a bound keeps `arrival gap × rate` in 64 bits.
+pub const MAX_CLOCK_RATE: u32 = 1_000_000;
+
+/// The clock rate of an `a=rtpmap:PT encoding/rate[/channels]` value for payload type `pt`.
+fn rtpmap_rate(value: &str, pt: u8) -> Option<u32> {
+    let (num, rest) = value.split_once(' ')?;
+    if num.parse::<u8>().ok()? != pt {
+        return None;
+    }
+    rest.trim()
+        .split('/')
+        .nth(1)?
+        .parse()
+        .ok()
+        .filter(|&r| r > 0 && r <= MAX_CLOCK_RATE)
 }
 
 /// A parsed session description.
@@ -151,6 +216,9 @@ impl Sdp {
             conn: Option<IpAddr>,
             rtcp: Option<(u16, Option<IpAddr>)>,
             direction: Option<Direction>,
+            /// The first format, when it is an RTP payload type, and its `a=rtpmap` rate.
+            first_pt: Option<u8>,
+            rtpmap: Option<u32>,
         }
         let mut session_dir = Direction::SendRecv;
         let mut media: Vec<Partial> = Vec::new();
@@ -183,9 +251,13 @@ impl Sdp {
                         .next()
                         .and_then(|p| p.parse().ok())
                         .ok_or_else(|| bad(n, "media port is not a number 0-65535"))?;
-                    let (Some(protocol), Some(_)) = (it.next(), it.next()) else {
+                    let (Some(protocol), Some(format)) = (it.next(), it.next()) else {
                         return Err(bad(n, "media line needs proto and formats"));
                     };
+                    let first_pt = format
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|&pt| pt < 128 && protocol.starts_with("RTP/"));
                     media.push(Partial {
                         kind: kind.to_string(),
                         protocol: protocol.to_string(),
@@ -193,6 +265,8 @@ impl Sdp {
                         conn: None,
                         rtcp: None,
                         direction: None,
+                        first_pt,
+                        rtpmap: None,
                     });
                 }
                 "a" => {
@@ -207,6 +281,12 @@ impl Sdp {
                         match media.last_mut() {
                             Some(m) => m.direction = Some(d),
                             None => session_dir = d,
+                        }
+                    } else if let (Some(map), Some(m)) =
+                        (value.strip_prefix("rtpmap:"), media.last_mut())
+                    {
+                        if let Some(rate) = m.first_pt.and_then(|pt| rtpmap_rate(map, pt)) {
+                            m.rtpmap = Some(rate);
                         }
                     } else if let (Some(rest), Some(m)) =
                         (value.strip_prefix("rtcp:"), media.last_mut())
@@ -244,6 +324,7 @@ impl Sdp {
                         if m.port == 0 { 0 } else { rtcp_port },
                     ),
                     direction: m.direction.unwrap_or(session_dir),
+                    clock_rate: m.rtpmap.or_else(|| m.first_pt.and_then(static_clock_rate)),
                 })
             })
             .collect::<Result<_, SdpError>>()?;
@@ -361,6 +442,30 @@ m=video 0 RTP/AVP 96\r\n";
         assert_eq!(m[0].rtcp, "10.99.1.2:6001".parse().unwrap());
         assert_eq!(m[0].direction, Direction::SendRecv);
         assert_eq!(m[1].rtp.port(), 0);
+        assert_eq!(m[0].clock_rate, Some(8000));
+        assert_eq!(m[1].clock_rate, None, "dynamic type without rtpmap");
+    }
+
+    #[test]
+    fn clock_rate_of_the_first_format() {
+        let rate = |m: &str| {
+            let body = format!("v=0\r\nc=IN IP4 10.0.0.1\r\n{m}");
+            Sdp::parse(body.as_bytes()).unwrap().media()[0].clock_rate
+        };
+        assert_eq!(rate("m=audio 5 RTP/AVP 9 0\r\n"), Some(8000), "G.722");
+        assert_eq!(
+            rate(
+                "m=audio 5 RTP/AVP 111 0\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:111 opus/48000/2\r\n"
+            ),
+            Some(48000)
+        );
+        assert_eq!(rate("m=video 5 RTP/AVP 31\r\n"), Some(90000));
+        assert_eq!(rate("m=image 5 udptl t38\r\n"), None);
+        assert_eq!(rate("m=audio 5 RTP/AVP 96\r\na=rtpmap:96 x/0\r\n"), None);
+        assert_eq!(
+            rate("m=audio 5 RTP/AVP 96\r\na=rtpmap:96 x/4000000000\r\n"),
+            None
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The B2BUA's side of trunk identity: every request toward a trunk with credentials goes out
 //! through [`B2bua::send_request_to`] so that a 401/407 is answered here (INVITE, BYE, OPTIONS
-//! probe, REGISTER) and never reaches the other leg; new INVITEs from trunks with
+//! probe, REGISTER, and re-INVITE, UPDATE and INFO relayed mid-call) and never reaches the other
+//! leg; new INVITEs from trunks with
 //! `challenge_inbound` are checked before routing; registrations are sent and refreshed.
 //!
 //! A child module of `b2bua` (it reaches the core's fields) kept in its own file so that the
@@ -65,7 +66,8 @@ impl B2bua {
     }
 
     /// Whether the request of `txn` may still be resent with credentials: its call is still
-    /// being set up (INVITE), or it is a BYE, probe or REGISTER.
+    /// being set up (INVITE), it is a relayed mid-call request not answered yet, or a BYE, probe
+    /// or REGISTER.
     fn may_resend(&self, txn: TxnId) -> bool {
         if self.registrations.trunk_of(txn).is_some() || self.health.probing(txn) {
             return true;
@@ -76,6 +78,8 @@ impl B2bua {
                 .get(&key)
                 .is_some_and(|c| c.phase == Phase::Setup && !c.cancelled && c.b_txn == txn),
             Some((_, Purpose::Bye)) => true,
+            // A mid-call request relayed to a trunk (re-INVITE, UPDATE, INFO) not answered yet.
+            Some((_, Purpose::Relay)) => self.relayed.get(&txn).is_some_and(|r| !r.answered()),
             _ => false,
         }
     }
@@ -106,6 +110,18 @@ impl B2bua {
         };
         for t in call.open_txns.iter_mut().filter(|t| **t == old) {
             *t = new;
+        }
+        if purpose == Purpose::Relay {
+            for t in call.mid.relays.iter_mut().filter(|t| **t == old) {
+                *t = new;
+            }
+            if call.mid.negotiation == Some(old) {
+                call.mid.negotiation = Some(new);
+            }
+            if let Some(mut relayed) = self.relayed.remove(&old) {
+                relayed.resent_as(cseq);
+                self.relayed.insert(new, relayed);
+            }
         }
         for d in [&mut call.a, &mut call.b] {
             if d.call_id == call_id {

@@ -68,6 +68,16 @@ impl Relayed {
     fn is_invite(&self) -> bool {
         self.request.method() == Some(&Method::Invite)
     }
+
+    /// Whether a final response arrived (a challenge after that is not answered).
+    pub(super) fn answered(&self) -> bool {
+        self.answered
+    }
+
+    /// The request was resent with credentials under `cseq` (its ACK takes that CSeq).
+    pub(super) fn resent_as(&mut self, cseq: u32) {
+        self.cseq = cseq;
+    }
 }
 
 /// The dialog of `side` of a call.

@@ -86,6 +86,11 @@ impl<'a> UdpFrame<'a> {
         self.buf.len() - self.udp() - 8
     }
 
+    /// The UDP payload (an RTP or RTCP packet), read for quality statistics.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[self.udp() + UDP_HEADER..]
+    }
+
     /// Readdresses the datagram from `src` to `dst` with TTL − 1 and new MACs, updating both
     /// checksums incrementally. A UDP checksum of 0 ("none") stays 0.
     pub fn rewrite(&mut self, src: SocketAddrV4, dst: SocketAddrV4, smac: [u8; 6], dmac: [u8; 6]) {

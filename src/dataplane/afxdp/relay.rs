@@ -3,13 +3,14 @@
 //! choice of egress. The worker feeds it batches taken off its RX rings; the benchmarks feed it
 //! batches from memory, so what they measure is exactly the worker's code.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::media::{Admission, DropReason, Latch, StreamId, StreamStats};
+use crate::media::{Admission, DropReason, Latch, RtpHeader, RtpQuality, StreamId, StreamStats};
 use crate::wire::UdpFrame;
 
 /// A frame descriptor as the rings carry it: offset in the frame memory and length.
@@ -86,6 +87,9 @@ struct Stream {
     stats: Arc<StreamStats>,
     /// Index of the egress device holding `local`.
     egress: usize,
+    /// RFC 3550 loss and jitter of the RTP this worker received for the stream (a `Cell`: the
+    /// table is borrowed shared while the peer is looked up, and only this worker touches it).
+    quality: Cell<RtpQuality>,
 }
 
 impl Stream {
@@ -172,6 +176,7 @@ impl Relay {
                         shared,
                         stats,
                         egress,
+                        quality: Cell::new(RtpQuality::default()),
                     },
                 );
             }
@@ -288,6 +293,16 @@ impl Relay {
         }
         let payload = view.payload_len() as u64;
         stream.stats.record_rx(1, payload, now);
+        if let Some(h) = RtpHeader::parse(view.payload()) {
+            let mut q = stream.quality.get();
+            q.record(
+                h,
+                stream.stats.nanos_since_epoch(now),
+                stream.stats.clock_rate(),
+            );
+            stream.quality.set(q);
+            stream.stats.store_quality(q.counts());
+        }
         let Some(peer) = self
             .local_of
             .get(&stream.peer)

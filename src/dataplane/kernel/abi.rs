@@ -4,6 +4,8 @@
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::media::RtpQuality;
+
 /// `MG_MAX_STREAMS`: the stream maps are indexed by local UDP port.
 pub const MAX_STREAMS: u32 = 65536;
 /// `MG_FAMILY_NONE`: no stream on this port.
@@ -35,7 +37,8 @@ pub struct Config {
     pub family: u8,
     pub pad: u8,
     pub generation: u32,
-    pub pad2: u32,
+    /// RTP clock rate of the stream's payload; 0 = unknown (no jitter).
+    pub clock_rate: u32,
 }
 
 /// `struct mg_state`, written by the program.
@@ -52,6 +55,8 @@ pub struct State {
     pub drops: u64,
     /// `CLOCK_MONOTONIC_COARSE` nanoseconds of the last forwarded packet.
     pub last_seen_ns: u64,
+    /// `struct mg_quality`: the program's RFC 3550 loss and jitter state for the stream.
+    pub quality: RtpQuality,
 }
 
 /// `struct mg_settings`.
@@ -102,7 +107,15 @@ const _: () = {
     assert!(offset_of!(Config, peer_port) == 52);
     assert!(offset_of!(Config, family) == 54);
     assert!(offset_of!(Config, generation) == 56);
-    assert!(size_of::<State>() == 64);
+    assert!(offset_of!(Config, clock_rate) == 60);
+    assert!(size_of::<RtpQuality>() == 56);
+    assert!(offset_of!(RtpQuality, ssrc) == 8);
+    assert!(offset_of!(RtpQuality, max_seq) == 16);
+    assert!(offset_of!(RtpQuality, cycles) == 20);
+    assert!(offset_of!(RtpQuality, jitter) == 36);
+    assert!(offset_of!(RtpQuality, flags) == 52);
+    assert!(size_of::<State>() == 120);
+    assert!(offset_of!(State, quality) == 64);
     assert!(offset_of!(State, last_seen_ns) == 56);
     assert!(offset_of!(State, latched) == 8);
     assert!(offset_of!(State, latched6) == 16);

@@ -248,6 +248,7 @@ impl KernelTier {
                     signalling: Addr::new(spec.latch.signalling_ip),
                     flags: learning,
                     family,
+                    clock_rate: spec.stats.clock_rate(),
                     ..Config::default()
                 };
                 config.set_sdp(spec.latch.sdp);
@@ -272,6 +273,8 @@ impl KernelTier {
             Command::Renegotiate { id, sdp } => {
                 if let Some(e) = streams.get_mut(id) {
                     e.config.set_sdp(*sdp);
+                    // New SDP may name a new payload: the control thread set its clock first.
+                    e.config.clock_rate = e.stats.clock_rate();
                     e.config.generation = e.config.generation.wrapping_add(1);
                     write_config(&mut self.configs, &mut streams, *id, self.mode)?;
                 }
@@ -396,7 +399,8 @@ fn write_config(
     configs.set(e.index, e.config, 0).map_err(io::Error::other)
 }
 
-/// Copies kernel counters, latching and activity into the streams' stats until `stop`. The
+/// Copies kernel counters, RTP quality, latching and activity into the streams' stats until
+/// `stop`. The
 /// program counts what each stream accepted (and forwarded out of its peer); a stream's tx is
 /// therefore its peer's rx.
 fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &AtomicBool) {
@@ -426,6 +430,7 @@ fn collect(states: &States, streams: &Mutex<HashMap<StreamId, Entry>>, stop: &At
                 tx_bytes: out.rx_bytes,
                 drops: s.drops,
             });
+            e.stats.store_kernel_quality(s.quality.counts());
             if s.last_seen_ns != 0 {
                 let age = Duration::from_nanos(now_ns.saturating_sub(s.last_seen_ns));
                 e.stats.record_activity(now - age);
