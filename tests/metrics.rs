@@ -308,6 +308,12 @@ fn metrics_call(test: &str, dataplane: Dataplane) {
             let worker_rx = sum(&after, "mediagate_afxdp_worker_received_packets_total", &[]);
             assert!(worker_rx >= 200.0, "workers received {worker_rx}");
             assert!(sum(&after, "mediagate_afxdp_worker_iterations_total", &[]) > 0.0);
+            let cpu = sum(
+                &after,
+                "mediagate_dataplane_thread_cpu_seconds_total",
+                &["tier=\"afxdp\""],
+            );
+            assert!(cpu > 0.0, "AF_XDP worker CPU time {cpu}");
             // Latency samples are merged once a second: wait for the last ones.
             std::thread::sleep(Duration::from_millis(1200));
             let l = scrape(&mg);
@@ -319,7 +325,13 @@ fn metrics_call(test: &str, dataplane: Dataplane) {
             );
             assert!(get(&l, "mediagate_relay_latency_seconds_sum") > 0.0);
         }
-        Dataplane::Socket => {}
+        Dataplane::Socket => {
+            let cpu = get(
+                &after,
+                "mediagate_dataplane_thread_cpu_seconds_total{thread=\"media-0\",tier=\"socket\"}",
+            );
+            assert!(cpu > 0.0, "socket relay thread CPU time {cpu}");
+        }
     }
 
     // Trunk peers: state gauges exist for both trunks' peers.

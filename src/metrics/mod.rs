@@ -6,6 +6,7 @@
 
 pub mod prometheus;
 pub mod table;
+pub mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -351,6 +351,7 @@ impl Metrics {
         render_trunks(&mut out, sources.status);
         self.render_media(&mut out, sources);
         self.render_reloads(&mut out);
+        render_relay_threads(&mut out, &super::threads::relay_threads());
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &out.registry);
@@ -801,6 +802,21 @@ impl Out {
         self.registry
             .register_with_unit(name, help_text(help), unit, gauges(rows));
     }
+}
+
+/// CPU time of each data-plane relay thread (its rate is the thread's utilisation).
+fn render_relay_threads(out: &mut Out, threads: &[super::threads::ThreadCpu]) {
+    let f = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    for t in threads {
+        let labels = vec![("tier", t.tier.to_string()), ("thread", t.thread.clone())];
+        f.get_or_create(&labels).inc_by(t.seconds);
+    }
+    out.registry.register_with_unit(
+        "mediagate_dataplane_thread_cpu",
+        help_text("CPU time of each data-plane relay thread (socket tier media-N, AF_XDP afxdp-N), from /proc at scrape time; its rate is the thread's utilisation."),
+        Unit::Seconds,
+        f,
+    );
 }
 
 /// `prometheus-client` ends every HELP with a full stop of its own.
