@@ -425,6 +425,32 @@ fn silent_peer_is_given_up_after_invite_timeout_and_its_late_answer_hung_up() {
     assert!(finals_to_pbx(&h, &out).is_empty());
 }
 
+/// A peer given up on that never answers leaves nothing behind once its INVITE transaction
+/// ends (Timer B), and the call failed over meanwhile keeps only its own two dialogs.
+#[test]
+fn a_peer_that_never_answers_leaves_no_dialog_behind() {
+    let mut h = lab_with(&format!("{TWO_PEERS}\ninvite_timeout_s = 2"), "");
+    let out = h.send(parse(INVITE), h.pbx);
+    assert_eq!(invites(&out).len(), 1);
+    let out = h.advance(Duration::from_secs(2));
+    let second = invites(&out)
+        .into_iter()
+        .find(|(to, _)| *to == addr("10.99.2.3:5060"))
+        .expect("failed over to the second peer");
+    h.send(answer(&second.1, 200, "b2", Some(ANSWER_SDP)), h.itsp);
+    assert_eq!(
+        h.core.counters().dialogs,
+        3,
+        "the call's two and the abandoned one"
+    );
+    h.advance(Duration::from_secs(33));
+    assert_eq!(
+        h.core.counters().dialogs,
+        2,
+        "Timer B ended the abandoned INVITE"
+    );
+}
+
 #[test]
 fn failover_walks_peers_then_trunks_and_the_caller_sees_one_answer() {
     let extra = "\n[[trunk]]\nname = \"backup\"\nkind = \"itsp\"\npeers = [\"udp:10.99.2.4:5060\"]\nlocal = \"udp:10.99.2.1:5060\"\n";

@@ -113,11 +113,8 @@ where
     let mut next_ping = keepalive.map_or_else(far_future, |k| Instant::now() + k);
     let mut pong_due: Option<Instant> = None;
     let ip = target.remote.ip();
-    let idle = if gate.is_peer(ip) {
-        IDLE
-    } else {
-        STRANGER_IDLE
-    };
+    let peer = gate.is_peer(ip);
+    let idle = if peer { IDLE } else { STRANGER_IDLE };
     // When the bytes now in `buf` began to arrive (`None` when it is empty), and the last read.
     let mut started: Option<Instant> = None;
     let mut last_read = Instant::now();
@@ -134,7 +131,11 @@ where
                     Ok(0) | Err(_) => return Closed::Peer,
                     Ok(n) => n,
                 };
-                last_read = Instant::now();
+                let read_at = Instant::now();
+                // A stranger's keep-alive pings do not keep its connection: only messages do.
+                if peer {
+                    last_read = read_at;
+                }
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
                     match next_frame(&mut buf, pong_due.is_some()) {
@@ -145,6 +146,7 @@ where
                         }
                         Frame::Pong => pong_due = None,
                         Frame::Message(msg) => {
+                            last_read = read_at;
                             if gate.admit_sip(ip) && inbound.send((*msg, target)).await.is_err() {
                                 return Closed::Local;
                             }
@@ -164,7 +166,7 @@ where
                 let between_messages = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
                 started = match (between_messages, started) {
                     (true, _) => None,
-                    (false, None) => Some(last_read),
+                    (false, None) => Some(read_at),
                     (false, t) => t,
                 };
             }

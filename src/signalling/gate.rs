@@ -93,10 +93,12 @@ impl SourceBuckets {
         }
     }
 
-    /// Takes a token for `ip` at `now`; false when its bucket is empty.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Takes a token for `ip` at `now`; false when its bucket is empty. When the table is full
+    /// a new source is refused unless `trusted` says it is one of ours (a trunk peer), so a
+    /// flood from spoofed addresses cannot lock the peers out.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant, trusted: impl FnOnce() -> bool) -> bool {
         let SourceLimit { rate, burst } = self.limit;
-        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES && !trusted() {
             if self
                 .swept
                 .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
@@ -223,7 +225,7 @@ impl Gate {
 
     /// Whether a SIP message from `ip` may be looked at (counted when not).
     pub fn admit_sip(&self, ip: IpAddr) -> bool {
-        self.admit(&self.sip, ip, Refusal::SipRateLimited)
+        self.admit(&self.sip, ip, Refusal::SipRateLimited, || self.is_peer(ip))
     }
 
     /// Whether an NG command from `ip` may be handled: inside `control.allow` and within its
@@ -233,7 +235,7 @@ impl Gate {
             self.count(Refusal::NgNotAllowed);
             return false;
         }
-        self.admit(&self.ng, ip, Refusal::NgRateLimited)
+        self.admit(&self.ng, ip, Refusal::NgRateLimited, || false)
     }
 
     /// Whether an HTTP client at `ip` may be served (counted when not).
@@ -272,14 +274,20 @@ impl Gate {
             .is_none_or(|a| a.allows(ip))
     }
 
-    fn admit(&self, buckets: &Option<Mutex<SourceBuckets>>, ip: IpAddr, why: Refusal) -> bool {
+    fn admit(
+        &self,
+        buckets: &Option<Mutex<SourceBuckets>>,
+        ip: IpAddr,
+        why: Refusal,
+        trusted: impl FnOnce() -> bool,
+    ) -> bool {
         let Some(b) = buckets else {
             return true;
         };
         // A poisoned lock means a panic elsewhere, which already stops the process.
         let ok = b
             .lock()
-            .map(|mut b| b.admit(ip, Instant::now()))
+            .map(|mut b| b.admit(ip, Instant::now(), trusted))
             .unwrap_or(true);
         if !ok {
             self.count(why);
@@ -300,18 +308,41 @@ mod tests {
         });
         let (a, c): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let t0 = Instant::now();
-        assert!((0..3).all(|_| b.admit(a, t0)));
-        assert!(!b.admit(a, t0), "burst spent");
-        assert!(b.admit(c, t0), "another source has its own bucket");
-        assert!(!b.admit(a, t0 + Duration::from_millis(50)));
+        assert!((0..3).all(|_| b.admit(a, t0, || false)));
+        assert!(!b.admit(a, t0, || false), "burst spent");
         assert!(
-            b.admit(a, t0 + Duration::from_millis(150)),
+            b.admit(c, t0, || false),
+            "another source has its own bucket"
+        );
+        assert!(!b.admit(a, t0 + Duration::from_millis(50), || false));
+        assert!(
+            b.admit(a, t0 + Duration::from_millis(150), || false),
             "one token per 100 ms"
         );
-        assert!((0..3).all(|_| b.admit(a, t0 + Duration::from_secs(60))));
+        assert!((0..3).all(|_| b.admit(a, t0 + Duration::from_secs(60), || false)));
         assert!(
-            !b.admit(a, t0 + Duration::from_secs(60)),
+            !b.admit(a, t0 + Duration::from_secs(60), || false),
             "never more than the burst"
+        );
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_strangers_but_not_trunk_peers() {
+        let mut b = SourceBuckets::new(SourceLimit {
+            rate: 1.0,
+            burst: 5.0,
+        });
+        let t0 = Instant::now();
+        for n in 0..MAX_SOURCES as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            assert!(b.admit(ip, t0, || false));
+        }
+        let (stranger, peer): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert!(!b.admit(stranger, t0, || false), "table full");
+        assert!(
+            b.admit(peer, t0, || true),
+            "a trunk peer still gets a bucket"
         );
     }
 }

@@ -1399,6 +1399,8 @@ impl B2bua {
 
     fn on_txn_timeout(&mut self, txn: TxnId, now: Instant) {
         self.auth.forget(txn);
+        // An INVITE given up on that never answered at all: nothing late can come any more.
+        self.abandoned.remove(&txn);
         if self.registrations.on_timeout(txn, now) {
             return;
         }

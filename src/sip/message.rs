@@ -172,14 +172,16 @@ impl Message {
             other => other?,
         };
         let len = msg.content_length()?.ok_or(ParseError::BadContentLength)?;
-        if head_len + len > MAX_MESSAGE {
-            return Err(ParseError::TooLarge);
-        }
-        if data.len() < head_len + len {
+        // Checked: a Content-Length near usize::MAX must not wrap around the limit.
+        let total = head_len
+            .checked_add(len)
+            .filter(|t| *t <= MAX_MESSAGE)
+            .ok_or(ParseError::TooLarge)?;
+        if data.len() < total {
             return Ok(None);
         }
-        msg.body = data[head_len..head_len + len].to_vec();
-        Ok(Some((msg, skip + head_len + len)))
+        msg.body = data[head_len..total].to_vec();
+        Ok(Some((msg, skip + total)))
     }
 
     fn content_length(&self) -> Result<Option<usize>, ParseError> {
@@ -552,6 +554,20 @@ v=0\n";
         assert_eq!(
             Message::parse_datagram(bomb.as_bytes()),
             Err(ParseError::TooManyHeaders)
+        );
+    }
+
+    /// Found in review: a Content-Length near usize::MAX wrapped `head + length` around the
+    /// size limit and the body slice panicked.
+    #[test]
+    fn a_huge_content_length_on_a_stream_is_too_large_not_a_panic() {
+        let huge = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: {}\r\n\r\nxyz",
+            usize::MAX
+        );
+        assert_eq!(
+            Message::parse_stream(huge.as_bytes()),
+            Err(ParseError::TooLarge)
         );
     }
 

@@ -207,7 +207,8 @@ impl Transactions {
                 .flatten()
                 .min();
             if let Some(at) = at {
-                self.timers.push(Reverse((at, id, t.gen)));
+                let gen = t.gen;
+                self.push_timer((at, id, gen));
             }
         }
     }
@@ -216,7 +217,27 @@ impl Transactions {
         if let Some(t) = self.clients.get_mut(&id) {
             t.gen += 1;
             let at = t.retransmit.map_or(t.end, |r| r.0.min(t.end));
-            self.timers.push(Reverse((at, id, t.gen)));
+            let gen = t.gen;
+            self.push_timer((at, id, gen));
+        }
+    }
+
+    /// Queues a timer. Entries superseded by a later schedule, or of ended transactions, are
+    /// dropped when they reach the top of the heap, and all at once when they outnumber the
+    /// live transactions: a far-off stale entry (an INVITE's one-hour ringing bound, left when
+    /// the 2xx came) would otherwise stay for its whole hour, one or more per call.
+    fn push_timer(&mut self, entry: (Instant, TxnId, u32)) {
+        self.timers.push(Reverse(entry));
+        let live = self.servers.len() + self.clients.len();
+        if self.timers.len() > 2 * live + 64 {
+            let (servers, clients) = (&self.servers, &self.clients);
+            self.timers.retain(|Reverse((_, id, gen))| {
+                let current = servers
+                    .get(id)
+                    .map(|t| t.gen)
+                    .or_else(|| clients.get(id).map(|t| t.gen));
+                current == Some(*gen)
+            });
         }
     }
 
@@ -785,6 +806,32 @@ mod tests {
         );
         tx.handle_timeout(t0 + Duration::from_secs(33));
         assert!(tx.is_empty(), "timer D ended the transaction");
+    }
+
+    /// Found in review: each ringing INVITE left a one-hour timer entry behind when its 2xx
+    /// came, so the heap grew with every call for an hour.
+    #[test]
+    fn stale_timer_entries_do_not_pile_up_call_after_call() {
+        let mut tx = Transactions::new();
+        let t0 = Instant::now();
+        for n in 0..2000 {
+            let now = t0 + Duration::from_millis(25 * n);
+            let sent = request("INVITE", &format!("z9hG4bK-{n}"));
+            tx.send_request(sent, target(Transport::Udp), now);
+            let sent = tx.drain_transmits().next().unwrap().message;
+            for code in [100, 180, 200] {
+                tx.handle_message(response(&sent, code), target(Transport::Udp), now);
+            }
+            while tx.poll_timeout().is_some_and(|at| at <= now) {
+                tx.handle_timeout(now);
+            }
+        }
+        let live = tx.len();
+        assert!(
+            tx.timers.len() <= 2 * live + 65,
+            "{} timer entries for {live} live transactions",
+            tx.timers.len()
+        );
     }
 
     #[test]
