@@ -15,7 +15,7 @@ pub mod dnsmasq;
 pub mod kamailio;
 pub mod pki;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
@@ -995,9 +995,17 @@ impl Sipp {
     }
 
     /// SIGUSR1: sipp lets running calls finish and exits.
+    ///
+    /// A caller's run ends when mediagate answers its BYE, which can be
+    /// before the relayed BYE reaches the callee; sipp aborts a call that is
+    /// still open at SIGUSR1, so first give its dialogs a moment to close.
     pub fn stop(&mut self) -> ExitStatus {
         if let Some(st) = self.exited() {
             return st;
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !all_dialogs_closed(&self.messages()) && Instant::now() < deadline {
+            sleep(Duration::from_millis(50));
         }
         let mut child = self.child.take().expect("sipp child");
         // `timeout -s USR1` forwards SIGUSR1 to sipp.
@@ -1158,6 +1166,22 @@ impl SipMsg {
                 .and_then(|p| p.parse().ok())
         })
     }
+}
+
+/// Whether every dialog a 2xx to INVITE opened in `msgs` was closed by a 2xx
+/// to BYE (in either direction).
+pub fn all_dialogs_closed(msgs: &[SipMsg]) -> bool {
+    let answered_with = |method: &str| -> HashSet<String> {
+        msgs.iter()
+            .filter(|m| m.status_code().is_some_and(|c| (200..300).contains(&c)))
+            .filter(|m| {
+                m.header("CSeq")
+                    .is_some_and(|c| c.split_whitespace().nth(1) == Some(method))
+            })
+            .filter_map(|m| m.header("Call-ID"))
+            .collect()
+    };
+    answered_with("INVITE").is_subset(&answered_with("BYE"))
 }
 
 pub fn parse_trace(text: &str) -> Vec<SipMsg> {
