@@ -313,6 +313,11 @@ pub struct Trunk {
     pub codecs: Vec<String>,
     /// `tls_name` and `tls_client_auth`, for the trunk's `tls:` peers.
     pub tls: TrunkTls,
+    /// Removed from the file by a reload (SIGHUP) while calls still used it: it stays in its
+    /// slot only so that those calls finish; it takes no new call, is not probed nor
+    /// registered, and is left out of `/status` and `/metrics` (see `config::live`). Never set
+    /// by a parsed file.
+    pub retired: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1050,6 +1055,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             identity,
             codecs: t.codecs.clone(),
             tls: trunk_tls,
+            retired: false,
         });
     }
 
@@ -1209,11 +1215,13 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 impl Config {
     /// Finds the trunk whose peers include `ip`; peers are recognised by IP only, so TCP peers
-    /// with ephemeral source ports are recognised too.
+    /// with ephemeral source ports are recognised too. A trunk in use prevails over a retired
+    /// one (a reload may have moved the peer to a renamed trunk); a retired trunk is still
+    /// found so that the calls it carries get their in-dialog requests.
     pub fn trunk_of_peer(&self, ip: std::net::IpAddr) -> Option<usize> {
-        self.trunks
-            .iter()
-            .position(|t| t.peers.iter().any(|p| p.addr.ip() == ip))
+        let has = |t: &Trunk| t.peers.iter().any(|p| p.addr.ip() == ip);
+        let live = self.trunks.iter().position(|t| !t.retired && has(t));
+        live.or_else(|| self.trunks.iter().position(has))
     }
 
     /// The first route (in config order) taking calls from `trunk` whose `match` accepts

@@ -1021,8 +1021,12 @@ fn a_reload_keeps_the_resolved_targets_of_a_named_peer() {
         addr: "10.99.2.2:5060".parse().unwrap(),
     };
     h.core.set_peers(1, vec![resolved], h.now);
-    h.core
-        .reconfigure(Arc::new(config::parse("lab.toml", &text).unwrap()));
+    h.core.reconfigure(
+        Arc::new(config::parse("lab.toml", &text).unwrap()),
+        &[],
+        &[],
+        h.now,
+    );
     let out = h.send(parse(INVITE), h.pbx);
     assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
 }

@@ -214,13 +214,13 @@ fn a_call_in_set_up_keeps_its_configuration_across_a_reload() {
 
     let old = mediagate::config::parse("lab.toml", &old_text).unwrap();
     let new = mediagate::config::parse("lab.toml", &with_prefix_rule(&old_text)).unwrap();
-    let merged = mediagate::config::live::merge(&old, new).unwrap();
+    let merged = mediagate::config::live::merge(&old, new, &[]).unwrap();
     assert!(
         merged.restart_needed.is_empty(),
         "{:?}",
         merged.restart_needed
     );
-    h.core.reconfigure(Arc::new(merged.config));
+    h.core.reconfigure(Arc::new(merged.config), &[], &[], h.now);
 
     // The first peer refuses: the call fails over with its own (old) translation.
     let busy = mediagate::sip::dialog::response_to(&first, 503, "Busy", Some("b1"));

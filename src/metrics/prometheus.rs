@@ -370,10 +370,10 @@ impl Metrics {
         out.counter(
             "mediagate_calls_started",
             "New INVITEs (call attempts) received, by the trunk they came from.",
-            s.trunk_names
+            s.b2bua
+                .calls_started
                 .iter()
-                .zip(s.b2bua.calls_started)
-                .map(|(t, n)| (vec![("trunk", t.clone())], *n)),
+                .map(|(t, n)| (vec![("trunk", t.to_string())], *n)),
         );
         out.counter(
             "mediagate_calls_ended",
@@ -741,8 +741,6 @@ fn render_trunks(out: &mut Out, status: &Value) {
 
 /// Everything the control loop reads at scrape time.
 pub struct Sources<'a> {
-    /// Trunk names, indexed like `config.trunks`.
-    pub trunk_names: &'a [String],
     pub b2bua: B2buaCounters<'a>,
     pub ng: NgTotals,
     pub sip_active: usize,
@@ -1157,9 +1155,8 @@ mod tests {
              "peers": [{"address": "192.0.2.1:5060", "transport": "TCP", "state": "down", "rtt_ms": null}]},
         ]});
         m.render(&Sources {
-            trunk_names: &["pbx".to_string(), "itsp".to_string()],
             b2bua: B2buaCounters {
-                calls_started: &[3, 0],
+                calls_started: vec![("pbx", 3), ("itsp", 0)],
                 screened: Default::default(),
                 retransmissions: Retransmissions {
                     requests_sent: 4,

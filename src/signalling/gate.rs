@@ -202,7 +202,8 @@ impl Gate {
                 .is_ok_and(|r| r.values().flatten().any(|p| *p == ip))
     }
 
-    /// The peers DNS now gives trunk `trunk` (replacing what it gave before).
+    /// The peers DNS now gives trunk `trunk` (replacing what it gave before), or those of a
+    /// trunk a reload added in slot `trunk`.
     pub fn set_peers(&self, trunk: usize, peers: &[Endpoint]) {
         if let Ok(mut r) = self.resolved.lock() {
             r.insert(trunk, peers.iter().map(|p| p.addr.ip()).collect());

@@ -101,26 +101,33 @@ impl CallRecords {
 }
 
 /// SIGHUP's configuration reload: reads `path` again and merges it into `running`
-/// ([`crate::config::live::merge`]). Logs the outcome: the error (FILE:LINE: key: problem) of
-/// a refused file, or the keys whose change needs a restart. `None` when the reload was
-/// refused and `running` stays.
-pub fn reload(path: Option<&Path>, running: &Config) -> Option<Arc<Config>> {
+/// ([`crate::config::live::merge`]; `free` are the trunk slots a new trunk may take). Logs the
+/// outcome: the error (FILE:LINE: key: problem) of a refused file, or the keys whose change
+/// needs a restart. `None` when the reload was refused and `running` stays.
+pub fn reload(
+    path: Option<&Path>,
+    running: &Config,
+    free: &[usize],
+) -> Option<crate::config::live::Merged> {
     let Some(path) = path else {
         tracing::error!("SIGHUP: configuration NOT reloaded: mediagate runs the embedded default (no --config FILE)");
         return None;
     };
     let merged = crate::config::load(path)
         .map_err(|e| e.to_string())
-        .and_then(|new| crate::config::live::merge(running, new));
+        .and_then(|new| crate::config::live::merge(running, new, free));
     match merged {
         Ok(m) => {
             if !m.restart_needed.is_empty() {
                 tracing::warn!(keys = ?m.restart_needed,
                     "SIGHUP: these settings change only with a restart; they keep their running values");
             }
+            let name = |t: &usize| m.config.trunks[*t].name.clone();
             tracing::info!(path = %path.display(),
+                added = ?m.added.iter().map(name).collect::<Vec<_>>(),
+                removed = ?m.removed.iter().map(name).collect::<Vec<_>>(),
                 "SIGHUP: configuration reloaded; new calls use it, calls in progress keep theirs");
-            Some(Arc::new(m.config))
+            Some(m)
         }
         Err(error) => {
             tracing::error!(path = %path.display(), %error,
@@ -220,7 +227,6 @@ pub async fn run(
     let mut records = CallRecords::new(cdr);
     let mut metrics = Metrics::new();
     let mut capture = hep::Hep::open(&config.capture).context("opening the HEP capture socket")?;
-    let trunk_names: Vec<String> = config.trunks.iter().map(|t| t.name.clone()).collect();
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -324,7 +330,6 @@ pub async fn run(
                         (m.pool.total(), m.pool.free())
                     };
                     let text = metrics.render(&Sources {
-                        trunk_names: &trunk_names,
                         b2bua: core.counters(),
                         ng: ng.totals(),
                         sip_active: core.active_calls(),
@@ -353,14 +358,18 @@ pub async fn run(
             Some(target) = failures.recv() => core.transport_failed(target, Instant::now()),
             Some(()) = hangup.recv() => {
                 records.on_sighup();
-                let reloaded = reload(config_path.as_deref(), &config);
+                let reloaded = reload(config_path.as_deref(), &config, &core.free_trunk_slots());
                 metrics.config_reload(reloaded.is_some());
-                if let Some(new) = reloaded {
+                if let Some(m) = reloaded {
+                    let new = Arc::new(m.config);
                     crate::logging::set_redact(new.log.redact);
                     if new.log.level != config.log.level {
                         crate::logging::set_level(&new.log.level);
                     }
-                    core.reconfigure(new.clone());
+                    for &t in &m.added {
+                        gate.set_peers(t, &new.trunks[t].peers);
+                    }
+                    core.reconfigure(new.clone(), &m.added, &m.removed, Instant::now());
                     ng.reconfigure(new.clone());
                     config = new;
                 }

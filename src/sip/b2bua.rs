@@ -18,6 +18,8 @@ mod identity;
 mod midcall;
 #[path = "b2bua_peers.rs"]
 mod peers;
+#[path = "b2bua_trunks.rs"]
+mod trunks;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
@@ -207,10 +209,11 @@ pub struct B2bua {
 }
 
 /// What [`B2bua::counters`] reports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Counters<'a> {
-    /// New INVITEs per trunk they came from, indexed like `config.trunks`.
-    pub calls_started: &'a [u64],
+    /// New INVITEs per trunk they came from, by trunk name (trunks of the running
+    /// configuration only: a trunk removed by a reload leaves with its counter).
+    pub calls_started: Vec<(&'a str, u64)>,
     /// Requests refused before any transaction was created.
     pub screened: Screened,
     pub retransmissions: crate::sip::transaction::Retransmissions,
@@ -281,7 +284,14 @@ impl B2bua {
     /// [`Self::status`]).
     pub fn counters(&self) -> Counters<'_> {
         Counters {
-            calls_started: &self.calls_started,
+            calls_started: self
+                .config
+                .trunks
+                .iter()
+                .zip(&self.calls_started)
+                .filter(|(t, _)| !t.retired)
+                .map(|(t, n)| (t.name.as_str(), *n))
+                .collect(),
             screened: self.screened,
             retransmissions: self.txns.retransmissions(),
             transactions: self.txns.len(),
@@ -585,33 +595,6 @@ impl B2bua {
         self.calls.is_empty() && self.txns.is_empty()
     }
 
-    /// Takes a reloaded configuration (SIGHUP) for new calls: routes, translation, policy,
-    /// limits and timeouts change at once, while calls in progress keep the configuration they
-    /// started with. `config` must keep the running one's trunk list and wiring
-    /// ([`crate::config::live::merge`] sees to it), so trunk indices, peer health and
-    /// registrations carry over unchanged.
-    pub fn reconfigure(&mut self, mut config: Arc<Config>) {
-        // Peers are restart-only (config::live keeps the file's), but a trunk whose peers are
-        // DNS names runs with the targets its resolver found (b2bua_peers::set_peers), which
-        // the reloaded file does not have: those stay until the next resolution.
-        let running = &self.config.trunks;
-        let named = |t: &crate::config::Trunk| {
-            t.peer_specs
-                .iter()
-                .any(|p| matches!(p, crate::config::PeerSpec::Name(_)))
-        };
-        if config.trunks.iter().any(named) {
-            for (new, old) in Arc::make_mut(&mut config).trunks.iter_mut().zip(running) {
-                if named(new) {
-                    new.peers = old.peers.clone();
-                    new.weights = old.weights.clone();
-                }
-            }
-        }
-        self.limits.reconfigure(&config);
-        self.config = config;
-    }
-
     /// Starts or stops draining the trunk named `name`: no new calls go to it while its calls
     /// up continue. Errors when no trunk has that name.
     pub fn set_draining(&mut self, name: &str, on: bool) -> Result<(), String> {
@@ -619,7 +602,7 @@ impl B2bua {
             .config
             .trunks
             .iter()
-            .position(|t| t.name == name)
+            .position(|t| t.name == name && !t.retired)
             .ok_or_else(|| format!("no trunk is named `{name}`"))?;
         self.limits.set_draining(t, on);
         tracing::info!(trunk = name, draining = on, "trunk drain changed");
@@ -700,6 +683,10 @@ impl B2bua {
             return self.on_in_dialog(txn, req, method, now);
         }
         match method {
+            // A trunk removed by a reload only finishes the calls it carries.
+            Method::Invite if self.config.trunks[trunk].retired => {
+                self.respond(txn, &req, 403, now)
+            }
             Method::Invite => self.on_invite(txn, req, source, trunk, now),
             Method::Cancel => self.on_cancel(txn, req, now),
             Method::Options => self.respond(txn, &req, 200, now),
@@ -1601,6 +1588,7 @@ impl B2bua {
             .trunks
             .iter()
             .enumerate()
+            .filter(|(_, t)| !t.retired)
             .map(|(i, t)| {
                 json!({
                     "name": t.name,

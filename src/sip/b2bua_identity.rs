@@ -143,7 +143,7 @@ impl B2bua {
     }
 
     /// A REGISTER (or un-REGISTER with `expires` 0) of `trunk` to its first usable peer.
-    fn send_register(&mut self, trunk: usize, expires: u32, now: Instant) {
+    pub(super) fn send_register(&mut self, trunk: usize, expires: u32, now: Instant) {
         let peers = self.config.trunks[trunk].peers.len();
         if peers == 0 {
             if expires > 0 {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::config::{Config, Probe};
+use crate::config::{Config, Probe, Trunk};
 use crate::sip::transaction::TxnId;
 
 /// What mediagate knows of a peer.
@@ -73,23 +73,43 @@ impl Health {
     /// Every peer unprobed; the first probes go out at `now`, spread over the first interval so
     /// that a big trunk list does not burst.
     pub fn new(config: &Config, now: Instant) -> Self {
-        let peers = config
-            .trunks
-            .iter()
-            .map(|t| {
-                let n = t.peers.len() as u32;
-                (0..n)
-                    .map(|i| {
-                        Peer::unprobed(now + t.probe.map_or(Duration::ZERO, |p| p.interval * i / n))
-                    })
-                    .collect()
+        let mut health = Health {
+            probes: Vec::new(),
+            peers: Vec::new(),
+            by_txn: HashMap::new(),
+        };
+        for (t, trunk) in config.trunks.iter().enumerate() {
+            health.start_trunk(t, trunk, now);
+        }
+        health
+    }
+
+    /// Slot `t` holds `trunk` from now on (at start, or added by a reload): its peers start
+    /// unprobed, their first probes spread over one interval from `now`.
+    pub fn start_trunk(&mut self, t: usize, trunk: &Trunk, now: Instant) {
+        let n = trunk.peers.len() as u32;
+        let peers = (0..n)
+            .map(|i| {
+                Peer::unprobed(now + trunk.probe.map_or(Duration::ZERO, |p| p.interval * i / n))
             })
             .collect();
-        Health {
-            probes: config.trunks.iter().map(|t| t.probe).collect(),
-            peers,
-            by_txn: HashMap::new(),
+        if t >= self.peers.len() {
+            self.peers.resize_with(t + 1, Vec::new);
+            self.probes.resize(t + 1, None);
         }
+        self.stop_trunk(t);
+        self.peers[t] = peers;
+        self.probes[t] = trunk.probe;
+    }
+
+    /// Slot `t`'s trunk was removed by a reload: it is not probed any more (a probe in flight
+    /// is forgotten); its peers keep their last state for the calls still on the trunk.
+    pub fn stop_trunk(&mut self, t: usize) {
+        self.probes[t] = None;
+        for p in &mut self.peers[t] {
+            p.outstanding = None;
+        }
+        self.by_txn.retain(|_, (pt, _)| *pt != t);
     }
 
     /// Trunk `t`'s peer list changed (DNS): `moved[i]` is the new index of old peer `i`, or

@@ -94,9 +94,10 @@ impl Limits {
         }
     }
 
-    /// Takes new limits from a reloaded `config` with the same trunks: calls occupying each
-    /// trunk and drains carry over; a rate bucket is kept while its rate is unchanged and
-    /// starts full when the rate changed.
+    /// Takes new limits from a reloaded `config` (trunks in their slots, `config::live`): calls
+    /// occupying each trunk and drains carry over; a rate bucket is kept while its rate is
+    /// unchanged and starts full when the rate changed; slots beyond the running ones start
+    /// empty and not draining.
     pub fn reconfigure(&mut self, config: &Config) {
         let bucket = |old: Option<TokenBucket>, rate: Option<f64>| match (old, rate) {
             (Some(b), Some(r)) if b.rate == r => Some(b),
@@ -105,12 +106,21 @@ impl Limits {
         self.max_calls = config.sip.max_calls;
         self.global_rate = bucket(self.global_rate.take(), config.sip.max_cps);
         self.trunk_max = config.trunks.iter().map(|t| t.max_calls).collect();
-        let old_rates = std::mem::take(&mut self.trunk_rate);
-        self.trunk_rate = old_rates
-            .into_iter()
-            .zip(&config.trunks)
-            .map(|(b, t)| bucket(b, t.max_cps))
+        let mut old_rates = std::mem::take(&mut self.trunk_rate).into_iter();
+        self.trunk_rate = config
+            .trunks
+            .iter()
+            .map(|t| bucket(old_rates.next().flatten(), t.max_cps))
             .collect();
+        self.active.resize(config.trunks.len(), 0);
+        self.draining.resize(config.trunks.len(), false);
+    }
+
+    /// Slot `t` holds a trunk a reload added (its slot's previous trunk has no call left): not
+    /// draining, its rate bucket full.
+    pub fn start_trunk(&mut self, t: usize, config: &Config) {
+        self.draining[t] = false;
+        self.trunk_rate[t] = config.trunks[t].max_cps.map(TokenBucket::new);
     }
 
     /// Admits a new call arriving from trunk `t` while `active` calls are up in all: checks the

@@ -75,6 +75,19 @@ pub struct Due {
     pub expires: u32,
 }
 
+/// Stops `reg` from refreshing: true when it has a binding or a REGISTER out, which an
+/// un-REGISTER must remove.
+fn stop(reg: &mut Reg, now: Instant) -> bool {
+    reg.next = None;
+    if reg.expires_at.is_some_and(|e| e > now) || reg.txn.is_some() {
+        reg.state = State::Unregistering;
+        true
+    } else {
+        reg.state = State::Unregistered;
+        false
+    }
+}
+
 /// The registrations of every trunk with `register`.
 #[derive(Debug, Default)]
 pub struct Registrations {
@@ -85,33 +98,41 @@ pub struct Registrations {
 impl Registrations {
     /// A registration per trunk with `register`, each due at `now`.
     pub fn new(config: &Config, now: Instant) -> Self {
-        let regs = config
-            .trunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| {
-                let r = t.identity.register.as_ref()?;
-                Some((
-                    i,
-                    Reg {
-                        state: State::Unregistered,
-                        call_id: format!("{}@{}", token(), t.local.addr.ip()),
-                        from_tag: token(),
-                        cseq: 0,
-                        asking: r.expires,
-                        expires_at: None,
-                        next: Some(now),
-                        backoff: BACKOFF_FIRST,
-                        last_error: None,
-                        txn: None,
-                    },
-                ))
-            })
-            .collect();
-        Registrations {
-            regs,
-            by_txn: HashMap::new(),
+        let mut regs = Registrations::default();
+        for t in 0..config.trunks.len() {
+            regs.start_trunk(config, t, now);
         }
+        regs
+    }
+
+    /// Slot `t` holds `config.trunks[t]` from now on (at start, or added by a reload): a fresh
+    /// registration due at `now` when it has `register`, none otherwise.
+    pub fn start_trunk(&mut self, config: &Config, t: usize, now: Instant) {
+        self.by_txn.retain(|_, trunk| *trunk != t);
+        let trunk = &config.trunks[t];
+        let Some(r) = trunk.identity.register.as_ref() else {
+            self.regs.remove(&t);
+            return;
+        };
+        let reg = Reg {
+            state: State::Unregistered,
+            call_id: format!("{}@{}", token(), trunk.local.addr.ip()),
+            from_tag: token(),
+            cseq: 0,
+            asking: r.expires,
+            expires_at: None,
+            next: Some(now),
+            backoff: BACKOFF_FIRST,
+            last_error: None,
+            txn: None,
+        };
+        self.regs.insert(t, reg);
+    }
+
+    /// Stops slot `t`'s registration (its trunk was removed by a reload): true when an
+    /// un-REGISTER (`Expires: 0`) must go out now.
+    pub fn stop_trunk(&mut self, t: usize, now: Instant) -> bool {
+        self.regs.get_mut(&t).is_some_and(|reg| stop(reg, now))
     }
 
     /// The next instant something is due.
@@ -296,18 +317,20 @@ impl Registrations {
     /// Stops every registration: the trunks to un-REGISTER (`Expires: 0`) now, those with a
     /// binding or a REGISTER out; nothing is scheduled afterwards.
     pub fn unregister_all(&mut self, now: Instant) -> Vec<usize> {
-        let mut out = Vec::new();
-        for (&trunk, reg) in &mut self.regs {
-            reg.next = None;
-            if reg.expires_at.is_some_and(|e| e > now) || reg.txn.is_some() {
-                reg.state = State::Unregistering;
-                out.push(trunk);
-            } else {
-                reg.state = State::Unregistered;
-            }
-        }
+        let mut out: Vec<usize> = self
+            .regs
+            .iter_mut()
+            .filter_map(|(&trunk, reg)| stop(reg, now).then_some(trunk))
+            .collect();
         out.sort_unstable();
         out
+    }
+
+    /// Whether slot `t` has an un-REGISTER waiting for its answer.
+    pub fn unregistering_trunk(&self, t: usize) -> bool {
+        self.regs
+            .get(&t)
+            .is_some_and(|r| r.state == State::Unregistering && r.txn.is_some())
     }
 
     /// Whether an un-REGISTER is still waiting for its answer.

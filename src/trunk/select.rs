@@ -21,6 +21,16 @@ impl Selector {
         }
     }
 
+    /// Slot `t` holds a trunk a reload added: its rotation starts from scratch.
+    pub fn start_trunk(&mut self, t: usize, trunk: &Trunk) {
+        if t >= self.next.len() {
+            self.next.resize(t + 1, 0);
+            self.current.resize_with(t + 1, Vec::new);
+        }
+        self.next[t] = 0;
+        self.current[t] = vec![0; trunk.peers.len()];
+    }
+
     /// Trunk `t` now has `len` peers (DNS changed its list): its rotation starts again.
     pub fn resize(&mut self, t: usize, len: usize) {
         self.current[t] = vec![0; len];
