@@ -3,9 +3,12 @@
 //! translation; the next call is translated by the new file; a restart-only change (media
 //! ports) is reported and not applied; an invalid file is refused with its FILE:LINE: key
 //! error in the log and calls keep being routed by the running configuration; `/metrics`
-//! counts both reloads. Needs root; fails (never skips) without it. And the same in the
-//! sans-IO core, where a call in set-up fails over after a reload: its next INVITE still
-//! follows the configuration the call started with.
+//! counts both reloads. A reload that removes the ITSP trunk and adds (and lists first) a
+//! `carrier` trunk on a second ITSP address: the call up on the removed trunk keeps its media
+//! and completes, new calls go to the new trunk, which is probed, and `/status` and
+//! `/metrics` list the new trunks only. Needs root; fails (never skips) without it. And the
+//! same in the sans-IO core, where a call in set-up fails over after a reload: its next INVITE
+//! still follows the configuration the call started with.
 
 mod common;
 mod sansio;
@@ -168,6 +171,149 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
     mg.assert_idle(Duration::from_secs(5));
     let st = uas.stop();
     assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    let st = mg.stop().expect("mediagate was running");
+    assert!(st.success(), "mediagate exit when stopped: {st}");
+}
+
+/// The lab config with the ITSP trunk replaced by `carrier` (peer `IT2_IP`, probed every two
+/// seconds), listed before the PBX trunk, and the routes following it.
+fn carrier_config() -> String {
+    let base = config(30);
+    let itsp = format!(
+        "[[trunk]]\nname = \"itsp\"\nkind = \"itsp\"\npeers = [\"udp:{IT_IP}:5060\"]\n\
+         local = \"udp:{MG_IT_IP}:5060\"\n\n"
+    );
+    let first_trunk = base.find("[[trunk]]").expect("the config has trunks");
+    assert!(
+        base.contains(&itsp),
+        "tests/data/lab.toml changed shape:\n{base}"
+    );
+    let carrier = itsp
+        .replace("\"itsp\"\nkind", "\"carrier\"\nkind")
+        .replace(IT_IP, IT2_IP)
+        .replace("\n\n", "\noptions_interval_s = 2\noptions_timeout_s = 1\n\n");
+    let text = base
+        .replace(&itsp, "")
+        .replace("[\"itsp\"]", "[\"carrier\"]");
+    format!("{}{carrier}{}", &text[..first_trunk], &text[first_trunk..])
+}
+
+/// Names of the trunks `/status` lists.
+fn status_trunks(st: &Value) -> Vec<String> {
+    st["trunks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_reload_adds_and_removes_trunks_while_a_call_is_up() {
+    require_root_and_tools();
+    let lab = Lab::new("retrunk");
+    lab.add_it_addr(&format!("{IT2_IP}/24"));
+    let peer = |name: &str, ip: &str| {
+        let p = Sipp::spawn(
+            &lab,
+            name,
+            SippOpts::new(lab.it(), "uas_echo", ip)
+                .args(&["-rtp_echo"])
+                .timeout(60),
+        );
+        p.settle();
+        p
+    };
+    let mut itsp = peer("itsp", IT_IP);
+    let mut carrier = peer("carrier", IT2_IP);
+    let mut mg = Mediagate::start(&lab, &config(30));
+
+    // Call 1 on the ITSP trunk, media flowing, across the reload.
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut first = Sipp::spawn(
+        &lab,
+        "first",
+        SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
+        media_flowing(st, 1, Dataplane::Socket)
+    });
+    assert!(flowing, "call 1 media did not flow: {st:#}");
+    let first_id = st["calls"][0]["id"].as_str().expect("call id").to_string();
+
+    fs::write(&mg.config_path, carrier_config()).unwrap();
+    mg.sighup();
+    mg.wait_log(Duration::from_secs(5), "configuration reloaded");
+    let rx_at_reload = call_rx_packets(&mg.status(), &first_id);
+
+    // The new list, and the new trunk probed (its peer answers OPTIONS).
+    let (up, st) = mg.wait_status(Duration::from_secs(5), |st| {
+        st["trunks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "carrier"))
+            .is_some_and(|t| t["peers"][0]["state"] == "up")
+    });
+    assert!(up, "the added trunk is not probed up: {st:#}");
+    assert_eq!(status_trunks(&st), ["pbx", "carrier"]);
+    let call = st["calls"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == first_id));
+    let call = call.unwrap_or_else(|| panic!("call 1 gone after the reload: {st:#}"));
+    assert_eq!(call["legs"][1]["trunk"], "itsp", "{call:#}");
+
+    // Call 2 goes to the new trunk.
+    short_call(&lab, &mg, "second", DIALLED, (5070, 6100));
+    assert_eq!(
+        invites_received(&carrier).len(),
+        1,
+        "{}",
+        carrier.describe()
+    );
+
+    // Call 1 keeps its media through its ports and completes on the removed trunk.
+    let (grew, st) = mg.wait_status(Duration::from_secs(5), |st| {
+        call_rx_packets(st, &first_id) > rx_at_reload
+    });
+    assert!(grew, "call 1 media stopped after the reload: {st:#}");
+    first.assert_ok(Some(&mg));
+    assert_eq!(invites_received(&itsp).len(), 1, "{}", itsp.describe());
+
+    let (_, text) = mg.http_get("/metrics", &[]).expect("GET /metrics");
+    let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let trunks: std::collections::BTreeSet<_> = samples
+        .keys()
+        .filter(|k| k.starts_with("mediagate_trunk_active_calls{"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        trunks.into_iter().collect::<Vec<_>>(),
+        [
+            "mediagate_trunk_active_calls{trunk=\"carrier\"}",
+            "mediagate_trunk_active_calls{trunk=\"pbx\"}"
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        samples.get("mediagate_calls_started_total{trunk=\"pbx\"}"),
+        Some(&2.0),
+        "the kept trunk keeps its counter:\n{text}"
+    );
+    assert_eq!(
+        samples.get(
+            "mediagate_trunk_peer_up{peer=\"10.99.2.3:5060\",transport=\"udp\",trunk=\"carrier\"}"
+        ),
+        Some(&1.0),
+        "{text}"
+    );
+
+    mg.assert_idle(Duration::from_secs(5));
+    for p in [&mut itsp, &mut carrier] {
+        let st = p.stop();
+        assert!(st.success(), "callee sipp failed: {st}\n{}", p.describe());
+    }
     let st = mg.stop().expect("mediagate was running");
     assert!(st.success(), "mediagate exit when stopped: {st}");
 }
