@@ -383,6 +383,72 @@ fn unregister_on_shutdown_answers_a_challenge_too() {
     assert!(requests(&out, &h.itsp, Method::Register).is_empty());
 }
 
+/// A reload that renames the registered ITSP trunk: the removed trunk's binding is removed
+/// (un-REGISTER on its own Call-ID), the new trunk registers afresh, and nothing refreshes the
+/// old binding afterwards; the slot of the removed trunk is free (no call used it).
+#[test]
+fn a_reload_unregisters_a_removed_trunk_and_registers_an_added_one() {
+    let text = LAB.replace(ITSP_TRUNK, &format!("{ITSP_TRUNK}{REGISTER}\n"));
+    let mut h = Harness::with_config(&text);
+    let out = h.advance(Duration::ZERO);
+    let reg = requests(&out, &h.itsp, Method::Register).remove(0);
+    h.send(answer(&reg, 200, false), h.itsp);
+    assert_eq!(
+        h.status()["trunks"][1]["registration"]["state"],
+        "registered"
+    );
+
+    let renamed = text
+        .replace("name = \"itsp\"", "name = \"carrier\"")
+        .replace("[\"itsp\"]", "[\"carrier\"]");
+    let running = mediagate::config::parse("lab.toml", &text).unwrap();
+    let file = mediagate::config::parse("lab.toml", &renamed).unwrap();
+    let m = mediagate::config::live::merge(&running, file, &h.core.free_trunk_slots()).unwrap();
+    assert_eq!(
+        (m.added.as_slice(), m.removed.as_slice()),
+        (&[2][..], &[1][..])
+    );
+    h.core
+        .reconfigure(std::sync::Arc::new(m.config), &m.added, &m.removed, h.now);
+    let out = h.advance(Duration::ZERO);
+    let regs = requests(&out, &h.itsp, Method::Register);
+    assert_eq!(regs.len(), 2, "{regs:?}");
+    let (un, new): (Vec<_>, Vec<_>) = regs
+        .into_iter()
+        .partition(|r| r.header("Call-ID") == reg.header("Call-ID"));
+    assert_eq!(
+        un[0].header("Expires"),
+        Some("0"),
+        "the removed trunk's binding"
+    );
+    assert_eq!(
+        new[0].header("Expires"),
+        Some("600"),
+        "the added trunk's registration"
+    );
+    let st = h.status();
+    let names: Vec<_> = st["trunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, ["pbx", "carrier"]);
+    assert_eq!(st["trunks"][1]["registration"]["state"], "registering");
+    assert!(
+        h.core.free_trunk_slots().is_empty(),
+        "the un-REGISTER is still out"
+    );
+    h.send(answer(&un[0], 200, false), h.itsp);
+    h.send(answer(&new[0], 200, false), h.itsp);
+    assert_eq!(h.core.free_trunk_slots(), [1]);
+    // Only the new trunk refreshes (at half its 600 s).
+    let out = h.advance(Duration::from_secs(300));
+    let refresh = requests(&out, &h.itsp, Method::Register);
+    assert_eq!(refresh.len(), 1, "{refresh:?}");
+    assert_eq!(refresh[0].header("Call-ID"), new[0].header("Call-ID"));
+}
+
 #[test]
 fn challenged_probe_is_answered() {
     let extra = format!("{AUTH}\noptions_interval_s = 10");

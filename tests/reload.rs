@@ -191,7 +191,10 @@ fn carrier_config() -> String {
     let carrier = itsp
         .replace("\"itsp\"\nkind", "\"carrier\"\nkind")
         .replace(IT_IP, IT2_IP)
-        .replace("\n\n", "\noptions_interval_s = 2\noptions_timeout_s = 1\n\n");
+        .replace(
+            "\n\n",
+            "\noptions_interval_s = 2\noptions_timeout_s = 1\n\n",
+        );
     let text = base
         .replace(&itsp, "")
         .replace("[\"itsp\"]", "[\"carrier\"]");
