@@ -22,7 +22,7 @@ mod peers;
 mod routing;
 pub use abuse::{AllowList, SourceLimit, Unknown};
 mod tls;
-pub use capture::CaptureConfig;
+pub use capture::{CaptureConfig, TrunkCapture};
 pub use identity::{Credentials, Identity, Register, Secret};
 pub use log::{LogConfig, LogFormat};
 pub use peers::{NamedPeer, PeerSpec};
@@ -313,6 +313,8 @@ pub struct Trunk {
     pub codecs: Vec<String>,
     /// `tls_name` and `tls_client_auth`, for the trunk's `tls:` peers.
     pub tls: TrunkTls,
+    /// `hep`: where the SIP messages with this trunk's peers are captured.
+    pub hep: TrunkCapture,
     /// Removed from the file by a reload (SIGHUP) while calls still used it: it stays in its
     /// slot only so that those calls finish; it takes no new call, is not probed nor
     /// registered, and is left out of `/status` and `/metrics` (see `config::live`). Never set
@@ -510,6 +512,7 @@ struct RawTrunk {
     tls_name: Option<String>,
     #[serde(default)]
     tls_client_auth: bool,
+    hep: Option<capture::RawTrunkHep>,
 }
 
 fn default_options_timeout() -> u64 {
@@ -1036,6 +1039,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
         )?;
+        let hep = capture::trunk_capture(
+            t.hep.as_ref(),
+            &[Seg::Key("trunk"), Seg::Index(i), Seg::Key("hep")],
+            &err,
+        )?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
@@ -1055,6 +1063,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             identity,
             codecs: t.codecs.clone(),
             tls: trunk_tls,
+            hep,
             retired: false,
         });
     }

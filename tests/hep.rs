@@ -3,8 +3,9 @@
 //! mediagate namespace, decodes every datagram's chunks. Each SIP message the callee received is
 //! there as sent by mediagate, with mediagate's and the callee's addresses and ports; the
 //! caller's INVITE is there as received; every datagram is well-formed, carries the agent id,
-//! SIP as protocol type and the Call-ID as correlation. Needs root; fails (never skips)
-//! without it.
+//! SIP as protocol type and the Call-ID as correlation. Per trunk: a trunk with `hep = false`
+//! is not captured and one with its own collector goes there instead of `[capture] hep`. Needs
+//! root; fails (never skips) without it.
 
 mod common;
 
@@ -196,4 +197,55 @@ fn sip_messages_are_mirrored_as_hep_v3() {
             .any(|h| h.src() == mg_gw && h.dst() == gw && h.sip().starts_with("SIP/2.0 200 OK")),
         "no 200 OK to the caller captured"
     );
+}
+
+#[test]
+fn a_trunk_can_be_left_out_or_sent_to_its_own_collector() {
+    require_root_and_tools();
+    let lab = Lab::new("heptrunk");
+    let global = bind_in(&lab.mg(), "127.0.0.1:0");
+    let own = bind_in(&lab.mg(), "127.0.0.1:0");
+    let mut uas = Sipp::spawn(&lab, "itsp", SippOpts::new(lab.it(), "uas_echo", IT_IP));
+    uas.settle();
+    let (pbx_local, itsp_local) = (
+        format!("local = \"udp:{MG_GW_IP}:5060\"\n"),
+        format!("local = \"udp:{MG_IT_IP}:5060\"\n"),
+    );
+    let base = config(30);
+    assert!(base.contains(&pbx_local) && base.contains(&itsp_local));
+    let text = base
+        .replace(&pbx_local, &format!("{pbx_local}hep = false\n"))
+        .replace(
+            &itsp_local,
+            &format!("{itsp_local}hep = \"udp:{}\"\n", own.local_addr().unwrap()),
+        );
+    let mut mg = Mediagate::start(
+        &lab,
+        &format!(
+            "{text}\n[capture]\nhep = \"udp:{}\"\n",
+            global.local_addr().unwrap()
+        ),
+    );
+    short_call(&lab, &mg, "pbx", DIALLED, (5060, 6000));
+    mg.assert_idle(Duration::from_secs(5));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    let (global, own) = (drain(&global), drain(&own));
+    assert!(mg.stop().expect("running").success());
+
+    assert!(
+        global.is_empty(),
+        "every peer's trunk says otherwise: {global:?}"
+    );
+    let it = sa(IT_IP, 5060).into();
+    assert!(
+        own.iter().all(|h| h.src() == it || h.dst() == it),
+        "only the ITSP trunk's messages: {own:?}"
+    );
+    let callee_got = uas.received().len();
+    let sent_to_callee = own.iter().filter(|h| h.dst() == it).count();
+    assert_eq!(sent_to_callee, callee_got, "{own:?}");
+    assert!(own
+        .iter()
+        .any(|h| h.src() == it && h.sip().starts_with("SIP/2.0 200 OK")));
 }

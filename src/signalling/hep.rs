@@ -1,12 +1,13 @@
 //! SIP capture for Homer: every SIP message mediagate receives or sends is mirrored to a HEP v3
-//! collector (`[capture] hep`), one UDP datagram per message, with the addresses and ports it
-//! travelled between and its arrival or departure time. Sending never blocks the control loop:
-//! a datagram the socket cannot take is dropped and counted.
+//! collector (`[capture] hep`, or the peer's trunk's own `hep`, or none for a trunk with
+//! `hep = false`), one UDP datagram per message, with the addresses and ports it travelled
+//! between and its arrival or departure time. Sending never blocks the control loop: a datagram
+//! the socket cannot take is dropped and counted.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{CaptureConfig, Transport};
+use crate::config::{CaptureConfig, Config, Transport, TrunkCapture};
 use crate::metrics::prometheus::Direction;
 use crate::sip::message::Message;
 use crate::sip::transaction::Target;
@@ -108,39 +109,46 @@ pub fn encode(p: &Packet<'_>) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The capture socket and its collector.
+/// The capture sockets (one per IP family, bound on first use so that a trunk's collector of
+/// another family than `[capture] hep` works too).
 pub struct Hep {
-    socket: UdpSocket,
-    collector: SocketAddr,
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
     agent_id: u32,
     /// Messages not captured (socket full, collector unreachable, too big).
     dropped: u64,
 }
 
 impl Hep {
-    /// A non-blocking socket toward `config.hep`; `None` without `[capture] hep`.
-    pub fn open(config: &CaptureConfig) -> std::io::Result<Option<Hep>> {
-        let Some(collector) = config.hep else {
-            return Ok(None);
-        };
-        let any: SocketAddr = if collector.is_ipv4() {
-            "0.0.0.0:0".parse().expect("literal")
-        } else {
-            "[::]:0".parse().expect("literal")
-        };
-        let socket = UdpSocket::bind(any)?;
-        socket.set_nonblocking(true)?;
-        tracing::info!(%collector, "SIP capture: HEP v3 to the collector");
-        Ok(Some(Hep {
-            socket,
-            collector,
+    /// Capture as `config` says; nothing is sent until a message has a collector.
+    pub fn new(config: &CaptureConfig) -> Hep {
+        if let Some(collector) = config.hep {
+            tracing::info!(%collector, "SIP capture: HEP v3 to the collector");
+        }
+        Hep {
+            v4: None,
+            v6: None,
             agent_id: config.agent_id,
             dropped: 0,
-        }))
+        }
     }
 
-    /// Mirrors one SIP message that went `dir` over `target`.
-    pub fn sip(&mut self, dir: Direction, target: &Target, msg: &Message) {
+    /// Where a message exchanged with `peer` goes: its trunk's `hep`, else `[capture] hep`.
+    fn collector(config: &Config, peer: IpAddr) -> Option<SocketAddr> {
+        let trunk = config.trunk_of_peer(peer).map(|t| config.trunks[t].hep);
+        match trunk.unwrap_or_default() {
+            TrunkCapture::Off => None,
+            TrunkCapture::To(c) => Some(c),
+            TrunkCapture::Default => config.capture.hep,
+        }
+    }
+
+    /// Mirrors one SIP message that went `dir` over `target`, as `config` (the running one,
+    /// whose trunks tell the peer's `hep`) says.
+    pub fn sip(&mut self, config: &Config, dir: Direction, target: &Target, msg: &Message) {
+        let Some(collector) = Self::collector(config, target.remote.ip()) else {
+            return;
+        };
         let (src, dst) = match dir {
             Direction::Received => (target.remote, target.local),
             Direction::Sent => (target.local, target.remote),
@@ -155,15 +163,35 @@ impl Hep {
             payload: &payload,
             correlation: msg.header("Call-ID"),
         };
-        let sent = encode(&packet).map(|d| self.socket.send_to(&d, self.collector));
-        if !matches!(sent, Some(Ok(_))) {
+        let sent = match encode(&packet) {
+            Some(d) => self
+                .socket(collector)
+                .and_then(|s| s.send_to(&d, collector)),
+            None => Err(std::io::Error::other("larger than HEP's 64 KiB")),
+        };
+        if let Err(error) = sent {
             self.dropped += 1;
             // The first and then every 1000th, so a dead collector cannot flood the log.
             if self.dropped % 1000 == 1 {
-                tracing::warn!(collector = %self.collector, dropped = self.dropped,
-                    error = ?sent.and_then(Result::err), "SIP capture: message not sent to the HEP collector");
+                tracing::warn!(%collector, dropped = self.dropped, %error,
+                    "SIP capture: message not sent to the HEP collector");
             }
         }
+    }
+
+    /// The non-blocking socket for `collector`'s family, bound on first use.
+    fn socket(&mut self, collector: SocketAddr) -> std::io::Result<&UdpSocket> {
+        let (slot, any) = if collector.is_ipv4() {
+            (&mut self.v4, "0.0.0.0:0")
+        } else {
+            (&mut self.v6, "[::]:0")
+        };
+        if slot.is_none() {
+            let socket = UdpSocket::bind(any)?;
+            socket.set_nonblocking(true)?;
+            *slot = Some(socket);
+        }
+        Ok(slot.as_ref().expect("bound above"))
     }
 }
 

@@ -226,7 +226,7 @@ pub async fn run(
     } = frontends;
     let mut records = CallRecords::new(cdr);
     let mut metrics = Metrics::new();
-    let mut capture = hep::Hep::open(&config.capture).context("opening the HEP capture socket")?;
+    let mut capture = hep::Hep::new(&config.capture);
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -293,9 +293,7 @@ pub async fn run(
                 // Drain what is already queued before flushing, to batch under load.
                 while let Some((msg, source)) = next {
                     metrics.sip_message(Direction::Received, source.transport, &msg);
-                    if let Some(c) = &mut capture {
-                        c.sip(Direction::Received, &source, &msg);
-                    }
+                    capture.sip(core.running_config(), Direction::Received, &source, &msg);
                     core.handle_message(msg, source, Instant::now());
                     next = inbound.try_recv().ok();
                 }
@@ -379,11 +377,10 @@ pub async fn run(
             }
         }
         let finished = shutdown.step(&mut core, &mut ng);
+        let running = core.running_config().clone();
         for t in core.drain_transmits() {
             metrics.sip_message(Direction::Sent, t.target.transport, &t.message);
-            if let Some(c) = &mut capture {
-                c.sip(Direction::Sent, &t.target, &t.message);
-            }
+            capture.sip(&running, Direction::Sent, &t.target, &t.message);
             transports.send(t.target, &t.message);
         }
         let cdrs = core.drain_cdrs();
@@ -405,10 +402,9 @@ pub async fn run(
     core.unregister_all(Instant::now());
     let end = Instant::now() + UNREGISTER_GRACE;
     loop {
+        let running = core.running_config().clone();
         for t in core.drain_transmits() {
-            if let Some(c) = &mut capture {
-                c.sip(Direction::Sent, &t.target, &t.message);
-            }
+            capture.sip(&running, Direction::Sent, &t.target, &t.message);
             transports.send(t.target, &t.message);
         }
         if !core.unregistering() || Instant::now() >= end {
@@ -417,9 +413,7 @@ pub async fn run(
         let deadline = core.poll_timeout().map_or(end, |d| d.min(end));
         tokio::select! {
             Some((msg, source)) = inbound.recv() => {
-                if let Some(c) = &mut capture {
-                    c.sip(Direction::Received, &source, &msg);
-                }
+                capture.sip(core.running_config(), Direction::Received, &source, &msg);
                 core.handle_message(msg, source, Instant::now())
             }
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
