@@ -290,8 +290,19 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // One entry per address, the one naming a device first.
     media_addresses.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
     media_addresses.dedup_by(|later, first| later.0 == first.0);
-    let relay = Dataplane::start(&config.media, &media_addresses, core.stream_capacity())
-        .context("starting the data plane")?;
+    // RTCP is copied for HEP when anything is captured: `[capture] hep` or a trunk's collector.
+    let capture_rtcp = config.capture.hep.is_some()
+        || config
+            .trunks
+            .iter()
+            .any(|t| matches!(t.hep, mediagate::config::TrunkCapture::To(_)));
+    let relay = Dataplane::start(
+        &config.media,
+        &media_addresses,
+        core.stream_capacity(),
+        capture_rtcp,
+    )
+    .context("starting the data plane")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

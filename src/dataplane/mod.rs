@@ -6,6 +6,7 @@ pub mod afxdp;
 pub mod kernel;
 pub mod netlink;
 pub mod socket;
+pub mod tap;
 
 use std::io;
 use std::net::IpAddr;
@@ -20,19 +21,31 @@ pub struct Dataplane {
     afxdp: Option<afxdp::AfxdpTier>,
     kernel: Option<kernel::KernelTier>,
     socket: socket::SocketRelay,
+    /// Copies of relayed RTCP for the HEP capture (`None` when capture is off).
+    rtcp: Option<tap::TapReceiver>,
 }
 
 impl Dataplane {
     /// Starts the configured tier. `media` lists mediagate's media addresses (the trunks' local
     /// addresses and the media interfaces), each with the device named for it in the config:
     /// XDP attaches to those devices. `auto` takes the best tier that starts and says why the
-    /// others did not; a named tier fails instead.
+    /// others did not; a named tier fails instead. With `capture_rtcp` the socket tier copies the
+    /// RTCP it relays for the HEP capture ([`Self::rtcp_copies`]).
     pub fn start(
         config: &MediaConfig,
         media: &[(IpAddr, Option<String>)],
         capacity: usize,
+        capture_rtcp: bool,
     ) -> anyhow::Result<Self> {
-        let socket = socket::SocketRelay::start(config.threads, capacity, config.max_packet)?;
+        let (tap_tx, rtcp) = match capture_rtcp {
+            true => {
+                let (tx, rx) = tap::tap();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let socket =
+            socket::SocketRelay::start(config.threads, capacity, config.max_packet, tap_tx)?;
         let ports = (config.port_first, config.port_last);
         let start_kernel = || kernel::KernelTier::start(media, ports, Mode::Kernel);
         let start_afxdp = || -> anyhow::Result<_> {
@@ -83,7 +96,14 @@ impl Dataplane {
             afxdp,
             kernel,
             socket,
+            rtcp,
         })
+    }
+
+    /// The RTCP packets the socket tier relayed since the last call, copied for the HEP capture
+    /// (none when capture is off; the XDP tiers relay RTCP without copying it).
+    pub fn rtcp_copies(&self) -> impl Iterator<Item = tap::RtcpCopy> + '_ {
+        self.rtcp.iter().flat_map(|r| r.drain())
     }
 
     /// Applies a session change to every running tier.

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::tap::TapSender;
 use crate::media::{
     Admission, Command, DropReason, Latch, RtpHeader, RtpQuality, StreamId, StreamSpec, StreamStats,
 };
@@ -51,14 +52,20 @@ enum Op {
 
 impl SocketRelay {
     /// Starts `threads` relay threads, each able to hold `capacity` streams and dropping UDP
-    /// payloads over `max_packet` bytes.
-    pub fn start(threads: usize, capacity: usize, max_packet: usize) -> io::Result<Self> {
+    /// payloads over `max_packet` bytes; with `tap`, the RTCP they relay is copied there.
+    pub fn start(
+        threads: usize,
+        capacity: usize,
+        max_packet: usize,
+        tap: Option<TapSender>,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
         let mut handles = Vec::new();
         for i in 0..threads {
             let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
             let mut relay = Relay::new(rx, capacity, max_packet, stop.clone())?;
+            relay.tap = tap.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("media-{i}"))
@@ -119,6 +126,9 @@ impl Drop for SocketRelay {
 struct Slot {
     id: StreamId,
     peer: StreamId,
+    /// Where the stream receives, and whether it carries RTCP (copied to the tap).
+    local: SocketAddr,
+    rtcp: bool,
     socket: UdpSocket,
     latch: Latch,
     stats: Arc<StreamStats>,
@@ -173,6 +183,8 @@ struct Relay {
     /// Largest UDP payload relayed (`media.max_packet_bytes`, at most `MAX_PACKET`).
     max_packet: usize,
     stop: Arc<AtomicBool>,
+    /// The RTCP capture hand-off, when HEP capture is on.
+    tap: Option<TapSender>,
 }
 
 impl Drop for Relay {
@@ -203,6 +215,7 @@ impl Relay {
             index: HashMap::with_capacity(capacity),
             batch: Batch::new(),
             stop,
+            tap: None,
         })
     }
 
@@ -252,6 +265,8 @@ impl Relay {
                 self.slots[slot] = Some(Slot {
                     id: spec.id,
                     peer: spec.peer,
+                    local: spec.local,
+                    rtcp: spec.rtcp,
                     socket,
                     latch: spec.latch,
                     stats: spec.stats,
@@ -336,6 +351,9 @@ impl Relay {
                     stream.stats.record_drop(DropReason::NoDestination);
                     continue;
                 };
+                if let (true, Some(tap)) = (stream.rtcp, &self.tap) {
+                    tap.copy(stream.id, src, stream.local, &self.batch.bufs[i][..len]);
+                }
                 let b = &mut self.batch;
                 b.out_iovecs[out] = libc::iovec {
                     iov_base: b.bufs[i].as_mut_ptr().cast(),

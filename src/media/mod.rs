@@ -123,6 +123,9 @@ pub struct StreamSpec {
     pub local: SocketAddr,
     pub latch: Latch,
     pub stats: Arc<StreamStats>,
+    /// An RTCP stream (the odd port of a pair): the socket tier copies what it relays for the
+    /// HEP capture.
+    pub rtcp: bool,
 }
 
 /// Session changes the control thread hands to a data plane.

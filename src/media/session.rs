@@ -144,6 +144,14 @@ fn stream_ids(base: StreamId, side: Side) -> (StreamId, StreamId) {
 }
 
 impl CallMedia {
+    /// The leg whose peer sends to stream `id`, when the stream is one of this call's.
+    pub fn side_of(&self, id: StreamId) -> Option<Side> {
+        self.line_ids
+            .iter()
+            .find(|&&base| (base..base + 4).contains(&id))
+            .map(|&base| if id - base < 2 { Side::A } else { Side::B })
+    }
+
     /// Media for a call whose legs face `a_local`/`b_local` (mediagate's addresses on each side)
     /// with peers signalling from `a_peer`/`b_peer`.
     pub fn new(a_local: IpAddr, a_peer: IpAddr, b_local: IpAddr, b_peer: IpAddr) -> Self {
@@ -346,11 +354,12 @@ impl CallMedia {
         let base = self.line_ids[line];
         let (rtp, rtcp) = stream_ids(base, side);
         let (peer_rtp, peer_rtcp) = stream_ids(base, side.other());
-        let mk = |id, peer, port| {
+        let mk = |id, peer, port: u16| {
             let stats = Arc::new(StreamStats::new(ctx.now, None));
             let spec = StreamSpec {
                 id,
                 peer,
+                rtcp: port % 2 == 1,
                 local: SocketAddr::new(leg.local_ip, port),
                 latch: Latch {
                     mode: self.latch_mode,

@@ -1143,6 +1143,7 @@ mod tests {
             local: "10.0.0.1:30000".parse().unwrap(),
             latch: Latch::new(None, "10.0.0.2".parse().unwrap()),
             stats: stats.clone(),
+            rtcp: false,
         })
     }
 

@@ -7,7 +7,11 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[path = "hep_rtcp.rs"]
+pub mod rtcp;
+
 use crate::config::{CaptureConfig, Config, Transport, TrunkCapture};
+use crate::dataplane::tap::RtcpCopy;
 use crate::metrics::prometheus::Direction;
 use crate::sip::message::Message;
 use crate::sip::transaction::Target;
@@ -30,8 +34,9 @@ mod chunk {
     pub const CORRELATION: u16 = 0x0011;
 }
 
-/// HEP protocol type of SIP.
+/// HEP protocol types: SIP, and RTCP reports as JSON ([`rtcp`]).
 const PROTO_SIP: u8 = 1;
+const PROTO_RTCP: u8 = 5;
 
 /// One captured message.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +51,9 @@ pub struct Packet<'a> {
     pub time: SystemTime,
     /// `capture.agent_id`.
     pub agent_id: u32,
-    /// The SIP message as on the wire.
+    /// HEP protocol type: 1 (SIP) or 5 (RTCP report as JSON).
+    pub proto: u8,
+    /// The SIP message as on the wire, or the RTCP report's JSON.
     pub payload: &'a [u8],
     /// The Call-ID, so Homer correlates without parsing.
     pub correlation: Option<&'a str>,
@@ -98,7 +105,7 @@ pub fn encode(p: &Packet<'_>) -> Option<Vec<u8>> {
         chunk::TIME_US,
         &since.subsec_micros().to_be_bytes(),
     );
-    push_chunk(&mut out, chunk::PROTO_TYPE, &[PROTO_SIP]);
+    push_chunk(&mut out, chunk::PROTO_TYPE, &[p.proto]);
     push_chunk(&mut out, chunk::AGENT_ID, &p.agent_id.to_be_bytes());
     if let Some(c) = p.correlation {
         push_chunk(&mut out, chunk::CORRELATION, c.as_bytes());
@@ -160,10 +167,39 @@ impl Hep {
             transport: target.transport,
             time: SystemTime::now(),
             agent_id: self.agent_id,
+            proto: PROTO_SIP,
             payload: &payload,
             correlation: msg.header("Call-ID"),
         };
-        let sent = match encode(&packet) {
+        self.send(collector, &packet);
+    }
+
+    /// Exports one relayed RTCP packet's report (HEP type 5, Homer's JSON) with `call_id` (the
+    /// leg's Call-ID) as correlation, to the collector of the sender's trunk. Packets without
+    /// a sender or receiver report are not exported.
+    pub fn rtcp(&mut self, config: &Config, copy: &RtcpCopy, call_id: &str) {
+        let Some(collector) = Self::collector(config, copy.src.ip()) else {
+            return;
+        };
+        let Some(report) = rtcp::report_json(copy.packet()) else {
+            return;
+        };
+        let packet = Packet {
+            src: copy.src,
+            dst: copy.dst,
+            transport: Transport::Udp,
+            time: copy.time,
+            agent_id: self.agent_id,
+            proto: PROTO_RTCP,
+            payload: report.as_bytes(),
+            correlation: Some(call_id),
+        };
+        self.send(collector, &packet);
+    }
+
+    /// Sends one datagram; a failure is counted and logged (the first, then every 1000th).
+    fn send(&mut self, collector: SocketAddr, packet: &Packet<'_>) {
+        let sent = match encode(packet) {
             Some(d) => self
                 .socket(collector)
                 .and_then(|s| s.send_to(&d, collector)),
@@ -207,6 +243,7 @@ mod tests {
             transport: Transport::Udp,
             time: UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456),
             agent_id: 9,
+            proto: PROTO_SIP,
             payload: b"OPTIONS sip:x SIP/2.0\r\n\r\n",
             correlation: Some("abc"),
         };

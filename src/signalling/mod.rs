@@ -393,6 +393,11 @@ pub async fn run(
                 tracing::warn!(error = %e, "media command failed");
             }
         }
+        for copy in relay.rtcp_copies() {
+            if let Some(call_id) = core.call_id_of_stream(copy.stream) {
+                capture.rtcp(core.running_config(), &copy, call_id);
+            }
+        }
         if finished {
             break;
         }

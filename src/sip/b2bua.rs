@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+#[path = "b2bua_capture.rs"]
+mod capture;
 #[path = "b2bua_identity.rs"]
 mod identity;
 #[path = "b2bua_midcall.rs"]

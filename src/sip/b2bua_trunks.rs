@@ -61,12 +61,6 @@ impl B2bua {
         }
     }
 
-    /// The running configuration: the trunks in their slots, with the peers DNS resolved (what
-    /// the HEP capture looks a message's trunk up in).
-    pub fn running_config(&self) -> &Arc<Config> {
-        &self.config
-    }
-
     /// Slots of trunks removed by a reload that nothing uses any more (no call, not even one
     /// that could fail over to it, and no un-REGISTER waiting for its answer): the next reload
     /// may put a new trunk there.
