@@ -3,7 +3,9 @@
 //! mediagate namespace, decodes every datagram's chunks. Each SIP message the callee received is
 //! there as sent by mediagate, with mediagate's and the callee's addresses and ports; the
 //! caller's INVITE is there as received; every datagram is well-formed, carries the agent id,
-//! SIP as protocol type and the Call-ID as correlation. Per trunk: a trunk with `hep = false`
+//! SIP as protocol type and the Call-ID as correlation. RTCP: a sender report the test sends
+//! on a call's anchored RTCP port is relayed and exported as HEP type 5 with Homer's JSON and
+//! the caller's Call-ID. Per trunk: a trunk with `hep = false`
 //! is not captured and one with its own collector goes there instead of `[capture] hep`. Needs
 //! root; fails (never skips) without it.
 
@@ -248,4 +250,82 @@ fn a_trunk_can_be_left_out_or_sent_to_its_own_collector() {
     assert!(own
         .iter()
         .any(|h| h.src() == it && h.sip().starts_with("SIP/2.0 200 OK")));
+}
+
+/// A RTCP sender report from `ssrc` with one report block (about SSRC 7, 3 packets lost).
+fn sender_report(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x81, 200, 0, 12];
+    for w in [ssrc, 3_900_000_000, 0, 8000, 50, 8000, 7] {
+        p.extend_from_slice(&w.to_be_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 0, 3]);
+    for w in [100u32, 12, 0, 0] {
+        p.extend_from_slice(&w.to_be_bytes());
+    }
+    p
+}
+
+#[test]
+fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
+    require_root_and_tools();
+    let lab = Lab::new("heprtcp");
+    let receiver = bind_in(&lab.mg(), "127.0.0.1:0");
+    let collector = receiver.local_addr().unwrap();
+    let mut uas = Sipp::spawn(
+        &lab,
+        "itsp",
+        SippOpts::new(lab.it(), "uas_echo", IT_IP).args(&["-rtp_echo"]),
+    );
+    uas.settle();
+    let mut mg = Mediagate::start(
+        &lab,
+        &format!("{}\n[capture]\nhep = \"udp:{collector}\"\n", config(30)),
+    );
+    let remote = format!("{MG_GW_IP}:5060");
+    let mut uac = Sipp::spawn(
+        &lab,
+        "pbx",
+        SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
+            .caller(DIALLED, &remote)
+            .args(&["-m", "1"])
+            .timeout(30),
+    );
+    let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
+        media_flowing(st, 1, Dataplane::Socket)
+    });
+    assert!(flowing, "media did not flow: {st:#}");
+    let rtcp_at: SocketAddr = st["calls"][0]["legs"][0]["streams"][0]["rtcp"]["local"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no RTCP address of leg A: {st:#}"));
+    // The caller's side of the call sends a report (from the caller's IP, so it latches).
+    let phone = bind_in(&lab.gw(), &format!("{GW_IP}:6301"));
+    let report = sender_report(0xC0FFEE);
+    phone.send_to(&report, rtcp_at).unwrap();
+    uac.assert_ok(Some(&mg));
+    mg.assert_idle(Duration::from_secs(5));
+    let st = uas.stop();
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
+    let captured = drain(&receiver);
+    assert!(mg.stop().expect("running").success());
+
+    let rtcp: Vec<&Hep> = captured.iter().filter(|h| h.u8(0x000b) == 5).collect();
+    assert_eq!(rtcp.len(), 1, "one report sent: {rtcp:?}");
+    let h = rtcp[0];
+    assert_eq!(h.src(), phone.local_addr().unwrap());
+    assert_eq!(h.dst(), rtcp_at);
+    let caller_call_id = uac
+        .messages()
+        .into_iter()
+        .find(|m| !m.received && m.is_request("INVITE"))
+        .and_then(|m| m.header("Call-ID"))
+        .expect("the caller's INVITE");
+    assert_eq!(h.chunk(0x0011), caller_call_id.as_bytes(), "correlation id");
+    let json: serde_json::Value = serde_json::from_slice(h.chunk(0x000f)).expect("JSON payload");
+    assert_eq!(json["type"], 200);
+    assert_eq!(json["ssrc"], 0xC0FFEE);
+    assert_eq!(json["sender_information"]["packets"], 50);
+    assert_eq!(json["report_blocks"][0]["source_ssrc"], 7);
+    assert_eq!(json["report_blocks"][0]["packets_lost"], 3);
+    assert_eq!(json["report_blocks"][0]["highest_seq_no"], 100);
 }
