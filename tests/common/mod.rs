@@ -1159,9 +1159,15 @@ impl SipMsg {
     }
     /// Port of the first `m=audio` line.
     pub fn sdp_audio_port(&self) -> Option<u16> {
+        self.sdp_port("audio")
+    }
+
+    /// The port of the first `m=KIND` line of the SDP body (`image` for T.38).
+    pub fn sdp_port(&self, kind: &str) -> Option<u16> {
+        let prefix = format!("m={kind} ");
         self.body().lines().find_map(|l| {
             l.trim()
-                .strip_prefix("m=audio ")
+                .strip_prefix(prefix.as_str())
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|p| p.parse().ok())
         })
