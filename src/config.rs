@@ -1222,6 +1222,15 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((first, b))
 }
 
+impl Trunk {
+    /// Whether some of its peers are DNS names (resolved at run time by `signalling::dns`).
+    pub fn has_named_peers(&self) -> bool {
+        self.peer_specs
+            .iter()
+            .any(|p| matches!(p, PeerSpec::Name(_)))
+    }
+}
+
 impl Config {
     /// Finds the trunk whose peers include `ip`; peers are recognised by IP only, so TCP peers
     /// with ephemeral source ports are recognised too. A trunk in use prevails over a retired

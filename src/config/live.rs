@@ -15,7 +15,7 @@
 //! `retired` so that its calls finish on the configuration they started with, until a later
 //! reload reuses the slot. Routes are rewritten from file positions to slots.
 
-use super::{Config, PeerSpec, Transport, Trunk};
+use super::{Config, Transport, Trunk};
 
 /// A reloaded configuration ready to use, and the keys whose change waits for a restart.
 #[derive(Debug)]
@@ -189,7 +189,7 @@ fn addable(old: &Config, t: &Trunk) -> Result<(), String> {
             t.local.addr.ip()
         ));
     }
-    if t.peer_specs.iter().any(|p| matches!(p, PeerSpec::Name(_))) {
+    if t.has_named_peers() {
         return refuse("its peers are given by name (resolved from start-up on)".into());
     }
     if t.peers.iter().any(|p| p.transport == Transport::Tls) {

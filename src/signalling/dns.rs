@@ -46,12 +46,7 @@ pub struct Resolved {
 /// Starts the resolver tasks; `None` when no trunk has a peer given by name.
 pub fn spawn(config: &Config) -> std::io::Result<Option<mpsc::Receiver<Resolved>>> {
     let named: Vec<usize> = (0..config.trunks.len())
-        .filter(|t| {
-            config.trunks[*t]
-                .peer_specs
-                .iter()
-                .any(|p| matches!(p, PeerSpec::Name(_)))
-        })
+        .filter(|t| config.trunks[*t].has_named_peers())
         .collect();
     if named.is_empty() {
         return Ok(None);

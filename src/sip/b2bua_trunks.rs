@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::B2bua;
-use crate::config::{Config, PeerSpec, Trunk};
+use crate::config::{Config, Trunk};
 
 impl B2bua {
     /// Takes a reloaded configuration (SIGHUP) for new calls: routes, translation, policy,
@@ -29,11 +29,10 @@ impl B2bua {
         // Peers are restart-only (config::live keeps the file's), but a trunk whose peers are
         // DNS names runs with the targets its resolver found (b2bua_peers::set_peers), which
         // the reloaded file does not have: those stay until the next resolution.
-        let named = |t: &Trunk| t.peer_specs.iter().any(|p| matches!(p, PeerSpec::Name(_)));
-        if config.trunks.iter().any(named) {
+        if config.trunks.iter().any(Trunk::has_named_peers) {
             let running = &self.config.trunks;
             for (new, old) in Arc::make_mut(&mut config).trunks.iter_mut().zip(running) {
-                if named(new) && new.name == old.name {
+                if new.has_named_peers() && new.name == old.name {
                     new.peers = old.peers.clone();
                     new.weights = old.weights.clone();
                 }
@@ -63,10 +62,12 @@ impl B2bua {
 
     /// Slots of trunks removed by a reload that nothing uses any more (no call, not even one
     /// that could fail over to it, and no un-REGISTER waiting for its answer): the next reload
-    /// may put a new trunk there.
+    /// may put a new trunk there. A removed trunk whose peers are DNS names keeps its slot: its
+    /// resolver task still reports targets for that slot.
     pub fn free_trunk_slots(&self) -> Vec<usize> {
-        (0..self.config.trunks.len())
-            .filter(|&t| self.config.trunks[t].retired)
+        let trunks = &self.config.trunks;
+        (0..trunks.len())
+            .filter(|&t| trunks[t].retired && !trunks[t].has_named_peers())
             .filter(|&t| !self.registrations.unregistering_trunk(t))
             .filter(|&t| {
                 !self
