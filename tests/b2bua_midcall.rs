@@ -825,3 +825,50 @@ fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
     );
     assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
 }
+
+/// A fax switch as many gateways send it: the re-INVITE's only media line turns from audio into
+/// T.38 (`m=image ... udptl t38`) in place. It is anchored on the line's mediagate ports with its
+/// T.38 attributes intact, both sides' streams re-learn toward the new ports, and `/status`
+/// calls the line `image`.
+#[test]
+fn a_reinvite_turning_audio_into_t38_in_place_is_anchored() {
+    let (mut h, inv_b, ok) = confirmed_call();
+    let b_port = sdp_of(&inv_b).media()[0].rtp.port();
+    let a_port = sdp_of(&ok).media()[0].rtp.port();
+    let t38 = |o: &str, ip: &str, port: u16| {
+        format!("v=0\no={o} 2 2 IN IP4 {ip}\ns=-\nc=IN IP4 {ip}\nt=0 0\nm=image {port} udptl t38\na=T38FaxVersion:0\na=T38FaxUdpEC:t38UDPRedundancy\n")
+    };
+    let (reinv, ok2, _) = reinvite_from_pbx(
+        &mut h,
+        &ok,
+        2,
+        &t38("pbx", "10.99.1.2", 6004),
+        &t38("callee", "10.99.2.2", 7004),
+    );
+    for (m, ip, port) in [(&reinv, "10.99.2.1", b_port), (&ok2, "10.99.1.1", a_port)] {
+        let text = String::from_utf8(m.body.clone()).unwrap();
+        assert!(
+            text.contains(&format!("m=image {port} udptl t38\r\n")),
+            "{text}"
+        );
+        assert!(text.contains("a=T38FaxUdpEC:t38UDPRedundancy"), "{text}");
+        assert_eq!(
+            sdp_of(m).media()[0].rtp,
+            format!("{ip}:{port}").parse().unwrap()
+        );
+    }
+    let r = renegotiated(&mut h);
+    assert!(
+        r.contains(&addr("10.99.1.2:6004")) && r.contains(&addr("10.99.2.2:7004")),
+        "{r:?}"
+    );
+    let st = h.status();
+    assert_eq!(
+        st["calls"][0]["legs"][0]["streams"][0]["kind"], "image",
+        "{st:#}"
+    );
+    assert_eq!(
+        st["calls"][0]["legs"][1]["streams"][0]["kind"], "image",
+        "{st:#}"
+    );
+}

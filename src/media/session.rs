@@ -271,6 +271,10 @@ impl CallMedia {
                 self.kinds.push(m.kind.clone());
                 self.enabled.push(true);
             }
+            if offer {
+                // A line may change its type in place (audio to T.38 `image` for a fax).
+                self.kinds[i].clone_from(&m.kind);
+            }
             let enabled = m.rtp.port() != 0;
             if offer || !enabled {
                 self.enabled[i] = enabled;
