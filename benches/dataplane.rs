@@ -191,6 +191,7 @@ fn loaded_relay() -> Relay {
                 latch: Latch::new(Some(remote), remote.ip()),
                 shared: Arc::new(AtomicU64::new(0)),
                 stats: Arc::new(StreamStats::new(epoch, Some(remote))),
+                rtcp: false,
             });
         }
     }

@@ -5,7 +5,7 @@
 //! caller's INVITE is there as received; every datagram is well-formed, carries the agent id,
 //! SIP as protocol type and the Call-ID as correlation. RTCP: a sender report the test sends
 //! on a call's anchored RTCP port is relayed and exported as HEP type 5 with Homer's JSON and
-//! the caller's Call-ID. Per trunk: a trunk with `hep = false`
+//! the caller's Call-ID, on the socket and the AF_XDP data planes. Per trunk: a trunk with `hep = false`
 //! is not captured and one with its own collector goes there instead of `[capture] hep`. Needs
 //! root; fails (never skips) without it.
 
@@ -265,10 +265,11 @@ fn sender_report(ssrc: u32) -> Vec<u8> {
     p
 }
 
-#[test]
-fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
+/// A call on `dataplane` whose caller side sends one sender report on mediagate's RTCP port:
+/// it is exported as HEP type 5, Homer's JSON, with the caller's Call-ID.
+fn rtcp_exported(test: &str, dataplane: Dataplane) {
     require_root_and_tools();
-    let lab = Lab::new("heprtcp");
+    let lab = Lab::new(test);
     let receiver = bind_in(&lab.mg(), "127.0.0.1:0");
     let collector = receiver.local_addr().unwrap();
     let mut uas = Sipp::spawn(
@@ -279,7 +280,10 @@ fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
     uas.settle();
     let mut mg = Mediagate::start(
         &lab,
-        &format!("{}\n[capture]\nhep = \"udp:{collector}\"\n", config(30)),
+        &format!(
+            "{}\n[capture]\nhep = \"udp:{collector}\"\n",
+            config_with(30, dataplane)
+        ),
     );
     let remote = format!("{MG_GW_IP}:5060");
     let mut uac = Sipp::spawn(
@@ -290,9 +294,8 @@ fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
             .args(&["-m", "1"])
             .timeout(30),
     );
-    let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
-        media_flowing(st, 1, Dataplane::Socket)
-    });
+    let (flowing, st) =
+        mg.wait_status(Duration::from_secs(8), |st| media_flowing(st, 1, dataplane));
     assert!(flowing, "media did not flow: {st:#}");
     let rtcp_at: SocketAddr = st["calls"][0]["legs"][0]["streams"][0]["rtcp"]["local"]
         .as_str()
@@ -328,4 +331,14 @@ fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
     assert_eq!(json["report_blocks"][0]["source_ssrc"], 7);
     assert_eq!(json["report_blocks"][0]["packets_lost"], 3);
     assert_eq!(json["report_blocks"][0]["highest_seq_no"], 100);
+}
+
+#[test]
+fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
+    rtcp_exported("heprtcp", Dataplane::Socket);
+}
+
+#[test]
+fn rtcp_relayed_by_the_afxdp_tier_is_exported_too() {
+    rtcp_exported("heprtcpx", Dataplane::Afxdp);
 }

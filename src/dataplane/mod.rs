@@ -29,8 +29,8 @@ impl Dataplane {
     /// Starts the configured tier. `media` lists mediagate's media addresses (the trunks' local
     /// addresses and the media interfaces), each with the device named for it in the config:
     /// XDP attaches to those devices. `auto` takes the best tier that starts and says why the
-    /// others did not; a named tier fails instead. With `capture_rtcp` the socket tier copies the
-    /// RTCP it relays for the HEP capture ([`Self::rtcp_copies`]).
+    /// others did not; a named tier fails instead. With `capture_rtcp` the user-space tiers copy
+    /// the RTCP they relay for the HEP capture ([`Self::rtcp_copies`]).
     pub fn start(
         config: &MediaConfig,
         media: &[(IpAddr, Option<String>)],
@@ -44,8 +44,12 @@ impl Dataplane {
             }
             false => (None, None),
         };
-        let socket =
-            socket::SocketRelay::start(config.threads, capacity, config.max_packet, tap_tx)?;
+        let socket = socket::SocketRelay::start(
+            config.threads,
+            capacity,
+            config.max_packet,
+            tap_tx.clone(),
+        )?;
         let ports = (config.port_first, config.port_last);
         // Validated to 64..=2048 (`config::MAX_PACKET_RANGE`).
         let max_payload = u16::try_from(config.max_packet).unwrap_or(u16::MAX);
@@ -58,6 +62,7 @@ impl Dataplane {
                 config.busy_poll,
                 capacity,
                 config.max_packet,
+                tap_tx.clone(),
             )?;
             Ok((k, a))
         };
@@ -102,8 +107,8 @@ impl Dataplane {
         })
     }
 
-    /// The RTCP packets the socket tier relayed since the last call, copied for the HEP capture
-    /// (none when capture is off; the XDP tiers relay RTCP without copying it).
+    /// The RTCP packets the socket and AF_XDP tiers relayed since the last call, copied for the
+    /// HEP capture (none when capture is off; the kernel tier relays RTCP without copying it).
     pub fn rtcp_copies(&self) -> impl Iterator<Item = tap::RtcpCopy> + '_ {
         self.rtcp.iter().flat_map(|r| r.drain())
     }

@@ -101,6 +101,7 @@ impl AfxdpTier {
         busy_poll: bool,
         capacity: usize,
         max_payload: usize,
+        tap: Option<super::tap::TapSender>,
     ) -> io::Result<Self> {
         let devices: Vec<Device> = kernel.devices().map(describe).collect::<io::Result<_>>()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -141,6 +142,7 @@ impl AfxdpTier {
                 busy_poll,
                 capacity,
                 max_payload,
+                tap: tap.clone(),
                 umem,
                 ports,
                 commands: rx,
@@ -212,6 +214,7 @@ impl AfxdpTier {
                     latch: spec.latch,
                     shared: shared.clone(),
                     stats: spec.stats.clone(),
+                    rtcp: spec.rtcp,
                 })
             }
             Command::Renegotiate { id, sdp } => {

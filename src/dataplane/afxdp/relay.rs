@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dataplane::tap::TapSender;
 use crate::media::{Admission, DropReason, Latch, RtpHeader, RtpQuality, StreamId, StreamStats};
 use crate::wire::UdpFrame;
 
@@ -38,6 +39,8 @@ pub enum WorkerCmd {
         latch: Latch,
         shared: SharedLatch,
         stats: Arc<StreamStats>,
+        /// An RTCP stream: what is relayed is copied to the capture tap, when there is one.
+        rtcp: bool,
     },
     Renegotiate {
         id: StreamId,
@@ -80,7 +83,9 @@ pub struct BatchCounts {
 }
 
 struct Stream {
+    id: StreamId,
     peer: StreamId,
+    rtcp: bool,
     local: SocketAddrV4,
     latch: Latch,
     shared: SharedLatch,
@@ -130,6 +135,8 @@ pub struct Relay {
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
     /// Largest UDP payload relayed; larger ones are dropped (`media.max_packet_bytes`).
     max_payload: usize,
+    /// The RTCP capture hand-off, when HEP capture is on.
+    tap: Option<TapSender>,
 }
 
 impl Relay {
@@ -143,7 +150,14 @@ impl Relay {
             streams: HashMap::with_capacity(capacity),
             local_of: HashMap::with_capacity(capacity),
             neighbours: HashMap::with_capacity(4096),
+            tap: None,
         }
+    }
+
+    /// Copies the RTCP this relay forwards to `tap` (HEP capture).
+    pub fn with_tap(mut self, tap: Option<TapSender>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// Applies a session or neighbour change (streams beyond the capacity are ignored: the
@@ -157,6 +171,7 @@ impl Relay {
                 latch,
                 shared,
                 stats,
+                rtcp,
             } => {
                 if self.streams.len() >= self.capacity {
                     return;
@@ -170,7 +185,9 @@ impl Relay {
                 self.streams.insert(
                     local,
                     Stream {
+                        id,
                         peer,
+                        rtcp,
                         local,
                         latch,
                         shared,
@@ -318,6 +335,10 @@ impl Relay {
         if view.ttl() <= 1 {
             stream.stats.record_drop(DropReason::SendFailed);
             return Outcome::Drop;
+        }
+        if let (true, Some(tap)) = (stream.rtcp, &self.tap) {
+            let (from, to) = (SocketAddr::V4(src), SocketAddr::V4(stream.local));
+            tap.copy(stream.id, from, to, view.payload());
         }
         let egress = peer.egress;
         let Some(dmac) = self.neighbours.get(dest.ip()).copied() else {

@@ -101,6 +101,8 @@ pub struct WorkerSetup {
     pub capacity: usize,
     /// `media.max_packet_bytes`.
     pub max_payload: usize,
+    /// Where relayed RTCP is copied for the HEP capture.
+    pub tap: Option<crate::dataplane::tap::TapSender>,
     pub umem: Umem,
     pub ports: Vec<Port>,
     pub commands: Receiver<WorkerCmd>,
@@ -181,7 +183,8 @@ impl Worker {
             stats: setup.stats,
             stop: setup.stop,
             umem: setup.umem,
-            relay: Relay::new(setup.capacity, egress, setup.max_payload),
+            relay: Relay::new(setup.capacity, egress, setup.max_payload)
+                .with_tap(setup.tap.clone()),
             io: Io {
                 free: (0..frames)
                     .map(|f| u64::from(f) * u64::from(super::xsk::FRAME_SIZE))
