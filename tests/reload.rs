@@ -8,7 +8,8 @@
 //! and completes, new calls go to the new trunk, which is probed, and `/status` and
 //! `/metrics` list the new trunks only. Needs root; fails (never skips) without it. And the
 //! same in the sans-IO core, where a call in set-up fails over after a reload: its next INVITE
-//! still follows the configuration the call started with.
+//! still follows the configuration the call started with; and a trunk kept across a reload that
+//! reorders the list and adds a trunk keeps its peer health, drain and occupying call.
 
 mod common;
 mod sansio;
@@ -388,4 +389,66 @@ fn a_call_in_set_up_keeps_its_configuration_across_a_reload() {
         invite_uri_to(&out, "10.99.2.2:5060"),
         "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0"
     );
+}
+
+/// In the sans-IO core: a reload that lists the ITSP trunk first and adds a `spare` trunk keeps
+/// the ITSP trunk's state (peer health from its probes, drain, the call occupying it) and starts
+/// the new trunk fresh (not draining, no call, its peer not probed yet).
+#[test]
+fn a_kept_trunk_keeps_its_state_across_a_reload_that_reorders_and_adds() {
+    let itsp = "name = \"itsp\"\nkind = \"itsp\"\npeers = [\"udp:10.99.2.2:5060\"]\nlocal = \"udp:10.99.2.1:5060\"\n";
+    let probed = format!("{itsp}options_interval_s = 10\n");
+    let running_text = sansio::LAB.replace(itsp, &probed);
+    assert_ne!(
+        running_text,
+        sansio::LAB,
+        "tests/data/lab.toml changed shape"
+    );
+    let mut h = sansio::Harness::with_config(&running_text);
+    let out = h.advance(Duration::ZERO);
+    let probe = out
+        .iter()
+        .find(|t| t.target.remote == h.itsp.remote)
+        .expect("an OPTIONS probe to the ITSP")
+        .message
+        .clone();
+    h.send(
+        mediagate::sip::dialog::response_to(&probe, 200, "OK", Some("p1")),
+        h.itsp,
+    );
+    h.send(sansio::parse(sansio::INVITE), h.pbx);
+    h.core.set_draining("itsp", true).unwrap();
+
+    // The file: itsp first, then pbx, then a new trunk.
+    let (head, rest) = running_text.split_once("[[trunk]]").unwrap();
+    let (pbx, rest) = rest.split_once("[[trunk]]").unwrap();
+    let (itsp_block, routes) = rest.split_once("[[route]]").unwrap();
+    let spare = "name = \"spare\"\nkind = \"itsp\"\npeers = [\"udp:10.99.2.3:5060\"]\nlocal = \"udp:10.99.2.1:5060\"\n\n";
+    let file =
+        format!("{head}[[trunk]]{itsp_block}[[trunk]]{pbx}[[trunk]]\n{spare}[[route]]{routes}");
+    let running = mediagate::config::parse("lab.toml", &running_text).unwrap();
+    let new = mediagate::config::parse("lab.toml", &file).unwrap();
+    let m = mediagate::config::live::merge(&running, new, &h.core.free_trunk_slots()).unwrap();
+    assert_eq!(
+        (m.added.as_slice(), m.removed.as_slice()),
+        (&[2][..], &[][..])
+    );
+    h.core
+        .reconfigure(std::sync::Arc::new(m.config), &m.added, &m.removed, h.now);
+
+    let st = h.status();
+    let trunk = |name: &str| {
+        st["trunks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == name))
+            .unwrap_or_else(|| panic!("no trunk {name}: {st:#}"))
+            .clone()
+    };
+    let (itsp, spare) = (trunk("itsp"), trunk("spare"));
+    assert_eq!(itsp["draining"], true, "{itsp:#}");
+    assert_eq!(itsp["active_calls"], 1, "{itsp:#}");
+    assert_eq!(itsp["peers"][0]["state"], "up", "{itsp:#}");
+    assert_eq!(spare["draining"], false, "{spare:#}");
+    assert_eq!(spare["active_calls"], 0, "{spare:#}");
+    assert_eq!(spare["peers"][0]["state"], "unprobed", "{spare:#}");
 }
