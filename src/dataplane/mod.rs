@@ -147,6 +147,7 @@ impl Dataplane {
             workers,
             neighbour_probes,
             latency,
+            rtcp_copies_skipped: self.rtcp.as_ref().map_or(0, |r| r.skipped()),
         }
     }
 
@@ -182,6 +183,8 @@ pub struct Snapshot {
     pub neighbour_probes: u64,
     /// The AF_XDP workers' merged relay-latency histogram in nanoseconds.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Relayed RTCP packets not copied for the HEP capture because the hand-off was full.
+    pub rtcp_copies_skipped: u64,
 }
 
 /// One AF_XDP worker's loop counters.

@@ -597,6 +597,11 @@ impl Metrics {
             "Datagrams sent to make the kernel resolve a next hop for the AF_XDP workers.",
             [(vec![], s.dataplane.neighbour_probes)],
         );
+        out.counter(
+            "mediagate_capture_rtcp_skipped",
+            "Relayed RTCP packets not exported over HEP because the data plane's hand-off queue to the control loop was full (the packets themselves were relayed).",
+            [(vec![], s.dataplane.rtcp_copies_skipped)],
+        );
         if let Some(h) = &s.dataplane.latency {
             out.registry.register_with_unit(
                 "mediagate_relay_latency",
@@ -1213,6 +1218,7 @@ mod tests {
             }],
             neighbour_probes: 0,
             latency: Some(h),
+            rtcp_copies_skipped: 0,
         };
         let text = render(&m, &dp);
         let p = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
