@@ -210,7 +210,7 @@ impl Hep {
             // The first and then every 1000th, so a dead collector cannot flood the log.
             if self.dropped % 1000 == 1 {
                 tracing::warn!(%collector, dropped = self.dropped, %error,
-                    "SIP capture: message not sent to the HEP collector");
+                    "HEP capture: datagram not sent to the collector");
             }
         }
     }
