@@ -18,6 +18,8 @@ mod identity;
 mod midcall;
 #[path = "b2bua_peers.rs"]
 mod peers;
+#[path = "b2bua_prack.rs"]
+mod prack;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
@@ -83,8 +85,10 @@ enum Purpose {
     Invite,
     Cancel,
     Bye,
-    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO).
+    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO, PRACK).
     Relay,
+    /// mediagate's own PRACK of a reliable provisional (`b2bua_prack.rs`).
+    Prack,
 }
 
 /// The 2xx sent to A, retransmitted until A's ACK (RFC 3261 §13.3.1.4).
@@ -151,6 +155,8 @@ struct Call {
     media: CallMedia,
     /// Mid-call requests relayed to the other leg and negotiation state (`b2bua_midcall.rs`).
     mid: midcall::MidCall,
+    /// Reliable provisional responses toward the caller (`b2bua_prack.rs`).
+    early: prack::Early,
 }
 
 impl Call {
@@ -324,6 +330,7 @@ impl B2bua {
                 .into_iter()
                 .flatten()
                 .map(|p| p.next)
+                .chain(c.early.next_timer())
         });
         [
             self.txns.poll_timeout(),
@@ -411,6 +418,7 @@ impl B2bua {
             }
         }
         unacked.dedup();
+        self.retransmit_reliable(now);
         for key in unacked {
             let span = self.span_of(key);
             let _in_call = span.enter();
@@ -736,6 +744,7 @@ impl B2bua {
             Method::Invite => self.on_reoffer(key, side, txn, req, now),
             Method::Other(ref m) if m == "UPDATE" => self.on_reoffer(key, side, txn, req, now),
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
+            Method::Other(ref m) if m == "PRACK" => self.on_prack(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
     }
@@ -840,6 +849,7 @@ impl B2bua {
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
+        let early = prack::Early::of_invite(&req);
         let call = Call {
             label: now_label(key),
             config: self.config.clone(),
@@ -874,6 +884,7 @@ impl B2bua {
             open_txns: Vec::new(),
             media,
             mid: midcall::MidCall::default(),
+            early,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
@@ -1003,6 +1014,9 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
+        if let Some((name, value)) = call.early.toward_callee() {
+            inv.push_header(name, value);
+        }
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
             &call.config,
@@ -1125,7 +1139,7 @@ impl B2bua {
         }
         match purpose {
             Purpose::Invite => self.on_invite_response(key, txn, resp, code, now),
-            Purpose::Cancel => {}
+            Purpose::Cancel | Purpose::Prack => {}
             Purpose::Bye => self.finish_if_idle(key),
             Purpose::Relay => self.on_relayed_response(txn, resp, code, now),
         }
@@ -1162,9 +1176,7 @@ impl B2bua {
                 if call.phase != Phase::Setup {
                     return;
                 }
-                call.b.establish_from_response(&resp);
-                let body = self.anchor_from_b(key, &resp, now);
-                self.relay_to_a(key, &resp, body, now);
+                self.on_provisional(key, &resp, now);
             }
             200..=299 => {
                 let call = self.calls.get_mut(&key).expect("live");

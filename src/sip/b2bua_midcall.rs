@@ -210,7 +210,7 @@ impl B2bua {
 
     /// Sends `out` on the other leg of `from` and remembers how to answer `req`.
     #[allow(clippy::too_many_arguments)]
-    fn relay(
+    pub(super) fn relay(
         &mut self,
         key: CallKey,
         from: Side,
