@@ -1,0 +1,164 @@
+//! Reliable provisional responses (RFC 3262) through the sans-IO B2BUA with a virtual clock
+//! (issue 7): retransmission of a reliable 183 toward the caller until its PRACK, RAck mapping
+//! onto the callee leg, one outstanding reliable provisional at a time, callee retransmissions
+//! not relayed twice, PRACKs that match nothing, and a caller that never PRACKs.
+
+mod sansio;
+
+use mediagate::sip::dialog::response_to;
+use mediagate::sip::message::{Message, Method, StartLine};
+use mediagate::sip::transaction::{Target, Transmit, T1};
+use sansio::{parse, Harness, INVITE};
+
+/// The caller's INVITE offering 100rel.
+fn invite_100rel() -> Message {
+    let mut inv = parse(INVITE);
+    inv.push_header("Supported", "100rel".into());
+    inv
+}
+
+/// Messages to `to` other than 100 Trying.
+fn to_peer(out: &[Transmit], to: &Target) -> Vec<Message> {
+    out.iter()
+        .filter(|t| t.target.remote == to.remote && t.message.code() != Some(100))
+        .map(|t| t.message.clone())
+        .collect()
+}
+
+fn one_to(out: &[Transmit], to: &Target) -> Message {
+    let msgs = to_peer(out, to);
+    assert_eq!(msgs.len(), 1, "one message to {}: {out:#?}", to.remote);
+    msgs[0].clone()
+}
+
+/// A provisional from the callee to mediagate's INVITE `inv_b`, reliable with `rseq` if given.
+fn provisional(inv_b: &Message, code: u16, rseq: Option<u32>) -> Message {
+    let mut r = response_to(inv_b, code, "X", Some("itsptag"));
+    r.push_header("Contact", "<sip:callee@10.99.2.2:5060>".into());
+    if let Some(n) = rseq {
+        r.push_header("Require", "100rel".into());
+        r.push_header("RSeq", n.to_string());
+    }
+    r
+}
+
+/// The caller's PRACK in the early dialog of `resp` (a provisional it received).
+fn prack(resp: &Message, rack: &str, branch: &str) -> Message {
+    let mut m = Message {
+        start: StartLine::Request {
+            method: Method::Other("PRACK".into()),
+            uri: "sip:mediagate@10.99.1.1:5060".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    m.push_header(
+        "Via",
+        format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-{branch}"),
+    );
+    for name in ["From", "To", "Call-ID"] {
+        m.push_header(name, resp.header(name).unwrap().to_string());
+    }
+    m.push_header("CSeq", "2 PRACK".into());
+    m.push_header("RAck", rack.into());
+    m.push_header("Max-Forwards", "70".into());
+    m
+}
+
+fn rseq_of(m: &Message) -> u32 {
+    m.header("RSeq").and_then(|v| v.parse().ok()).expect("RSeq")
+}
+
+/// A call set up with a 100rel caller up to mediagate's INVITE on the callee leg.
+fn calling() -> (Harness, Message) {
+    let mut h = Harness::new();
+    let out = h.send(invite_100rel(), h.pbx);
+    let inv_b = one_to(&out, &h.itsp);
+    assert_eq!(inv_b.header("Supported"), Some("100rel"));
+    (h, inv_b)
+}
+
+#[test]
+fn reliable_183_is_retransmitted_until_pracked_and_the_prack_is_mapped() {
+    let (mut h, inv_b) = calling();
+    let out = h.send(provisional(&inv_b, 183, Some(41)), h.itsp);
+    let p183 = one_to(&out, &h.pbx);
+    assert_eq!(p183.code(), Some(183));
+    assert_eq!(p183.header("Require"), Some("100rel"));
+    let rseq = rseq_of(&p183);
+    // The callee's retransmission of its 183 is not relayed again.
+    let out = h.send(provisional(&inv_b, 183, Some(41)), h.itsp);
+    assert!(to_peer(&out, &h.pbx).is_empty(), "{out:#?}");
+    // Retransmitted to the caller after T1, then 2*T1 later.
+    let out = h.advance(T1);
+    assert_eq!(rseq_of(&one_to(&out, &h.pbx)), rseq);
+    assert!(to_peer(&h.advance(T1), &h.pbx).is_empty());
+    assert_eq!(rseq_of(&one_to(&h.advance(T1), &h.pbx)), rseq);
+    // A PRACK for another RSeq matches nothing; a bad RAck is a bad request.
+    let out = h.send(prack(&p183, &format!("{} 1 INVITE", rseq + 1), "p0"), h.pbx);
+    assert_eq!(one_to(&out, &h.pbx).code(), Some(481));
+    let out = h.send(prack(&p183, "x 1 INVITE", "p00"), h.pbx);
+    assert_eq!(one_to(&out, &h.pbx).code(), Some(400));
+    // The right one goes to the callee with the callee's RSeq and INVITE CSeq.
+    let out = h.send(prack(&p183, &format!("{rseq} 1 INVITE"), "p1"), h.pbx);
+    let prack_b = one_to(&out, &h.itsp);
+    assert_eq!(prack_b.method(), Some(&Method::Other("PRACK".into())));
+    let inv_cseq = inv_b.header("CSeq").unwrap().split_whitespace().next().unwrap();
+    assert_eq!(
+        prack_b.header("RAck").unwrap(),
+        format!("41 {inv_cseq} INVITE")
+    );
+    assert_eq!(prack_b.header("Call-ID"), inv_b.header("Call-ID"));
+    // The callee's 200 answers the caller's PRACK; retransmissions stopped.
+    let ok = response_to(&prack_b, 200, "OK", None);
+    let out = h.send(ok, h.itsp);
+    let ok_a = one_to(&out, &h.pbx);
+    assert_eq!(ok_a.code(), Some(200));
+    assert_eq!(ok_a.header("CSeq"), Some("2 PRACK"));
+    assert!(to_peer(&h.advance(8 * T1), &h.pbx).is_empty());
+}
+
+#[test]
+fn one_reliable_provisional_outstanding_at_a_time() {
+    let (mut h, inv_b) = calling();
+    let p180 = one_to(&h.send(provisional(&inv_b, 180, Some(1)), h.itsp), &h.pbx);
+    let out = h.send(provisional(&inv_b, 183, Some(2)), h.itsp);
+    assert!(to_peer(&out, &h.pbx).is_empty(), "183 held back: {out:#?}");
+    let rseq = rseq_of(&p180);
+    let out = h.send(prack(&p180, &format!("{rseq} 1 INVITE"), "p1"), h.pbx);
+    let p183 = one_to(&out, &h.pbx);
+    assert_eq!(p183.code(), Some(183));
+    assert_eq!(rseq_of(&p183), rseq + 1, "RSeq counts up by one");
+}
+
+#[test]
+fn unreliable_provisional_sent_unreliably_and_its_duplicate_prack_answered_481() {
+    let (mut h, inv_b) = calling();
+    let p180 = one_to(&h.send(provisional(&inv_b, 180, None), h.itsp), &h.pbx);
+    assert_eq!(p180.header("RSeq"), None, "the caller only supports 100rel");
+    let out = h.send(prack(&p180, "1 1 INVITE", "p1"), h.pbx);
+    assert_eq!(one_to(&out, &h.pbx).code(), Some(481));
+}
+
+#[test]
+fn caller_that_never_pracks_gets_500_and_the_callee_a_cancel() {
+    let (mut h, inv_b) = calling();
+    one_to(&h.send(provisional(&inv_b, 183, Some(1)), h.itsp), &h.pbx);
+    let mut out = Vec::new();
+    for _ in 0..70 {
+        out.extend(h.advance(T1));
+    }
+    let finals: Vec<Message> = to_peer(&out, &h.pbx)
+        .into_iter()
+        .filter(|m| m.code() != Some(183))
+        .collect();
+    assert!(!finals.is_empty(), "{out:#?}");
+    assert!(finals.iter().all(|m| m.code() == Some(500)), "{finals:#?}");
+    assert!(
+        to_peer(&out, &h.itsp)
+            .iter()
+            .any(|m| m.method() == Some(&Method::Cancel)),
+        "{out:#?}"
+    );
+    assert_eq!(h.status()["active_calls"], 0);
+}
