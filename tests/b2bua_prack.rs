@@ -162,3 +162,128 @@ fn caller_that_never_pracks_gets_500_and_the_callee_a_cancel() {
     );
     assert_eq!(h.status()["active_calls"], 0);
 }
+
+/// An SDP body from test text.
+fn with_body(mut m: Message, sdp: &str) -> Message {
+    m.push_header("Content-Type", "application/sdp".into());
+    m.body = sdp.replace('\n', "\r\n").into_bytes();
+    m
+}
+
+fn sdp(owner: &str, ip: &str, version: u32, port: u16) -> String {
+    format!("v=0\no={owner} 1 {version} IN IP4 {ip}\ns=-\nc=IN IP4 {ip}\nt=0 0\nm=audio {port} RTP/AVP 8\na=rtpmap:8 PCMA/8000\na=sendrecv\n")
+}
+
+/// The `c=` address and `m=audio` port of a body.
+fn conn(m: &Message) -> (String, u16) {
+    let text = String::from_utf8_lossy(&m.body).to_string();
+    let ip = text.lines().find_map(|l| l.strip_prefix("c=IN IP4 ")).unwrap();
+    let port = text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    (ip.trim().to_string(), port.parse().unwrap())
+}
+
+/// A call with a PRACKed reliable 183 with SDP: the 183 the caller got.
+fn early_call() -> (Harness, Message, Message) {
+    let (mut h, inv_b) = calling();
+    let p183 = with_body(
+        provisional(&inv_b, 183, Some(1)),
+        &sdp("callee", "10.99.2.2", 1, 7000),
+    );
+    let p183 = one_to(&h.send(p183, h.itsp), &h.pbx);
+    let rack = format!("{} 1 INVITE", rseq_of(&p183));
+    let prack_b = one_to(&h.send(prack(&p183, &rack, "p1"), h.pbx), &h.itsp);
+    one_to(&h.send(response_to(&prack_b, 200, "OK", None), h.itsp), &h.pbx);
+    (h, inv_b, p183)
+}
+
+#[test]
+fn early_update_from_the_caller_is_relayed_with_its_sdp_reanchored() {
+    let (mut h, inv_b, p183) = early_call();
+    let mut update = prack(&p183, "", "u1");
+    update.start = StartLine::Request {
+        method: Method::Other("UPDATE".into()),
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    update.remove_headers("RAck");
+    update.set_header("CSeq", "3 UPDATE".into());
+    update.push_header("Contact", "<sip:100@10.99.1.2:5060>".into());
+    // The caller moves its media to another port.
+    let update = with_body(update, &sdp("pbx", "10.99.1.2", 2, 6002));
+    let out = h.send(update, h.pbx);
+    let update_b = one_to(&out, &h.itsp);
+    assert_eq!(update_b.method(), Some(&Method::Other("UPDATE".into())));
+    assert_eq!(update_b.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(conn(&update_b), conn(&inv_b), "same anchor on the callee leg");
+    let answer = with_body(
+        response_to(&update_b, 200, "OK", None),
+        &sdp("callee", "10.99.2.2", 2, 7002),
+    );
+    let ok = one_to(&h.send(answer, h.itsp), &h.pbx);
+    assert_eq!(ok.code(), Some(200));
+    assert_eq!(ok.header("CSeq"), Some("3 UPDATE"));
+    assert_eq!(conn(&ok), conn(&p183), "same anchor on the caller leg");
+    let st = h.status();
+    let remotes: Vec<String> = st["calls"][0]["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["streams"][0]["remote"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(remotes.iter().any(|r| r.ends_with(":6002")), "{st:#}");
+    assert!(remotes.iter().any(|r| r.ends_with(":7002")), "{st:#}");
+}
+
+#[test]
+fn early_update_from_the_callee_reaches_the_caller_in_its_dialog() {
+    let (mut h, inv_b, p183) = early_call();
+    let mut update = Message {
+        start: StartLine::Request {
+            method: Method::Other("UPDATE".into()),
+            uri: "sip:mediagate@10.99.2.1:5060".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    update.push_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.2.2:5060;branch=z9hG4bK-cu1".into(),
+    );
+    update.push_header(
+        "From",
+        format!("{};tag=itsptag", inv_b.header("To").unwrap()),
+    );
+    update.push_header("To", inv_b.header("From").unwrap().to_string());
+    update.push_header("Call-ID", inv_b.header("Call-ID").unwrap().to_string());
+    update.push_header("CSeq", "10 UPDATE".into());
+    update.push_header("Max-Forwards", "70".into());
+    let update = with_body(update, &sdp("callee", "10.99.2.2", 3, 7004));
+    let update_a = one_to(&h.send(update, h.itsp), &h.pbx);
+    assert_eq!(update_a.header("Call-ID"), Some("pbx-call-1"));
+    assert_eq!(update_a.header("From"), p183.header("To"), "mediagate's early dialog");
+    assert_eq!(conn(&update_a), conn(&p183));
+    let answer = with_body(
+        response_to(&update_a, 200, "OK", None),
+        &sdp("pbx", "10.99.1.2", 3, 6000),
+    );
+    let ok = one_to(&h.send(answer, h.pbx), &h.itsp);
+    assert_eq!(ok.code(), Some(200));
+    assert_eq!(conn(&ok).0, "10.99.2.1");
+}
+
+#[test]
+fn update_before_any_early_dialog_gets_501() {
+    let (mut h, _inv_b) = calling();
+    let mut update = parse(INVITE);
+    update.start = StartLine::Request {
+        method: Method::Other("UPDATE".into()),
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    update.set_header("Via", "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-u0".into());
+    update.set_header("To", "<sip:+4930123@10.99.1.1:5060>;tag=guess".into());
+    update.set_header("CSeq", "2 UPDATE".into());
+    assert_eq!(one_to(&h.send(update, h.pbx), &h.pbx).code(), Some(501));
+}

@@ -99,10 +99,13 @@ impl B2bua {
         now: Instant,
     ) {
         let call = &self.calls[&key];
+        let is_update = req.method() == Some(&Method::Other("UPDATE".into()));
         match call.phase {
             Phase::Confirmed => {}
             Phase::Ending => return self.respond(txn, &req, 481, now),
-            // Early-dialog UPDATE and offers before the initial ACK are not supported.
+            // RFC 3311: UPDATE in the early dialog (`b2bua_prack.rs`); no re-INVITE before
+            // the dialog is confirmed.
+            Phase::Setup if is_update && self.early_dialog_up(key) => {}
             Phase::Setup => return self.respond(txn, &req, 501, now),
             Phase::Answered => return self.respond(txn, &req, 491, now),
         }

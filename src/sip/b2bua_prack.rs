@@ -1,5 +1,6 @@
-//! Reliable provisional responses (RFC 3262, `100rel` and PRACK) across the two legs of a call
-//! (issue 7). Reliability is terminated per leg, each with its own RSeq space:
+//! The early dialog (issue 7): reliable provisional responses (RFC 3262, `100rel` and PRACK)
+//! across the two legs of a call, and UPDATE before the answer (RFC 3311). Reliability is
+//! terminated per leg, each with its own RSeq space:
 //!
 //! - The caller's `Supported`/`Require: 100rel` is carried on the callee leg's INVITE.
 //! - A provisional from the callee is sent to the caller reliably (`Require: 100rel`, an RSeq
@@ -14,6 +15,8 @@
 //!   PRACKed by mediagate itself and relayed unreliably.
 //! - Callee retransmissions of a reliable provisional (same To tag and RSeq) are not relayed
 //!   again. SDP in any provisional is anchored as before (early media).
+//! - UPDATE (RFC 3311) from either side in the early dialog is relayed like a mid-call one
+//!   (`b2bua_midcall.rs`), its SDP re-anchored, once the callee's early dialog exists.
 //! - No PRACK from the caller within 64*T1: the caller gets 500 and the callee a CANCEL
 //!   (RFC 3262 §3 "SHOULD reject the original request with a 5xx").
 
@@ -245,6 +248,16 @@ impl B2bua {
             None => self.respond(txn, &req, 200, now),
         }
         self.send_reliable(key, now);
+    }
+
+    /// Whether call `key` has an early dialog on both legs (a provisional with a To tag came
+    /// from the callee and went to the caller), so an UPDATE from either side can be relayed
+    /// (RFC 3311 §5.1; whether the initial offer/answer is complete is the far end's to judge).
+    pub(super) fn early_dialog_up(&self, key: CallKey) -> bool {
+        let call = &self.calls[&key];
+        call.phase == Phase::Setup
+            && !call.cancelled
+            && header::param(&call.b.remote, "tag").is_some()
     }
 
     /// Retransmits reliable provisionals not yet PRACKed (T1 doubling, RFC 3262 §3) and fails
