@@ -1,7 +1,7 @@
 //! Reliable provisional responses (RFC 3262, 100rel/PRACK) through mediagate between real sipp
 //! peers (issue 7): a reliable 183 with SDP relayed reliably to a caller that supports 100rel,
-//! PRACKed end to end with each leg's own RSeq and RAck, early media flowing through mediagate
-//! before the answer; and a callee requiring 100rel behind a caller that does not offer it,
+//! PRACKed end to end with each leg's own RSeq and RAck, an UPDATE in the early dialog relayed
+//! with its SDP re-anchored, early media flowing through mediagate before the answer; and a callee requiring 100rel behind a caller that does not offer it,
 //! PRACKed by mediagate.
 //!
 //!   gw (10.99.1.2, "pbx" trunk) -- 10.99.1.1 [mediagate] 10.99.2.1 -- it (10.99.2.2, "itsp")
@@ -49,7 +49,8 @@ fn lists_100rel(m: &SipMsg, name: &str) -> bool {
 }
 
 /// Places one call from the PBX side with `caller_scenario` toward a callee that requires
-/// 100rel (`uas_100rel`: reliable 183 with SDP, 4 s of early media, then 200); returns the
+/// 100rel (`uas_100rel`: reliable 183 with SDP, an early UPDATE answered if the caller sends
+/// one within 4 s, early media, then 200); returns the
 /// two finished sipp runs. Checks on the way that the call completed and mediagate is idle.
 fn call_to_100rel_callee(lab: &Lab, caller_scenario: &str, early_media: bool) -> (Sipp, Sipp) {
     let (caller, callee) = sides(lab, Origin::Gw);
@@ -110,7 +111,7 @@ fn assert_callee_prack(uas: &Sipp) {
 }
 
 #[test]
-fn reliable_183_prack_end_to_end_with_early_media() {
+fn reliable_183_prack_and_early_update_end_to_end_with_early_media() {
     let lab = Lab::new("prack_e2e");
     let (uac, uas) = call_to_100rel_callee(&lab, "uac_100rel", true);
 
@@ -142,6 +143,23 @@ fn reliable_183_prack_end_to_end_with_early_media() {
         uac.describe()
     );
     assert_callee_prack(&uas);
+
+    // The caller's early UPDATE reached the callee re-anchored on the callee leg (same
+    // mediagate port as the INVITE, unknown lines kept), and the callee's answer reached the
+    // caller on the 183's port; the early media the test saw flowed after it.
+    let update = first(&uas, true, "UPDATE");
+    assert_eq!(update.header("Call-ID"), invite.header("Call-ID"));
+    assert_eq!(update.sdp_conn_addr().as_deref(), Some(MG_IT_IP), "{}", update.text);
+    assert_eq!(update.sdp_audio_port(), invite.sdp_audio_port());
+    assert!(update.body().contains("a=ptime:20"), "{}", update.text);
+    assert!(!update.text.contains(GW_IP), "caller leaked:\n{}", update.text);
+    let answer = with_start(&uac, true, "SIP/2.0 200")
+        .into_iter()
+        .find(|m| m.header("CSeq").is_some_and(|c| c.ends_with("UPDATE")))
+        .unwrap_or_else(|| panic!("no 200 to the UPDATE\n{}", uac.describe()));
+    assert_eq!(answer.sdp_conn_addr().as_deref(), Some(MG_GW_IP), "{}", answer.text);
+    assert_eq!(answer.sdp_audio_port(), p183.sdp_audio_port());
+    assert!(!answer.text.contains(IT_IP), "callee leaked:\n{}", answer.text);
 }
 
 #[test]
