@@ -825,3 +825,68 @@ fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
     );
     assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
 }
+
+/// The PBX re-INVITEs with a hold offer from a new port; returns the re-INVITE the ITSP got.
+fn pending_reinvite(h: &mut Harness, ok: &Message) -> Message {
+    let offer = pbx_sdp(2353687638, 6004, "sendonly");
+    let out = h.send(
+        pbx_request(ok, Method::Invite, 2, "re2", Some(&offer)),
+        h.pbx,
+    );
+    let reinv = only_to(&out, &h.itsp);
+    assert!(renegotiated(h).contains(&addr("10.99.1.2:6004")));
+    reinv
+}
+
+/// The ITSP refuses the cancelled re-INVITE with 487: the PBX gets it, its streams go back to
+/// where they were, the call stays up.
+fn cancelled_reinvite_refused(h: &mut Harness, reinv: &Message) {
+    let out = h.send(reply(reinv, 487, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let refused = one_to(&out, &h.pbx);
+    assert_eq!(code_of(&refused), 487);
+    assert_eq!(refused.header("CSeq"), Some("2 INVITE"));
+    let r = renegotiated(h);
+    assert!(r.contains(&addr("10.99.1.2:6000")), "{r:?}");
+    assert_eq!(active_calls(h), 1);
+}
+
+#[test]
+fn reinvite_provisionals_are_relayed_and_its_cancel_too() {
+    let (mut h, _, ok) = confirmed_call();
+    let reinv = pending_reinvite(&mut h, &ok);
+    let out = h.send(reply(&reinv, 180, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let ringing = one_to(&out, &h.pbx);
+    assert_eq!(code_of(&ringing), 180);
+    assert_eq!(ringing.header("CSeq"), Some("2 INVITE"));
+    let out = h.send(pbx_request(&ok, Method::Cancel, 2, "re2", None), h.pbx);
+    let cancel_ok = one_to(&out, &h.pbx);
+    assert_eq!(
+        (code_of(&cancel_ok), cancel_ok.header("CSeq")),
+        (200, Some("2 CANCEL"))
+    );
+    let cancel = one_to(&out, &h.itsp);
+    assert_eq!(cancel.method(), Some(&Method::Cancel));
+    assert_eq!(cancel.header("Via"), reinv.header("Via"), "CANCEL of our re-INVITE");
+    cancelled_reinvite_refused(&mut h, &reinv);
+}
+
+#[test]
+fn cancel_of_a_reinvite_waits_for_its_first_provisional() {
+    let (mut h, _, ok) = confirmed_call();
+    let reinv = pending_reinvite(&mut h, &ok);
+    let out = h.send(pbx_request(&ok, Method::Cancel, 2, "re2", None), h.pbx);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 200);
+    assert!(to_peer(&out, &h.itsp).is_empty(), "no CANCEL before a provisional");
+    let out = h.send(reply(&reinv, 183, "itsptag", ITSP_CONTACT, None), h.itsp);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 183);
+    assert_eq!(one_to(&out, &h.itsp).method(), Some(&Method::Cancel));
+    cancelled_reinvite_refused(&mut h, &reinv);
+}
+
+#[test]
+fn cancel_matching_no_reinvite_gets_481() {
+    let (mut h, _, ok) = confirmed_call();
+    let out = h.send(pbx_request(&ok, Method::Cancel, 2, "nothing", None), h.pbx);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 481);
+    assert_eq!(active_calls(&h), 1);
+}

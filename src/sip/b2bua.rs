@@ -745,6 +745,7 @@ impl B2bua {
             Method::Other(ref m) if m == "UPDATE" => self.on_reoffer(key, side, txn, req, now),
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
             Method::Other(ref m) if m == "PRACK" => self.on_prack(key, side, txn, req, now),
+            Method::Cancel => self.on_midcall_cancel(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
     }

@@ -19,6 +19,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+#[path = "b2bua_reinvite.rs"]
+mod reinvite;
+
 use super::{B2bua, CallKey, PendingOk, Phase, Purpose};
 use crate::media::session::{AnchorError, Side};
 use crate::sdp::Sdp;
@@ -62,6 +65,9 @@ pub(super) struct Relayed {
     answered: bool,
     /// The ACK sent on the other leg, repeated for 2xx retransmissions.
     ack: Option<Message>,
+    /// The sender cancelled the re-INVITE; whether the CANCEL went out (`b2bua_reinvite.rs`).
+    cancelled: bool,
+    cancel_sent: bool,
 }
 
 impl Relayed {
@@ -244,6 +250,8 @@ impl B2bua {
                 offer_in_ok: None,
                 answered: false,
                 ack: None,
+                cancelled: false,
+                cancel_sent: false,
             },
         );
         client
@@ -258,7 +266,7 @@ impl B2bua {
         now: Instant,
     ) {
         if code < 200 {
-            return;
+            return self.on_relayed_provisional(txn, &resp, now);
         }
         let Some(rel) = self.relayed.get_mut(&txn) else {
             return;
