@@ -783,8 +783,29 @@ fn hang_up_during_a_reinvite_acks_the_late_answer_and_forgets_the_call() {
     assert!(h.core.is_idle(), "call and transactions forgotten");
 }
 
+/// How the only recorded call ended: (`ended_by`, `end_reason`).
+fn ending(h: &mut Harness) -> (String, String) {
+    let records = h.core.drain_cdrs();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = serde_json::to_value(&records[0]).unwrap();
+    (
+        r["ended_by"].as_str().unwrap().to_string(),
+        r["end_reason"].as_str().unwrap().to_string(),
+    )
+}
+
+/// BYE requests in `out`, by where they went.
+fn byes_to(out: &[Transmit], to: &Target) -> usize {
+    to_peer(out, to)
+        .iter()
+        .filter(|m| m.method() == Some(&Method::Bye))
+        .count()
+}
+
+/// RFC 3261 §12.2.1.2: no response at all to a relayed request is a 408; the callee's dialog
+/// may be gone, so the call ends: 408 to the PBX, BYE on both legs, ports freed.
 #[test]
-fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
+fn an_unanswered_relayed_request_gets_408_and_ends_the_call() {
     let config = CONFIG.replace("timeout_s = 30", "timeout_s = 300");
     let (mut h, _, ok) = confirmed_call_with(&config);
     let out = h.send(
@@ -798,32 +819,63 @@ fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
         h.pbx,
     );
     only_to(&out, &h.itsp);
-    h.core.drain_media_commands();
     let mut out = Vec::new();
     for _ in 0..33 {
         out.extend(h.advance(Duration::from_secs(1)));
     }
     // (repeated by the server transaction until the PBX ACKs it)
-    let to_pbx = to_peer(&out, &h.pbx);
+    let to_pbx: Vec<Message> = to_peer(&out, &h.pbx)
+        .into_iter()
+        .filter(|m| m.method() != Some(&Method::Bye))
+        .collect();
     assert!(!to_pbx.is_empty(), "{out:#?}");
     assert!(to_pbx.iter().all(|m| code_of(m) == 408), "{to_pbx:#?}");
-    assert!(
-        renegotiated(&mut h).contains(&addr("10.99.1.2:6000")),
-        "previous media restored"
+    // (each BYE retransmitted, as nobody answers here)
+    assert!(byes_to(&out, &h.pbx) >= 1, "{out:#?}");
+    assert!(byes_to(&out, &h.itsp) >= 1, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+    assert!(h.ports_all_free());
+    assert_eq!(ending(&mut h), ("callee".into(), "dialog-gone".into()));
+}
+
+/// A 481 to a relayed re-INVITE: the callee's dialog is gone, so the PBX gets the 481 and a
+/// BYE, the callee none, and the record says so.
+#[test]
+fn a_481_to_a_relayed_reinvite_ends_the_call() {
+    let (mut h, _, ok) = confirmed_call();
+    let reinv = pending_reinvite(&mut h, &ok);
+    let out = h.send(reply(&reinv, 481, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let to_pbx = to_peer(&out, &h.pbx);
+    assert_eq!(to_pbx.len(), 2, "{out:#?}");
+    assert_eq!(
+        (code_of(&to_pbx[0]), to_pbx[0].header("CSeq")),
+        (481, Some("2 INVITE"))
     );
-    assert_eq!(active_calls(&h), 1);
-    // The next offer is not glare.
-    let out = h.send(
-        pbx_request(
-            &ok,
-            Method::Invite,
-            3,
-            "re3",
-            Some(&pbx_sdp(2353687639, 6000, "sendrecv")),
-        ),
-        h.pbx,
-    );
-    assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
+    assert_eq!(to_pbx[1].method(), Some(&Method::Bye));
+    assert_eq!(byes_to(&out, &h.itsp), 0, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+    assert_eq!(ending(&mut h), ("callee".into(), "dialog-gone".into()));
+}
+
+/// A 408 to an INFO relayed from the callee: the caller's dialog may be gone; both legs get
+/// BYE and the record names the caller.
+#[test]
+fn a_408_to_a_relayed_info_ends_the_call() {
+    let (mut h, inv_b, _) = confirmed_call();
+    let info = itsp_request(&inv_b, Method::Other("INFO".into()), 2, "info2", None);
+    let info_a = only_to(&h.send(info, h.itsp), &h.pbx);
+    let out = h.send(response_to_request(&info_a, 408), h.pbx);
+    let to_itsp = to_peer(&out, &h.itsp);
+    assert_eq!(code_of(&to_itsp[0]), 408, "{out:#?}");
+    assert_eq!(byes_to(&out, &h.itsp), 1, "{out:#?}");
+    assert_eq!(byes_to(&out, &h.pbx), 1, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+    assert_eq!(ending(&mut h), ("caller".into(), "dialog-gone".into()));
+}
+
+/// A response from a peer to a request mediagate sent it (no body, no new tag).
+fn response_to_request(req: &Message, code: u16) -> Message {
+    mediagate::sip::dialog::response_to(req, code, "X", None)
 }
 
 /// The PBX re-INVITEs with a hold offer from a new port; returns the re-INVITE the ITSP got.

@@ -19,6 +19,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+#[path = "b2bua_dialog_gone.rs"]
+mod dialog_gone;
 #[path = "b2bua_reinvite.rs"]
 mod reinvite;
 
@@ -268,6 +270,9 @@ impl B2bua {
         if code < 200 {
             return self.on_relayed_provisional(txn, &resp, now);
         }
+        if self.relayed_dialog_gone(txn, Some(code), now) {
+            return;
+        }
         let Some(rel) = self.relayed.get_mut(&txn) else {
             return;
         };
@@ -377,8 +382,12 @@ impl B2bua {
         self.txns.respond(server_txn, answer, now);
     }
 
-    /// A relayed request got no final response: 408 to its sender, the call stays up.
+    /// A relayed request got no final response: in an answered call the dialog is gone
+    /// (`b2bua_dialog_gone.rs`); otherwise (early dialog) 408 to its sender, the call goes on.
     pub(super) fn on_relayed_timeout(&mut self, txn: TxnId, now: Instant) {
+        if self.relayed_dialog_gone(txn, None, now) {
+            return;
+        }
         let Some(rel) = self.relayed.remove(&txn) else {
             return;
         };

@@ -124,6 +124,11 @@ pub fn config(timeout_s: u32) -> String {
     config_with(timeout_s, Dataplane::Socket)
 }
 
+/// `config` with call detail records written to `path`.
+pub fn with_cdr(config: &str, path: &Path) -> String {
+    format!("{config}\n[cdr]\npath = \"{}\"\n", path.display())
+}
+
 /// The lab config of the tests (tests/data/lab.toml), with the media timeout and data plane
 /// to use.
 pub fn config_with(timeout_s: u32, dataplane: Dataplane) -> String {
