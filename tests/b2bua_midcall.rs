@@ -918,7 +918,11 @@ fn reinvite_provisionals_are_relayed_and_its_cancel_too() {
     );
     let cancel = one_to(&out, &h.itsp);
     assert_eq!(cancel.method(), Some(&Method::Cancel));
-    assert_eq!(cancel.header("Via"), reinv.header("Via"), "CANCEL of our re-INVITE");
+    assert_eq!(
+        cancel.header("Via"),
+        reinv.header("Via"),
+        "CANCEL of our re-INVITE"
+    );
     cancelled_reinvite_refused(&mut h, &reinv);
 }
 
@@ -928,7 +932,10 @@ fn cancel_of_a_reinvite_waits_for_its_first_provisional() {
     let reinv = pending_reinvite(&mut h, &ok);
     let out = h.send(pbx_request(&ok, Method::Cancel, 2, "re2", None), h.pbx);
     assert_eq!(code_of(&one_to(&out, &h.pbx)), 200);
-    assert!(to_peer(&out, &h.itsp).is_empty(), "no CANCEL before a provisional");
+    assert!(
+        to_peer(&out, &h.itsp).is_empty(),
+        "no CANCEL before a provisional"
+    );
     let out = h.send(reply(&reinv, 183, "itsptag", ITSP_CONTACT, None), h.itsp);
     assert_eq!(code_of(&one_to(&out, &h.pbx)), 183);
     assert_eq!(one_to(&out, &h.itsp).method(), Some(&Method::Cancel));

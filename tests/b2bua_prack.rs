@@ -103,7 +103,12 @@ fn reliable_183_is_retransmitted_until_pracked_and_the_prack_is_mapped() {
     let out = h.send(prack(&p183, &format!("{rseq} 1 INVITE"), "p1"), h.pbx);
     let prack_b = one_to(&out, &h.itsp);
     assert_eq!(prack_b.method(), Some(&Method::Other("PRACK".into())));
-    let inv_cseq = inv_b.header("CSeq").unwrap().split_whitespace().next().unwrap();
+    let inv_cseq = inv_b
+        .header("CSeq")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     assert_eq!(
         prack_b.header("RAck").unwrap(),
         format!("41 {inv_cseq} INVITE")
@@ -177,7 +182,10 @@ fn sdp(owner: &str, ip: &str, version: u32, port: u16) -> String {
 /// The `c=` address and `m=audio` port of a body.
 fn conn(m: &Message) -> (String, u16) {
     let text = String::from_utf8_lossy(&m.body).to_string();
-    let ip = text.lines().find_map(|l| l.strip_prefix("c=IN IP4 ")).unwrap();
+    let ip = text
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .unwrap();
     let port = text
         .lines()
         .find_map(|l| l.strip_prefix("m=audio "))
@@ -196,7 +204,10 @@ fn early_call() -> (Harness, Message, Message) {
     let p183 = one_to(&h.send(p183, h.itsp), &h.pbx);
     let rack = format!("{} 1 INVITE", rseq_of(&p183));
     let prack_b = one_to(&h.send(prack(&p183, &rack, "p1"), h.pbx), &h.itsp);
-    one_to(&h.send(response_to(&prack_b, 200, "OK", None), h.itsp), &h.pbx);
+    one_to(
+        &h.send(response_to(&prack_b, 200, "OK", None), h.itsp),
+        &h.pbx,
+    );
     (h, inv_b, p183)
 }
 
@@ -217,7 +228,11 @@ fn early_update_from_the_caller_is_relayed_with_its_sdp_reanchored() {
     let update_b = one_to(&out, &h.itsp);
     assert_eq!(update_b.method(), Some(&Method::Other("UPDATE".into())));
     assert_eq!(update_b.header("Call-ID"), inv_b.header("Call-ID"));
-    assert_eq!(conn(&update_b), conn(&inv_b), "same anchor on the callee leg");
+    assert_eq!(
+        conn(&update_b),
+        conn(&inv_b),
+        "same anchor on the callee leg"
+    );
     let answer = with_body(
         response_to(&update_b, 200, "OK", None),
         &sdp("callee", "10.99.2.2", 2, 7002),
@@ -231,7 +246,12 @@ fn early_update_from_the_caller_is_relayed_with_its_sdp_reanchored() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["streams"][0]["remote"].as_str().unwrap_or_default().to_string())
+        .map(|l| {
+            l["streams"][0]["remote"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     assert!(remotes.iter().any(|r| r.ends_with(":6002")), "{st:#}");
     assert!(remotes.iter().any(|r| r.ends_with(":7002")), "{st:#}");
@@ -263,7 +283,11 @@ fn early_update_from_the_callee_reaches_the_caller_in_its_dialog() {
     let update = with_body(update, &sdp("callee", "10.99.2.2", 3, 7004));
     let update_a = one_to(&h.send(update, h.itsp), &h.pbx);
     assert_eq!(update_a.header("Call-ID"), Some("pbx-call-1"));
-    assert_eq!(update_a.header("From"), p183.header("To"), "mediagate's early dialog");
+    assert_eq!(
+        update_a.header("From"),
+        p183.header("To"),
+        "mediagate's early dialog"
+    );
     assert_eq!(conn(&update_a), conn(&p183));
     let answer = with_body(
         response_to(&update_a, 200, "OK", None),

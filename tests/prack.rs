@@ -37,7 +37,10 @@ fn first(s: &Sipp, received: bool, start: &str) -> SipMsg {
 /// The number in a CSeq header value.
 fn cseq_number(m: &SipMsg) -> String {
     let cseq = m.header("CSeq").unwrap_or_default();
-    cseq.split_whitespace().next().unwrap_or_default().to_string()
+    cseq.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Whether a header value lists the `100rel` option tag.
@@ -98,7 +101,12 @@ fn call_to_100rel_callee(lab: &Lab, caller_scenario: &str, early_media: bool) ->
 fn assert_callee_prack(uas: &Sipp) {
     let invite = first(uas, true, "INVITE");
     let pracks = with_start(uas, true, "PRACK");
-    assert_eq!(pracks.len(), 1, "one PRACK on the callee leg\n{}", uas.describe());
+    assert_eq!(
+        pracks.len(),
+        1,
+        "one PRACK on the callee leg\n{}",
+        uas.describe()
+    );
     let prack = &pracks[0];
     assert_eq!(
         prack.header("RAck"),
@@ -107,7 +115,11 @@ fn assert_callee_prack(uas: &Sipp) {
         prack.text
     );
     assert_eq!(prack.header("Call-ID"), invite.header("Call-ID"));
-    assert!(!prack.text.contains(GW_IP), "caller leaked:\n{}", prack.text);
+    assert!(
+        !prack.text.contains(GW_IP),
+        "caller leaked:\n{}",
+        prack.text
+    );
 }
 
 #[test]
@@ -127,7 +139,12 @@ fn reliable_183_prack_and_early_update_end_to_end_with_early_media() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("RSeq: {}", p183.text));
     assert!(rseq > 0);
-    assert_eq!(p183.sdp_conn_addr().as_deref(), Some(MG_GW_IP), "{}", p183.text);
+    assert_eq!(
+        p183.sdp_conn_addr().as_deref(),
+        Some(MG_GW_IP),
+        "{}",
+        p183.text
+    );
     assert!(!p183.text.contains(IT_IP), "callee leaked:\n{}", p183.text);
     // Its PRACK (RAck with that RSeq) was answered 200, which the scenario requires; the
     // callee saw its own numbers.
@@ -149,17 +166,35 @@ fn reliable_183_prack_and_early_update_end_to_end_with_early_media() {
     // caller on the 183's port; the early media the test saw flowed after it.
     let update = first(&uas, true, "UPDATE");
     assert_eq!(update.header("Call-ID"), invite.header("Call-ID"));
-    assert_eq!(update.sdp_conn_addr().as_deref(), Some(MG_IT_IP), "{}", update.text);
+    assert_eq!(
+        update.sdp_conn_addr().as_deref(),
+        Some(MG_IT_IP),
+        "{}",
+        update.text
+    );
     assert_eq!(update.sdp_audio_port(), invite.sdp_audio_port());
     assert!(update.body().contains("a=ptime:20"), "{}", update.text);
-    assert!(!update.text.contains(GW_IP), "caller leaked:\n{}", update.text);
+    assert!(
+        !update.text.contains(GW_IP),
+        "caller leaked:\n{}",
+        update.text
+    );
     let answer = with_start(&uac, true, "SIP/2.0 200")
         .into_iter()
         .find(|m| m.header("CSeq").is_some_and(|c| c.ends_with("UPDATE")))
         .unwrap_or_else(|| panic!("no 200 to the UPDATE\n{}", uac.describe()));
-    assert_eq!(answer.sdp_conn_addr().as_deref(), Some(MG_GW_IP), "{}", answer.text);
+    assert_eq!(
+        answer.sdp_conn_addr().as_deref(),
+        Some(MG_GW_IP),
+        "{}",
+        answer.text
+    );
     assert_eq!(answer.sdp_audio_port(), p183.sdp_audio_port());
-    assert!(!answer.text.contains(IT_IP), "callee leaked:\n{}", answer.text);
+    assert!(
+        !answer.text.contains(IT_IP),
+        "callee leaked:\n{}",
+        answer.text
+    );
 }
 
 #[test]
@@ -177,6 +212,11 @@ fn callee_requiring_100rel_is_pracked_by_mediagate_for_a_plain_caller() {
     let p183 = first(&uac, true, "SIP/2.0 183");
     assert!(!lists_100rel(&p183, "Require"), "{}", p183.text);
     assert_eq!(p183.header("RSeq"), None, "{}", p183.text);
-    assert_eq!(p183.sdp_conn_addr().as_deref(), Some(MG_GW_IP), "{}", p183.text);
+    assert_eq!(
+        p183.sdp_conn_addr().as_deref(),
+        Some(MG_GW_IP),
+        "{}",
+        p183.text
+    );
     assert!(with_start(&uac, false, "PRACK").is_empty());
 }

@@ -202,11 +202,7 @@ impl B2bua {
         let prack = prack_on(&mut call.b, rack);
         let (trunk, target) = (call.b_trunk, call.b.target);
         let txn: TxnId = self.send_request_to(trunk, prack, target, now);
-        self.calls
-            .get_mut(&key)
-            .expect("live")
-            .open_txns
-            .push(txn);
+        self.calls.get_mut(&key).expect("live").open_txns.push(txn);
         self.by_client_txn.insert(txn, (key, Purpose::Prack));
     }
 
@@ -275,7 +271,8 @@ impl B2bua {
             match head.next {
                 Some(_) if head.give_up <= now => unacknowledged.push(*key),
                 Some(next) if next <= now => {
-                    self.txns.send_stateless(head.response.clone(), call.a.target);
+                    self.txns
+                        .send_stateless(head.response.clone(), call.a.target);
                     head.interval *= 2;
                     head.next = Some(now + head.interval);
                 }
@@ -309,7 +306,11 @@ mod tests {
         let m = msg("SIP/2.0 183 Session Progress\nRequire: timer, 100REL\nRSeq: 7\n\n");
         assert_eq!(reliable_rseq(&m), Some(7));
         let m = msg("SIP/2.0 183 Session Progress\nRequire: timer\nRequire: 100rel\nRSeq: x\n\n");
-        assert_eq!(reliable_rseq(&m), None, "an unparseable RSeq is not reliable");
+        assert_eq!(
+            reliable_rseq(&m),
+            None,
+            "an unparseable RSeq is not reliable"
+        );
         let m = msg("SIP/2.0 183 Session Progress\nSupported: 100rel\nRSeq: 1\n\n");
         assert_eq!(reliable_rseq(&m), None, "Supported is not Require");
     }
