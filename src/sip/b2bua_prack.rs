@@ -76,6 +76,8 @@ struct Reliable {
     rseq: u32,
     /// The callee's RSeq and CSeq when it sent this provisional reliably: the PRACK on its leg.
     callee_rack: Option<(u32, u32)>,
+    /// The Call-ID of the callee leg it came from (a failover replaces that leg).
+    callee_call_id: String,
     /// Next retransmission (none until it is on the wire), current interval and the end.
     next: Option<Instant>,
     interval: Duration,
@@ -168,10 +170,12 @@ impl B2bua {
         call.early.next_rseq += 1;
         response.push_header("Require", TAG.into());
         response.push_header("RSeq", rseq.to_string());
+        let callee_call_id = call.b.call_id.clone();
         call.early.queue.push_back(Reliable {
             response,
             rseq,
             callee_rack,
+            callee_call_id,
             next: None,
             interval: T1,
             give_up: now,
@@ -237,11 +241,12 @@ impl B2bua {
         }
         let head = call.early.queue.pop_front().expect("outstanding");
         match head.callee_rack {
-            Some(rack) => {
+            // (after a failover the callee that sent it is gone: nothing to PRACK there)
+            Some(rack) if head.callee_call_id == call.b.call_id => {
                 let out = prack_on(&mut call.b, rack);
                 self.relay(key, side, txn, req, out, None, now);
             }
-            None => self.respond(txn, &req, 200, now),
+            _ => self.respond(txn, &req, 200, now),
         }
         self.send_reliable(key, now);
     }
