@@ -11,7 +11,9 @@
 //! - The ACK for a relayed re-INVITE's 2xx goes out on Y when X's ACK arrives (end to end); the
 //!   2xx toward X is retransmitted until then, like the initial answer.
 //! - An error answer (488, 491, ...) is relayed and X's streams go back to where they sent
-//!   before the offer: the call stays up with its previous media.
+//!   before the offer: the call stays up with its previous media. A 481, 408 or no answer at
+//!   all ends the call instead (`b2bua_dialog_gone.rs`); provisionals and a CANCEL of a
+//!   re-INVITE are in `b2bua_reinvite.rs`.
 //! - Glare (RFC 3261 §14.1, RFC 3311 §5.2): an offer arriving on leg Y while mediagate's own
 //!   re-INVITE or UPDATE is pending there gets 491; a second offer from X while its first one is
 //!   still in progress gets 500 with Retry-After (RFC 3261 §14.2).
