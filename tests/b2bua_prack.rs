@@ -311,3 +311,25 @@ fn update_before_any_early_dialog_gets_501() {
     update.set_header("CSeq", "2 UPDATE".into());
     assert_eq!(one_to(&h.send(update, h.pbx), &h.pbx).code(), Some(501));
 }
+
+/// A PRACK the callee refuses 481 after answering (the two crossed) ends nothing: the PRACK's
+/// 481 only says no provisional matched (RFC 3262 §3).
+#[test]
+fn a_481_to_a_prack_racing_the_answer_keeps_the_call() {
+    let (mut h, inv_b) = calling();
+    let p183 = one_to(&h.send(provisional(&inv_b, 183, Some(1)), h.itsp), &h.pbx);
+    let rack = format!("{} 1 INVITE", rseq_of(&p183));
+    let prack_b = one_to(&h.send(prack(&p183, &rack, "p1"), h.pbx), &h.itsp);
+    let mut ok = response_to(&inv_b, 200, "OK", Some("itsptag"));
+    ok.push_header("Contact", "<sip:callee@10.99.2.2:5060>".into());
+    let out = h.send(with_body(ok, &sdp("callee", "10.99.2.2", 1, 7000)), h.itsp);
+    assert_eq!(one_to(&out, &h.pbx).code(), Some(200));
+    let out = h.send(response_to(&prack_b, 481, "X", None), h.itsp);
+    let refused = one_to(&out, &h.pbx);
+    assert_eq!(
+        (refused.code(), refused.header("CSeq")),
+        (Some(481), Some("2 PRACK"))
+    );
+    assert!(to_peer(&out, &h.itsp).is_empty(), "no BYE: {out:#?}");
+    assert_eq!(h.status()["active_calls"], 1);
+}

@@ -1,6 +1,7 @@
 //! A relayed mid-dialog request whose answer says the answering side's dialog is gone (issue 7,
 //! RFC 3261 §12.2.1.2, RFC 5057 §5.1): a 481, a 408 or no response at all to a re-INVITE,
-//! UPDATE, INFO or PRACK relayed in an answered call. The call cannot go on with one dead leg,
+//! UPDATE or INFO relayed in an answered call. (A PRACK's 481 says only that no reliable
+//! provisional matched, RFC 3262 §3, e.g. one racing the answer: it never ends a call.) The call cannot go on with one dead leg,
 //! so mediagate answers the sender the same code (408 for a timeout), sends BYE on the sender's
 //! leg (and on the silent leg too after a 408 or timeout, in case it is still there; after a
 //! 481 it is not) and ends the call with `end_reason` `dialog-gone` in its record, `ended_by`
@@ -12,6 +13,7 @@ use super::super::{B2bua, Phase};
 use crate::cdr::Ending;
 use crate::media::session::Side;
 use crate::sip::dialog::{reason, response_to};
+use crate::sip::message::Method;
 use crate::sip::transaction::TxnId;
 
 impl B2bua {
@@ -30,11 +32,12 @@ impl B2bua {
             return false;
         };
         let key = rel.key;
+        let prack = rel.request.method() == Some(&Method::Other("PRACK".into()));
         let up = self
             .calls
             .get(&key)
             .is_some_and(|c| matches!(c.phase, Phase::Answered | Phase::Confirmed));
-        if !up || rel.answered {
+        if !up || rel.answered || prack {
             return false;
         }
         let rel = self.relayed.remove(&txn).expect("present");
