@@ -333,3 +333,41 @@ fn a_481_to_a_prack_racing_the_answer_keeps_the_call() {
     assert!(to_peer(&out, &h.itsp).is_empty(), "no BYE: {out:#?}");
     assert_eq!(h.status()["active_calls"], 1);
 }
+
+/// An INVITE without SDP: the callee's offer comes in its reliable 183 and the caller's answer
+/// in its PRACK, which reaches the callee anchored (RFC 3262 §5).
+#[test]
+fn answer_in_the_prack_is_anchored_and_relayed() {
+    let mut h = Harness::new();
+    let mut inv = invite_100rel();
+    inv.body.clear();
+    inv.remove_headers("Content-Type");
+    let inv_b = one_to(&h.send(inv, h.pbx), &h.itsp);
+    assert!(inv_b.body.is_empty());
+    let offer = with_body(
+        provisional(&inv_b, 183, Some(1)),
+        &sdp("callee", "10.99.2.2", 1, 7000),
+    );
+    let p183 = one_to(&h.send(offer, h.itsp), &h.pbx);
+    assert_eq!(
+        conn(&p183).0,
+        "10.99.1.1",
+        "the offer anchored for the caller"
+    );
+    let rack = format!("{} 1 INVITE", rseq_of(&p183));
+    // A body that is no SDP gets 488 and the 183 stays outstanding.
+    let mut bad = prack(&p183, &rack, "p0");
+    bad.push_header("Content-Type", "text/plain".into());
+    bad.body = b"hello".to_vec();
+    assert_eq!(one_to(&h.send(bad, h.pbx), &h.pbx).code(), Some(488));
+    let answer = with_body(prack(&p183, &rack, "p1"), &sdp("pbx", "10.99.1.2", 1, 6000));
+    let prack_b = one_to(&h.send(answer, h.pbx), &h.itsp);
+    assert_eq!(prack_b.header("Content-Type"), Some("application/sdp"));
+    assert_eq!(
+        conn(&prack_b).0,
+        "10.99.2.1",
+        "the answer anchored for the callee"
+    );
+    let text = String::from_utf8_lossy(&prack_b.to_bytes()).to_string();
+    assert!(!text.contains("10.99.1.2"), "caller leaked:\n{text}");
+}

@@ -1310,9 +1310,11 @@ impl B2bua {
             }
         };
         let call = self.calls.get_mut(&key).expect("live call");
-        let result = call
-            .media
-            .anchor(Side::B, &sdp, &mut self.media.borrow_mut().ctx(now));
+        // The caller's INVITE had no SDP (late offer): the callee's is the offer.
+        let offer = call.a_offer.is_none();
+        let result =
+            call.media
+                .anchor_as(Side::B, &sdp, offer, &mut self.media.borrow_mut().ctx(now));
         match result {
             Ok(body) => Some(body),
             Err(

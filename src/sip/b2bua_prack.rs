@@ -13,6 +13,8 @@
 //!   callee sent unreliably is answered by mediagate.
 //! - A reliable provisional the caller is not sent reliably (it did not offer 100rel) is
 //!   PRACKed by mediagate itself and relayed unreliably.
+//! - An SDP answer in the caller's PRACK (to an offer in the provisional, the caller's INVITE
+//!   having none) is anchored and carried in the PRACK on the callee leg.
 //! - Callee retransmissions of a reliable provisional (same To tag and RSeq) are not relayed
 //!   again. SDP in any provisional is anchored as before (early media).
 //! - UPDATE (RFC 3311) from either side in the early dialog is relayed like a mid-call one
@@ -26,7 +28,8 @@ use std::time::{Duration, Instant};
 use super::{B2bua, CallKey, Phase, Purpose};
 use crate::cdr::Ending;
 use crate::media::session::Side;
-use crate::sip::dialog::Dialog;
+use crate::sdp::Sdp;
+use crate::sip::dialog::{with_sdp, Dialog};
 use crate::sip::header;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{TxnId, T1};
@@ -236,14 +239,16 @@ impl B2bua {
             tracing::info!(call = %call.label, ?side, rseq, cseq, "PRACK matches no reliable provisional: 481");
             return self.respond(txn, &req, 481, now);
         }
-        if !req.body.is_empty() {
-            tracing::info!(call = %call.label, "PRACK body not relayed (offer/answer in PRACK is not supported)");
-        }
+        let answer = match self.prack_answer(key, &req, now) {
+            Ok(answer) => answer,
+            Err(()) => return self.respond(txn, &req, 488, now),
+        };
+        let call = self.calls.get_mut(&key).expect("live");
         let head = call.early.queue.pop_front().expect("outstanding");
         match head.callee_rack {
             // (after a failover the callee that sent it is gone: nothing to PRACK there)
             Some(rack) if head.callee_call_id == call.b.call_id => {
-                let out = prack_on(&mut call.b, rack);
+                let out = with_sdp(prack_on(&mut call.b, rack), answer);
                 self.relay(key, side, txn, req, out, None, now);
             }
             _ => self.respond(txn, &req, 200, now),
@@ -259,6 +264,36 @@ impl B2bua {
         call.phase == Phase::Setup
             && !call.cancelled
             && header::param(&call.b.remote, "tag").is_some()
+    }
+
+    /// The caller's SDP answer in its PRACK (to an offer in a reliable provisional, for an
+    /// INVITE without SDP, RFC 3262 §5), anchored for the callee; `Err` when the body is not
+    /// usable SDP (the PRACK gets 488 and the provisional stays outstanding).
+    fn prack_answer(
+        &mut self,
+        key: CallKey,
+        req: &Message,
+        now: Instant,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        if req.body.is_empty() {
+            return Ok(None);
+        }
+        let call = self.calls.get_mut(&key).expect("live");
+        let sdp = header::has_sdp(req)
+            .then(|| Sdp::parse(&req.body).ok())
+            .flatten()
+            .ok_or(())?;
+        let mut res = self.media.borrow_mut();
+        match call
+            .media
+            .anchor_as(Side::A, &sdp, false, &mut res.ctx(now))
+        {
+            Ok(body) => Ok(Some(body)),
+            Err(e) => {
+                tracing::info!(call = %call.label, error = %e, "cannot anchor the answer in a PRACK");
+                Err(())
+            }
+        }
     }
 
     /// Retransmits reliable provisionals not yet PRACKed (T1 doubling, RFC 3262 §3) and fails
