@@ -125,9 +125,11 @@ impl Early {
         }
     }
 
-    /// When the outstanding reliable provisional is due for retransmission.
+    /// When the outstanding reliable provisional is due for retransmission, or to be given up.
     pub(super) fn next_timer(&self) -> Option<Instant> {
-        self.queue.front().and_then(|r| r.next)
+        self.queue
+            .front()
+            .and_then(|r| r.next.map(|next| next.min(r.give_up)))
     }
 }
 
