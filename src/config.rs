@@ -920,6 +920,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("`{}` is not one of sip.listen", t.local),
             ));
         }
+        // A socket sends to its own family only: the trunk's peers must share `local`'s (a
+        // call may still cross families, each leg on its own trunk).
+        if let Some(j) = peer_specs.iter().position(
+            |p| matches!(p, PeerSpec::Addr(e) if e.addr.is_ipv4() != local.addr.is_ipv4()),
+        ) {
+            return Err(err(
+                &[
+                    Seg::Key("trunk"),
+                    Seg::Index(i),
+                    Seg::Key("peers"),
+                    Seg::Index(j),
+                ],
+                format!(
+                    "`{}` is not of the family of local ({}): the trunk reaches its peers from local",
+                    t.peers[j], t.local
+                ),
+            ));
+        }
         let weights = match (&t.weights, t.strategy) {
             (None, _) => vec![1; peers.len()],
             (Some(w), Strategy::Weighted) if w.len() == peers.len() && !w.contains(&0) => w.clone(),
@@ -1487,6 +1505,12 @@ to = ["pbx"]
         assert_eq!(c.trunks[1].advertise, None, "SIP headers keep local");
         assert_eq!(c.media_advertise(1), Some("198.51.100.7".parse().unwrap()));
         assert_eq!(c.media_advertise(0), None, "the pbx side keeps its own");
+        let e = error_of(&GOOD.replacen(
+            "peers = [\"udp:10.99.2.2:5060\"]",
+            "peers = [\"udp:10.99.2.2:5060\", \"udp:[fd00:99:2::2]:5060\"]",
+            1,
+        ));
+        assert_eq!(e.key, "trunk[1].peers[1]", "{e}");
         for bad in [
             "\"203.0.113\"",
             "\"fd00::5\"",

@@ -344,7 +344,7 @@ impl B2bua {
     }
 
     /// Feeds a message received on `source`.
-    pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
+    pub fn handle_message(&mut self, mut msg: Message, source: Target, now: Instant) {
         self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
         if msg.is_request() {
             let is_ack = msg.method() == Some(&Method::Ack);
@@ -370,6 +370,7 @@ impl B2bua {
                 }
                 return;
             }
+            header::stamp_received(&mut msg, source.remote);
         }
         let span = msg
             .header("Call-ID")
