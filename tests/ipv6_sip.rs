@@ -224,6 +224,11 @@ fn ipv4_pbx_to_ipv6_itsp_auto_tier_relays_across_families() {
 }
 
 #[test]
+fn ipv4_pbx_to_ipv6_itsp_afxdp_tier_relays_across_families() {
+    call("v4_to_v6_afxdp", PbxLeg::V4, "udp", "afxdp");
+}
+
+#[test]
 fn ipv6_only_call_with_the_itsp_over_tcp() {
     call("v6_only_tcp", PbxLeg::V6, "tcp", "socket");
 }
