@@ -129,68 +129,90 @@ fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[test]
-fn call_through_one_to_one_nat_advertises_the_public_address() {
-    let lab = Lab::new("nat_advertise");
-    let nat = NatItsp::new(&lab);
+/// The message of `s` that carries mediagate's SDP toward the ITSP: the INVITE it received
+/// (a call toward it) or the 200 to its INVITE (a call from it).
+fn toward_itsp(s: &Sipp, from: Origin) -> SipMsg {
+    s.received()
+        .into_iter()
+        .find(|m| match from {
+            Origin::Gw => m.is_request("INVITE"),
+            Origin::Itsp => {
+                m.status_code() == Some(200)
+                    && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
+            }
+        })
+        .unwrap_or_else(|| panic!("the ITSP got no SDP from mediagate\n{}", s.describe()))
+}
 
-    let mut uas = Sipp::spawn(
-        &lab,
-        "itsp",
-        SippOpts::new(nat.ns.clone(), "uas_echo", ITSP)
-            .args(&["-rtp_echo"])
-            .timeout(45),
-    );
+/// A call through the NAT placed `from` one side, RTP echoed by the other, hung up by the
+/// caller.
+fn nat_call(test: &str, from: Origin) {
+    let lab = Lab::new(test);
+    let nat = NatItsp::new(&lab);
+    let (itsp_role, pbx_role) = match from {
+        Origin::Gw => ("uas_echo", "uac_rtp"),
+        Origin::Itsp => ("uac_rtp", "uas_echo"),
+    };
+    let callee_opts = match from {
+        Origin::Gw => SippOpts::new(nat.ns.clone(), itsp_role, ITSP),
+        Origin::Itsp => SippOpts::new(lab.gw(), pbx_role, GW_IP),
+    }
+    .args(&["-rtp_echo"])
+    .timeout(45);
+    let mut uas = Sipp::spawn(&lab, "callee", callee_opts);
     uas.settle();
     let mg = Mediagate::start(&lab, &nat_config());
     let mut itsp_cap = Capture::start(&lab, &nat.ns, &nat.iface, "itsp");
     let mut pbx_cap = Capture::start(&lab, &lab.gw(), &lab.gw_if(), "pbx");
-    let remote = format!("{MG_GW_IP}:5060");
-    let mut uac = Sipp::spawn(
-        &lab,
-        "pbx",
-        SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
-            .caller("+4930123", &remote)
-            .args(&["-m", "1"])
-            .timeout(30),
-    );
+    let (pbx_remote, itsp_remote) = (format!("{MG_GW_IP}:5060"), format!("{PUBLIC}:5060"));
+    let caller_opts = match from {
+        Origin::Gw => SippOpts::new(lab.gw(), pbx_role, GW_IP).caller("+4930123", &pbx_remote),
+        Origin::Itsp => {
+            SippOpts::new(nat.ns.clone(), itsp_role, ITSP).caller("+4930123", &itsp_remote)
+        }
+    }
+    .args(&["-m", "1"])
+    .timeout(30);
+    let mut uac = Sipp::spawn(&lab, "caller", caller_opts);
     let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| rtp_flowing(st, 1));
     assert!(flowing, "no RTP both ways through the NAT: {st:#}");
     uac.assert_ok(Some(&mg));
     let st = uas.stop();
-    assert!(st.success(), "ITSP sipp failed: {st}\n{}", uas.describe());
+    assert!(st.success(), "callee sipp failed: {st}\n{}", uas.describe());
     mg.assert_idle(Duration::from_secs(5));
+    let (itsp, pbx) = match from {
+        Origin::Gw => (&uas, &uac),
+        Origin::Itsp => (&uac, &uas),
+    };
 
-    // What the ITSP saw: only the public address, in Via, Contact, o= and c=.
-    let invite = uas
-        .received()
-        .into_iter()
-        .find(|m| m.is_request("INVITE"))
-        .unwrap_or_else(|| panic!("the ITSP got no INVITE\n{}", uas.describe()));
-    let top_via = invite.headers("Via").first().cloned().unwrap_or_default();
-    assert!(
-        top_via.starts_with(&format!("SIP/2.0/UDP {PUBLIC}:5060;")),
-        "Via toward the ITSP must name {PUBLIC}:\n{}",
-        invite.text
-    );
+    // What the ITSP saw: only the public address, in Via (of requests), Contact, o= and c=.
+    let sdp_msg = toward_itsp(itsp, from);
+    if from == Origin::Gw {
+        let top_via = sdp_msg.headers("Via").first().cloned().unwrap_or_default();
+        assert!(
+            top_via.starts_with(&format!("SIP/2.0/UDP {PUBLIC}:5060;")),
+            "Via toward the ITSP must name {PUBLIC}:\n{}",
+            sdp_msg.text
+        );
+    }
     assert_eq!(
-        invite.header("Contact").as_deref(),
+        sdp_msg.header("Contact").as_deref(),
         Some(format!("<sip:mediagate@{PUBLIC}:5060>").as_str()),
         "Contact toward the ITSP:\n{}",
-        invite.text
+        sdp_msg.text
     );
     assert_eq!(
-        invite.sdp_conn_addr().as_deref(),
+        sdp_msg.sdp_conn_addr().as_deref(),
         Some(PUBLIC),
         "c=:\n{}",
-        invite.text
+        sdp_msg.text
     );
-    let origin = lines_with(&invite.text, "o=");
+    let origin = lines_with(&sdp_msg.text, "o=");
     assert!(
         origin.len() == 1 && origin[0].ends_with(&format!("IN IP4 {PUBLIC}")),
         "o= toward the ITSP must name {PUBLIC}: {origin:?}"
     );
-    for m in uas.received() {
+    for m in itsp.received() {
         for l in lines_with(&m.text, "Via:")
             .into_iter()
             .chain(lines_with(&m.text, "Contact:"))
@@ -205,28 +227,33 @@ fn call_through_one_to_one_nat_advertises_the_public_address() {
     }
     assert!(
         uas.received().iter().any(|m| m.is_request("BYE")),
-        "the caller's BYE did not reach the ITSP\n{}",
+        "the caller's BYE did not reach the callee\n{}",
         uas.describe()
     );
 
     // The PBX leg keeps mediagate's own address.
-    let ok = uac
+    let pbx_sdp = pbx
         .received()
         .into_iter()
-        .find(|m| {
-            m.status_code() == Some(200) && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
-        })
-        .unwrap_or_else(|| panic!("the PBX got no 200\n{}", uac.describe()));
-    assert_eq!(ok.sdp_conn_addr().as_deref(), Some(MG_GW_IP), "{}", ok.text);
-    assert!(
-        ok.header("Contact").is_some_and(|c| c.contains(MG_GW_IP)),
+        .find(|m| m.sdp_conn_addr().is_some())
+        .unwrap_or_else(|| panic!("the PBX got no SDP\n{}", pbx.describe()));
+    assert_eq!(
+        pbx_sdp.sdp_conn_addr().as_deref(),
+        Some(MG_GW_IP),
         "{}",
-        ok.text
+        pbx_sdp.text
+    );
+    assert!(
+        pbx_sdp
+            .header("Contact")
+            .is_some_and(|c| c.contains(MG_GW_IP)),
+        "{}",
+        pbx_sdp.text
     );
 
     // RTP both ways through the NAT: the ITSP exchanged it with the public address and the
-    // port it was given; the PBX got the echo back from mediagate.
-    let itsp_port = invite.sdp_audio_port().expect("m=audio toward the ITSP");
+    // port it was given; the PBX exchanged it with mediagate.
+    let itsp_port = sdp_msg.sdp_audio_port().expect("m=audio toward the ITSP");
     let desc = format!("{}\n{}", itsp_cap.describe(), pbx_cap.describe());
     let itsp_flows = itsp_cap.flows().clone();
     let itsp_rtp = sa(ITSP, SIPP_MEDIA_PORT);
@@ -242,14 +269,24 @@ fn call_through_one_to_one_nat_advertises_the_public_address() {
         0,
         "a packet from the private address reached the ITSP\n{desc}"
     );
-    let echoed = flows_from(
+    let to_pbx = flows_from(
         pbx_cap.flows(),
         MG_GW_IP,
         MEDIA_PORTS,
         sa(GW_IP, SIPP_MEDIA_PORT),
     );
     assert!(
-        echoed.len() == 1 && echoed[0].1 > 100,
-        "the ITSP's echo did not come back to the PBX: {echoed:?}\n{desc}"
+        to_pbx.len() == 1 && to_pbx[0].1 > 100,
+        "RTP from mediagate to the PBX: {to_pbx:?}\n{desc}"
     );
+}
+
+#[test]
+fn call_to_the_itsp_through_one_to_one_nat() {
+    nat_call("nat_to_itsp", Origin::Gw);
+}
+
+#[test]
+fn call_from_the_itsp_through_one_to_one_nat() {
+    nat_call("nat_from_itsp", Origin::Itsp);
 }
