@@ -16,7 +16,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 

@@ -114,7 +114,7 @@ pub fn stamp_received(msg: &mut Message, source: std::net::SocketAddr) {
     let mut value = sent.to_string();
     for p in params
         .iter()
-        .filter(|p| !named(p, "received") && !(rport_asked && named(p, "rport")))
+        .filter(|p| !(named(p, "received") || (rport_asked && named(p, "rport"))))
     {
         value.push(';');
         value.push_str(p);
