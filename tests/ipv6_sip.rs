@@ -91,20 +91,20 @@ fn assert_names_mediagate(m: &SipMsg, transport: &str, host: &str, fam: &str, ip
     );
 }
 
-/// The SDP answer's `c=` of the 200 to INVITE a caller received.
-fn answer_to(uac: &Sipp) -> SipMsg {
-    uac.received()
+/// The message of `s` carrying mediagate's SDP: the INVITE a callee received, or the 200 to
+/// the INVITE of a caller.
+fn with_sdp(s: &Sipp, callee: bool) -> SipMsg {
+    s.received()
         .into_iter()
         .find(|m| {
-            m.status_code() == Some(200) && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
+            if callee {
+                m.is_request("INVITE")
+            } else {
+                m.status_code() == Some(200)
+                    && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
+            }
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "'{}' got no 200 to its INVITE\n{}",
-                uac.name,
-                uac.describe()
-            )
-        })
+        .unwrap_or_else(|| panic!("'{}' got no SDP from mediagate\n{}", s.name, s.describe()))
 }
 
 /// Every stream of the one call up: on the socket tier, bound to an address of its leg's
@@ -134,34 +134,41 @@ fn assert_streams(st: &Value, pbx: PbxLeg) {
     }
 }
 
-/// A call from the PBX (IPv4 or IPv6 leg) to the ITSP over IPv6 (`udp` or `tcp`) with RTP
-/// echoed back, on data plane `dataplane`.
-fn call(test: &str, pbx: PbxLeg, transport: &str, dataplane: &str) {
+/// A call placed `from` one side between the PBX (IPv4 or IPv6 leg) and the ITSP over IPv6
+/// (`udp` or `tcp`), RTP echoed back by the callee, on data plane `dataplane`.
+fn call(test: &str, from: Origin, pbx: PbxLeg, transport: &str, dataplane: &str) {
     let lab = Lab::new(test);
     add_lab_ipv6(&lab);
-    let tcp = transport == "tcp";
-    let mut itsp_args = vec!["-rtp_echo"];
-    if tcp {
-        itsp_args.extend(["-t", "t1"]);
-    }
-    let mut uas = Sipp::spawn(
-        &lab,
-        "itsp",
-        SippOpts::new(lab.it(), "uas_echo", IT6)
-            .args(&itsp_args)
-            .timeout(45),
-    );
-    uas.settle();
-    let mg = Mediagate::start(&lab, &v6_config(pbx, transport, dataplane));
     let (pbx_ip, mg_pbx) = match pbx {
         PbxLeg::V4 => (GW_IP, MG_GW_IP.to_string()),
         PbxLeg::V6 => (GW6, format!("[{MG_GW6}]")),
     };
-    let remote = format!("{mg_pbx}:5060");
+    let itsp_transport: &[&str] = if transport == "tcp" {
+        &["-t", "t1"]
+    } else {
+        &[]
+    };
+    let pbx_sipp = |role| SippOpts::new(lab.gw(), role, pbx_ip);
+    let itsp_sipp = |role| SippOpts::new(lab.it(), role, IT6).args(itsp_transport);
+    let (callee_opts, caller_opts, remote) = match from {
+        Origin::Gw => (
+            itsp_sipp("uas_echo"),
+            pbx_sipp("uac_rtp"),
+            format!("{mg_pbx}:5060"),
+        ),
+        Origin::Itsp => (
+            pbx_sipp("uas_echo"),
+            itsp_sipp("uac_rtp"),
+            format!("[{MG_IT6}]:5060"),
+        ),
+    };
+    let mut uas = Sipp::spawn(&lab, "callee", callee_opts.args(&["-rtp_echo"]).timeout(45));
+    uas.settle();
+    let mg = Mediagate::start(&lab, &v6_config(pbx, transport, dataplane));
     let mut uac = Sipp::spawn(
         &lab,
-        "pbx",
-        SippOpts::new(lab.gw(), "uac_rtp", pbx_ip)
+        "caller",
+        caller_opts
             .caller("+4930123", &remote)
             .args(&["-m", "1"])
             .timeout(30),
@@ -183,54 +190,64 @@ fn call(test: &str, pbx: PbxLeg, transport: &str, dataplane: &str) {
     let stopped = uas.stop();
     assert!(
         stopped.success(),
-        "ITSP sipp failed: {stopped}\n{}",
+        "callee sipp failed: {stopped}\n{}",
         uas.describe()
     );
     mg.assert_idle(Duration::from_secs(5));
+    assert!(
+        uas.received().iter().any(|m| m.is_request("BYE")),
+        "the caller's BYE did not reach the callee\n{}",
+        uas.describe()
+    );
 
-    let invite = uas
-        .received()
-        .into_iter()
-        .find(|m| m.is_request("INVITE"))
-        .unwrap_or_else(|| panic!("the ITSP got no INVITE\n{}", uas.describe()));
-    let it_transport = transport.to_uppercase();
+    let (itsp, pbx_side) = match from {
+        Origin::Gw => ((&uas, true), (&uac, false)),
+        Origin::Itsp => ((&uac, false), (&uas, true)),
+    };
     assert_names_mediagate(
-        &invite,
-        &it_transport,
+        &with_sdp(itsp.0, itsp.1),
+        &transport.to_uppercase(),
         &format!("[{MG_IT6}]"),
         "IP6",
         MG_IT6,
     );
-    assert!(
-        uas.received().iter().any(|m| m.is_request("BYE")),
-        "the caller's BYE did not reach the ITSP\n{}",
-        uas.describe()
-    );
-    let ok = answer_to(&uac);
+    let pbx_msg = with_sdp(pbx_side.0, pbx_side.1);
     match pbx {
-        PbxLeg::V4 => assert_names_mediagate(&ok, "UDP", MG_GW_IP, "IP4", MG_GW_IP),
-        PbxLeg::V6 => assert_names_mediagate(&ok, "UDP", &format!("[{MG_GW6}]"), "IP6", MG_GW6),
+        PbxLeg::V4 => assert_names_mediagate(&pbx_msg, "UDP", MG_GW_IP, "IP4", MG_GW_IP),
+        PbxLeg::V6 => {
+            assert_names_mediagate(&pbx_msg, "UDP", &format!("[{MG_GW6}]"), "IP6", MG_GW6)
+        }
     }
 }
 
 #[test]
 fn ipv4_pbx_to_ipv6_itsp_kernel_tier_relays_across_families() {
-    call("v4_to_v6_kernel", PbxLeg::V4, "udp", "kernel");
+    call("v4_to_v6_kernel", Origin::Gw, PbxLeg::V4, "udp", "kernel");
 }
 
 #[test]
 fn ipv4_pbx_to_ipv6_itsp_auto_tier_relays_across_families() {
-    call("v4_to_v6_auto", PbxLeg::V4, "udp", "auto");
+    call("v4_to_v6_auto", Origin::Gw, PbxLeg::V4, "udp", "auto");
 }
 
 #[test]
 fn ipv4_pbx_to_ipv6_itsp_afxdp_tier_relays_across_families() {
-    call("v4_to_v6_afxdp", PbxLeg::V4, "udp", "afxdp");
+    call("v4_to_v6_afxdp", Origin::Gw, PbxLeg::V4, "udp", "afxdp");
+}
+
+#[test]
+fn ipv6_itsp_to_ipv4_pbx_kernel_tier_relays_across_families() {
+    call("v6_to_v4_kernel", Origin::Itsp, PbxLeg::V4, "udp", "kernel");
+}
+
+#[test]
+fn ipv6_itsp_over_tcp_to_ipv6_pbx() {
+    call("v6_tcp_to_v6", Origin::Itsp, PbxLeg::V6, "tcp", "socket");
 }
 
 #[test]
 fn ipv6_only_call_with_the_itsp_over_tcp() {
-    call("v6_only_tcp", PbxLeg::V6, "tcp", "socket");
+    call("v6_only_tcp", Origin::Gw, PbxLeg::V6, "tcp", "socket");
 }
 
 /// A request over IPv6 whose Via names another host and asks for `rport` is answered with
