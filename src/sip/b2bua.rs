@@ -21,6 +21,7 @@ mod peers;
 #[path = "b2bua_prack.rs"]
 mod prack;
 
+use super::advertise;
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
@@ -183,7 +184,9 @@ type CallKey = u64;
 pub struct B2bua {
     config: Arc<Config>,
     txns: Transactions,
-    calls: HashMap<CallKey, Call>,
+    /// Boxed: a call is ~1.8 KB, and the table's slack and its doubling steps (which stay in
+    /// RSS at the peak) then cost a pointer per slot, not a call.
+    calls: HashMap<CallKey, Box<Call>>,
     by_call_id: HashMap<String, (CallKey, Side)>,
     by_client_txn: HashMap<TxnId, (CallKey, Purpose)>,
     by_server_invite: HashMap<TxnId, CallKey>,
@@ -305,13 +308,17 @@ impl B2bua {
     }
 
     /// Queued wire output, in the order it was produced, with each trunk's `Server` policy
-    /// applied to the responses its peers get.
+    /// applied to the responses its peers get and its `advertise` address written where
+    /// mediagate names itself.
     pub fn drain_transmits(&mut self) -> impl Iterator<Item = Transmit> + '_ {
         let config = &self.config;
         self.txns.drain_transmits().map(move |mut t| {
-            if !t.message.is_request() {
-                if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+            if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+                if !t.message.is_request() {
                     policy::server_policy(config, trunk, &mut t.message);
+                }
+                if let Some(public) = config.trunks[trunk].advertise {
+                    advertise::rewrite(&mut t.message, t.target.local, public);
                 }
             }
             t
@@ -346,7 +353,7 @@ impl B2bua {
     }
 
     /// Feeds a message received on `source`.
-    pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
+    pub fn handle_message(&mut self, mut msg: Message, source: Target, now: Instant) {
         self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
         if msg.is_request() {
             let is_ack = msg.method() == Some(&Method::Ack);
@@ -372,6 +379,7 @@ impl B2bua {
                 }
                 return;
             }
+            header::stamp_received(&mut msg, source.remote);
         }
         let span = msg
             .header("Call-ID")
@@ -841,12 +849,14 @@ impl B2bua {
         };
         let b = Self::new_b_dialog(&self.config, &req, &numbers, b_trunk, b_peer);
         let a_local = source.local.ip();
-        let media = CallMedia::new(
+        let mut media = CallMedia::new(
             a_local,
             a.signalling_ip,
             b.target.local.ip(),
             b.signalling_ip,
         );
+        media.advertise(Side::A, self.config.media_advertise(trunk));
+        media.advertise(Side::B, self.config.media_advertise(b_trunk));
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
@@ -890,7 +900,7 @@ impl B2bua {
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
         self.by_server_invite.insert(txn, key);
-        self.calls.insert(key, call);
+        self.calls.insert(key, Box::new(call));
         self.limits.occupy(trunk);
         self.limits.occupy(b_trunk);
         let numbers = &self.calls[&key].numbers;
@@ -1390,6 +1400,8 @@ impl B2bua {
             b.signalling_ip,
             &mut self.media.borrow_mut().ctx(now),
         );
+        call.media
+            .advertise(Side::B, call.config.media_advertise(trunk));
         call.b = b;
         if call.b_trunk != trunk {
             self.limits.vacate(call.b_trunk);
@@ -1576,6 +1588,7 @@ impl B2bua {
             .calls
             .iter()
             .filter(|(_, c)| c.phase != Phase::Ending)
+            .map(|(k, c)| (k, &**c))
             .collect();
         calls.sort_by_key(|(k, _)| **k);
         let leg = |c: &Call, side: Side| {
