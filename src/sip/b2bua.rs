@@ -20,9 +20,12 @@ mod identity;
 mod midcall;
 #[path = "b2bua_peers.rs"]
 mod peers;
+#[path = "b2bua_prack.rs"]
+mod prack;
 #[path = "b2bua_trunks.rs"]
 mod trunks;
 
+use super::advertise;
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
@@ -87,8 +90,10 @@ enum Purpose {
     Invite,
     Cancel,
     Bye,
-    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO).
+    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO, PRACK).
     Relay,
+    /// mediagate's own PRACK of a reliable provisional (`b2bua_prack.rs`).
+    Prack,
 }
 
 /// The 2xx sent to A, retransmitted until A's ACK (RFC 3261 §13.3.1.4).
@@ -155,6 +160,8 @@ struct Call {
     media: CallMedia,
     /// Mid-call requests relayed to the other leg and negotiation state (`b2bua_midcall.rs`).
     mid: midcall::MidCall,
+    /// Reliable provisional responses toward the caller (`b2bua_prack.rs`).
+    early: prack::Early,
 }
 
 impl Call {
@@ -313,13 +320,17 @@ impl B2bua {
     }
 
     /// Queued wire output, in the order it was produced, with each trunk's `Server` policy
-    /// applied to the responses its peers get.
+    /// applied to the responses its peers get and its `advertise` address written where
+    /// mediagate names itself.
     pub fn drain_transmits(&mut self) -> impl Iterator<Item = Transmit> + '_ {
         let config = &self.config;
         self.txns.drain_transmits().map(move |mut t| {
-            if !t.message.is_request() {
-                if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+            if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+                if !t.message.is_request() {
                     policy::server_policy(config, trunk, &mut t.message);
+                }
+                if let Some(public) = config.trunks[trunk].advertise {
+                    advertise::rewrite(&mut t.message, t.target.local, public);
                 }
             }
             t
@@ -338,6 +349,7 @@ impl B2bua {
                 .into_iter()
                 .flatten()
                 .map(|p| p.next)
+                .chain(c.early.next_timer())
         });
         [
             self.txns.poll_timeout(),
@@ -353,7 +365,7 @@ impl B2bua {
     }
 
     /// Feeds a message received on `source`.
-    pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
+    pub fn handle_message(&mut self, mut msg: Message, source: Target, now: Instant) {
         self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
         if msg.is_request() {
             let is_ack = msg.method() == Some(&Method::Ack);
@@ -379,6 +391,7 @@ impl B2bua {
                 }
                 return;
             }
+            header::stamp_received(&mut msg, source.remote);
         }
         let span = msg
             .header("Call-ID")
@@ -425,6 +438,7 @@ impl B2bua {
             }
         }
         unacked.dedup();
+        self.retransmit_reliable(now);
         for key in unacked {
             let span = self.span_of(key);
             let _in_call = span.enter();
@@ -727,6 +741,8 @@ impl B2bua {
             Method::Invite => self.on_reoffer(key, side, txn, req, now),
             Method::Other(ref m) if m == "UPDATE" => self.on_reoffer(key, side, txn, req, now),
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
+            Method::Other(ref m) if m == "PRACK" => self.on_prack(key, side, txn, req, now),
+            Method::Cancel => self.on_midcall_cancel(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
     }
@@ -822,15 +838,18 @@ impl B2bua {
         };
         let b = Self::new_b_dialog(&self.config, &req, &numbers, b_trunk, b_peer);
         let a_local = source.local.ip();
-        let media = CallMedia::new(
+        let mut media = CallMedia::new(
             a_local,
             a.signalling_ip,
             b.target.local.ip(),
             b.signalling_ip,
         );
+        media.advertise(Side::A, self.config.media_advertise(trunk));
+        media.advertise(Side::B, self.config.media_advertise(b_trunk));
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
+        let early = prack::Early::of_invite(&req);
         let call = Call {
             label: now_label(key),
             config: self.config.clone(),
@@ -865,6 +884,7 @@ impl B2bua {
             open_txns: Vec::new(),
             media,
             mid: midcall::MidCall::default(),
+            early,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
@@ -994,6 +1014,9 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
+        if let Some((name, value)) = call.early.toward_callee() {
+            inv.push_header(name, value);
+        }
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
             &call.config,
@@ -1116,7 +1139,7 @@ impl B2bua {
         }
         match purpose {
             Purpose::Invite => self.on_invite_response(key, txn, resp, code, now),
-            Purpose::Cancel => {}
+            Purpose::Cancel | Purpose::Prack => {}
             Purpose::Bye => self.finish_if_idle(key),
             Purpose::Relay => self.on_relayed_response(txn, resp, code, now),
         }
@@ -1153,9 +1176,7 @@ impl B2bua {
                 if call.phase != Phase::Setup {
                     return;
                 }
-                call.b.establish_from_response(&resp);
-                let body = self.anchor_from_b(key, &resp, now);
-                self.relay_to_a(key, &resp, body, now);
+                self.on_provisional(key, &resp, now);
             }
             200..=299 => {
                 let call = self.calls.get_mut(&key).expect("live");
@@ -1288,9 +1309,11 @@ impl B2bua {
             }
         };
         let call = self.calls.get_mut(&key).expect("live call");
-        let result = call
-            .media
-            .anchor(Side::B, &sdp, &mut self.media.borrow_mut().ctx(now));
+        // The caller's INVITE had no SDP (late offer): the callee's is the offer.
+        let offer = call.a_offer.is_none();
+        let result =
+            call.media
+                .anchor_as(Side::B, &sdp, offer, &mut self.media.borrow_mut().ctx(now));
         match result {
             Ok(body) => Some(body),
             Err(
@@ -1366,6 +1389,8 @@ impl B2bua {
             b.signalling_ip,
             &mut self.media.borrow_mut().ctx(now),
         );
+        call.media
+            .advertise(Side::B, call.config.media_advertise(trunk));
         call.b = b;
         if call.b_trunk != trunk {
             self.limits.vacate(call.b_trunk);
