@@ -31,6 +31,10 @@ pub use routing::{
 };
 pub use tls::{TlsMaterial, TrunkTls};
 
+/// The smallest session interval (RFC 4028 Min-SE) mediagate asks for or accepts, in seconds:
+/// the RFC's recommended floor, so a refresh costs little and a dead peer is found in minutes.
+pub const MIN_SESSION_TIMER_S: u64 = 90;
+
 /// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
 /// calls from no one. It exists so that a bare start shows a working process, not a surprise.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -303,6 +307,9 @@ pub struct Trunk {
     pub max_cps: Option<f64>,
     /// Calls through this trunk are hung up (BYE both legs) after this long answered.
     pub max_duration: Option<Duration>,
+    /// RFC 4028 session interval asked for on legs toward this trunk (`session_timer_s`);
+    /// `None`: mediagate asks for none (it still honours a peer's own request).
+    pub session_timer: Option<Duration>,
     /// Number translation, response mapping, deny-list and header policy.
     pub policy: TrunkPolicy,
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
@@ -488,6 +495,7 @@ struct RawTrunk {
     max_calls: Option<usize>,
     max_cps: Option<f64>,
     max_duration_s: Option<u64>,
+    session_timer_s: Option<u64>,
     #[serde(default)]
     translate: Vec<routing::RawTranslate>,
     #[serde(default)]
@@ -986,6 +994,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         if t.max_duration_s == Some(0) {
             return Err(err(&at("max_duration_s"), "must be at least 1".into()));
         }
+        let session_timer = match t.session_timer_s {
+            None | Some(0) => None,
+            Some(s) if !(MIN_SESSION_TIMER_S..=86_400).contains(&s) => {
+                return Err(err(
+                    &at("session_timer_s"),
+                    format!(
+                        "must be 0 (off) or {MIN_SESSION_TIMER_S} to 86400 seconds \
+                         (Min-SE {MIN_SESSION_TIMER_S}, RFC 4028)"
+                    ),
+                ))
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
         let policy = routing::trunk_policy(
             routing::RawTrunkPolicy {
                 translate: &t.translate,
@@ -1046,6 +1067,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_calls: t.max_calls,
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
+            session_timer,
             policy,
             identity,
             codecs: t.codecs.clone(),
@@ -1465,6 +1487,14 @@ to = ["pbx"]
         assert!(c.trunks[0].codecs.is_empty(), "no filtering by default");
         assert_eq!(c.trunks[0].failover_on, DEFAULT_FAILOVER_ON.to_vec());
         assert_eq!(c.trunks[0].invite_timeout.as_secs(), 5);
+        assert_eq!(
+            c.trunks[0].session_timer, None,
+            "no session timer by default"
+        );
+        let c = parse("t.toml", &with("session_timer_s = 1800")).unwrap();
+        assert_eq!(c.trunks[1].session_timer, Some(Duration::from_secs(1800)));
+        let c = parse("t.toml", &with("session_timer_s = 0")).unwrap();
+        assert_eq!(c.trunks[1].session_timer, None, "0 is off");
         assert!(c.trunks[0].probe.is_none(), "probing is off by default");
         for (keys, key) in [
             ("weights = [1]", "trunk[1].weights"),
@@ -1491,6 +1521,9 @@ to = ["pbx"]
             ("max_cps = 0", "trunk[1].max_cps"),
             ("max_cps = -1.5", "trunk[1].max_cps"),
             ("max_duration_s = 0", "trunk[1].max_duration_s"),
+            ("session_timer_s = 89", "trunk[1].session_timer_s"),
+            ("session_timer_s = -1", "trunk[1].session_timer_s"),
+            ("session_timer_s = 86401", "trunk[1].session_timer_s"),
             ("codecs = [\"PCMA\", \"PCMA/8000\"]", "trunk[1].codecs[1]"),
             ("codecs = [\"\"]", "trunk[1].codecs[0]"),
         ] {

@@ -18,6 +18,8 @@ mod identity;
 mod midcall;
 #[path = "b2bua_peers.rs"]
 mod peers;
+#[path = "b2bua_timers.rs"]
+mod timers;
 
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
@@ -64,6 +66,8 @@ enum Deadline {
     Invite(u32),
     /// The trunk's `max_duration_s` since the answer.
     MaxDuration,
+    /// A leg's session timer (`b2bua_timers.rs`), of the given generation: refresh or expiry.
+    Session(Side, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,8 @@ enum Purpose {
     Bye,
     /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO).
     Relay,
+    /// mediagate's own session refresh (`b2bua_timers.rs`).
+    Refresh,
 }
 
 /// The 2xx sent to A, retransmitted until A's ACK (RFC 3261 §13.3.1.4).
@@ -151,6 +157,8 @@ struct Call {
     media: CallMedia,
     /// Mid-call requests relayed to the other leg and negotiation state (`b2bua_midcall.rs`).
     mid: midcall::MidCall,
+    /// Session timers of both legs (`b2bua_timers.rs`).
+    timers: timers::SessionTimers,
 }
 
 impl Call {
@@ -498,6 +506,9 @@ impl B2bua {
                 tracing::info!(call = %call.label, "maximum call duration reached: hanging up both legs");
                 self.hang_up_both(key, Ending::MaxDuration, now);
             }
+            Deadline::Session(side, generation) => {
+                self.on_session_deadline(key, side, generation, now)
+            }
             _ => {}
         }
     }
@@ -634,6 +645,9 @@ impl B2bua {
         if code == 503 {
             r.push_header("Retry-After", "5".into());
         }
+        if code == 422 {
+            r.push_header("Min-SE", timers::min_se());
+        }
         self.txns.respond(txn, r, now);
     }
 
@@ -734,7 +748,7 @@ impl B2bua {
             }
             Method::Options => self.respond(txn, &req, 200, now),
             Method::Invite => self.on_reoffer(key, side, txn, req, now),
-            Method::Other(ref m) if m == "UPDATE" => self.on_reoffer(key, side, txn, req, now),
+            Method::Other(ref m) if m == "UPDATE" => self.on_update(key, side, txn, req, now),
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
@@ -751,6 +765,9 @@ impl B2bua {
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
             return self.refuse_invite(txn, &req, trunk, 483, None, now);
+        }
+        if let Err(code) = timers::check(&req) {
+            return self.refuse_invite(txn, &req, trunk, code, None, now);
         }
         if !self.inbound_allowed(txn, &req, source.remote.ip(), trunk, now) {
             return;
@@ -840,6 +857,7 @@ impl B2bua {
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
+        let timers = timers::SessionTimers::for_caller(&req, &self.config.trunks[trunk]);
         let call = Call {
             label: now_label(key),
             config: self.config.clone(),
@@ -874,6 +892,7 @@ impl B2bua {
             open_txns: Vec::new(),
             media,
             mid: midcall::MidCall::default(),
+            timers,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
@@ -1003,6 +1022,7 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
+        timers::offer(&call.config.trunks[call.b_trunk], &mut inv);
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
             &call.config,
@@ -1114,7 +1134,10 @@ impl B2bua {
         let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
             return;
         };
-        if code >= 200 && matches!(purpose, Purpose::Invite | Purpose::Relay) && code < 300 {
+        if code >= 200
+            && matches!(purpose, Purpose::Invite | Purpose::Relay | Purpose::Refresh)
+            && code < 300
+        {
             // Keep the index so that 2xx retransmissions are still recognised and re-ACKed;
             // `finish_if_idle` drops it with the call.
             if let Some(call) = self.calls.get_mut(&key) {
@@ -1128,6 +1151,7 @@ impl B2bua {
             Purpose::Cancel => {}
             Purpose::Bye => self.finish_if_idle(key),
             Purpose::Relay => self.on_relayed_response(txn, resp, code, now),
+            Purpose::Refresh => self.on_refresh_response(key, txn, resp, code, now),
         }
     }
 
@@ -1198,7 +1222,8 @@ impl B2bua {
                     self.deadlines
                         .push(Reverse((now + limit, key, Deadline::MaxDuration)));
                 }
-                let ok = self.response_for_a(key, &resp, body);
+                let mut ok = self.response_for_a(key, &resp, body);
+                self.start_session_timers(key, &resp, &mut ok, now);
                 let call = self.calls.get_mut(&key).expect("live");
                 call.ok_to_a = Some(PendingOk {
                     response: ok.clone(),
@@ -1418,6 +1443,7 @@ impl B2bua {
                 self.attempt_failed(key, AttemptResult::Timeout, 408, now);
             }
             Purpose::Relay => self.on_relayed_timeout(txn, now),
+            Purpose::Refresh => self.on_refresh_timeout(key, txn, now),
             _ => self.finish_if_idle(key),
         }
     }
@@ -1523,6 +1549,9 @@ impl B2bua {
         for txn in &call.mid.relays {
             self.relayed.remove(txn);
             self.by_client_txn.remove(txn);
+        }
+        if let Some(txn) = call.timers.refresh_txn() {
+            self.by_client_txn.remove(&txn);
         }
     }
 

@@ -116,6 +116,9 @@ impl B2bua {
             r.push_header("Retry-After", fastrand::u32(1..=10).to_string());
             return self.txns.respond(txn, r, now);
         }
+        if let Err(code) = super::timers::check(&req) {
+            return self.respond(txn, &req, code, now);
+        }
         let offer = if req.body.is_empty() {
             None
         } else if !header::has_sdp(&req) {
@@ -174,6 +177,7 @@ impl B2bua {
         let mut out = dialog.request(method, None);
         out.push_header("Contact", contact_for(&dialog.target));
         out.push_header("Allow", ALLOW.into());
+        call.timers.request_headers(side.other(), &mut out);
         let out = with_sdp(out, body);
         let client = self.relay(key, side, txn, req, out, offer, now);
         if is_invite || offer_pending(&self.relayed[&client]) {
@@ -341,6 +345,16 @@ impl B2bua {
                     tracing::warn!(call = %call.label, error = %e, "cannot anchor mid-call SDP")
                 }
             }
+        }
+        if refresh {
+            let trunks = [
+                &call.config.trunks[call.a_trunk],
+                &call.config.trunks[call.b_trunk],
+            ];
+            let due =
+                call.timers
+                    .relayed_refresh(from, &rel.request, &resp, &mut answer, trunks, now);
+            super::timers::schedule(&mut self.deadlines, key, due);
         }
         let (dialog, _) = leg(call, from);
         answer.push_header("Contact", contact_for(&dialog.target));
