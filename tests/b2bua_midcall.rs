@@ -825,3 +825,102 @@ fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
     );
     assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
 }
+
+// ---------------------------------------------------------------------------
+// Session timers (RFC 4028, `sip/b2bua_timers.rs`)
+// ---------------------------------------------------------------------------
+
+/// The lab config with `itsp_keys` on the ITSP trunk and a media timeout longer than the
+/// session intervals (no media flows here).
+fn timer_config(itsp_keys: &str) -> String {
+    let itsp_local = "local = \"udp:10.99.2.1:5060\"\n";
+    assert_eq!(CONFIG.matches(itsp_local).count(), 1);
+    CONFIG
+        .replace(itsp_local, &format!("{itsp_local}{itsp_keys}\n"))
+        .replace("timeout_s = 30", "timeout_s = 600")
+}
+
+fn requests_of<'a>(out: &'a [Transmit], to: &Target, method: &Method) -> Vec<&'a Message> {
+    out.iter()
+        .filter(|t| t.target.remote == to.remote && t.message.method() == Some(method))
+        .map(|t| &t.message)
+        .collect()
+}
+
+#[test]
+fn session_timer_refreshes_by_reinvite_without_update_and_a_481_ends_the_call() {
+    let (mut h, inv_b, _) = confirmed_call_with(&timer_config("session_timer_s = 90"));
+    assert_eq!(inv_b.header("Session-Expires"), Some("90"));
+    assert_eq!(inv_b.header("Min-SE"), Some("90"));
+    // The ITSP's 200 had no Session-Expires and no Allow: mediagate refreshes by re-INVITE at
+    // half the interval, with the description it sent before.
+    assert!(h.advance(Duration::from_secs(44)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    let reinv = only_to(&out, &h.itsp);
+    assert_eq!(reinv.method(), Some(&Method::Invite));
+    assert_eq!(reinv.header("CSeq"), Some("2 INVITE"));
+    assert_eq!(reinv.header("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(reinv.body, inv_b.body, "the same SDP, the same o= version");
+    let out = h.send(
+        reply(
+            &reinv,
+            200,
+            "itsptag",
+            ITSP_CONTACT,
+            Some(&itsp_sdp(1, "10.99.2.2", 7000, "sendrecv")),
+        ),
+        h.itsp,
+    );
+    let ack = only_to(&out, &h.itsp);
+    assert_eq!(ack.method(), Some(&Method::Ack));
+    assert_eq!(ack.header("CSeq"), Some("2 ACK"));
+    assert!(
+        to_peer(&out, &h.pbx).is_empty(),
+        "the refresh stays on its leg"
+    );
+    // The next refresh is refused with 481: the session is gone, both legs get BYE.
+    let out = h.advance(Duration::from_secs(45));
+    let reinv = only_to(&out, &h.itsp);
+    assert_eq!(reinv.header("CSeq"), Some("3 INVITE"));
+    let out = h.send(reply(&reinv, 481, "itsptag", ITSP_CONTACT, None), h.itsp);
+    assert_eq!(
+        requests_of(&out, &h.itsp, &Method::Bye).len(),
+        1,
+        "{out:#?}"
+    );
+    assert_eq!(requests_of(&out, &h.pbx, &Method::Bye).len(), 1, "{out:#?}");
+    let cdr = h.core.drain_cdrs().pop().expect("a record");
+    assert_eq!(cdr.ending.reason(), "session-timer");
+}
+
+#[test]
+fn a_bodiless_update_refreshes_its_leg_only_and_a_silent_refresher_ends_the_call() {
+    let (mut h, _, ok) = confirmed_call_with(&timer_config(""));
+    let update = Method::Other("UPDATE".into());
+    // Below Min-SE: 422 with Min-SE.
+    let mut small = pbx_request(&ok, update.clone(), 2, "se1", None);
+    small.push_header("Session-Expires", "60".into());
+    let out = h.send(small, h.pbx);
+    let r = only_to(&out, &h.pbx);
+    assert_eq!((code_of(&r), r.header("Min-SE")), (422, Some("90")));
+    // A refresh asking for 120 s with the PBX refreshing: answered here, not relayed.
+    let mut refresh = pbx_request(&ok, update.clone(), 3, "se2", None);
+    refresh.push_header("Session-Expires", "120;refresher=uac".into());
+    refresh.push_header("Supported", "timer".into());
+    let out = h.send(refresh, h.pbx);
+    assert!(to_peer(&out, &h.itsp).is_empty(), "relayed: {out:#?}");
+    let r = only_to(&out, &h.pbx);
+    assert_eq!(code_of(&r), 200);
+    assert_eq!(r.header("Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(r.header("Require"), Some("timer"));
+    // No refresh comes: at 120 - 32 s both legs get BYE.
+    assert!(h.advance(Duration::from_secs(87)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(
+        requests_of(&out, &h.itsp, &Method::Bye).len(),
+        1,
+        "{out:#?}"
+    );
+    assert_eq!(requests_of(&out, &h.pbx, &Method::Bye).len(), 1, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+}
