@@ -14,7 +14,6 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
