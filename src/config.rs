@@ -155,6 +155,18 @@ pub enum Redirect {
     Reject,
 }
 
+/// What a REFER (call transfer, RFC 3515) from a trunk's peer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Refer {
+    /// Relay it on the other leg (its Refer-To and Referred-By kept, with mediagate's address
+    /// in place of addresses of the sender's side), and the transfer's NOTIFYs back.
+    Pass,
+    /// Answer 403: transfers stay with the party that may be billed for them.
+    #[default]
+    Reject,
+}
+
 /// OPTIONS keepalive of a trunk's peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -301,6 +313,8 @@ pub struct Trunk {
     /// Final responses after which the next peer, then the next trunk, is tried.
     pub failover_on: Vec<u16>,
     pub redirect: Redirect,
+    /// REFERs from this trunk's peers (`refer`).
+    pub refer: Refer,
     /// Concurrent calls through this trunk (either direction).
     pub max_calls: Option<usize>,
     /// New calls per second through this trunk (either direction).
@@ -492,6 +506,8 @@ struct RawTrunk {
     failover_on: Option<Vec<u16>>,
     #[serde(default)]
     redirect: Redirect,
+    #[serde(default)]
+    refer: Refer,
     max_calls: Option<usize>,
     max_cps: Option<f64>,
     max_duration_s: Option<u64>,
@@ -1064,6 +1080,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             invite_timeout: Duration::from_secs(t.invite_timeout_s),
             failover_on,
             redirect: t.redirect,
+            refer: t.refer,
             max_calls: t.max_calls,
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
@@ -1482,6 +1499,13 @@ to = ["pbx"]
             (Some(10), Some(2.5), vec![503])
         );
         assert_eq!(t.redirect, Redirect::Pass);
+        assert_eq!(
+            c.trunks[0].refer,
+            Refer::Reject,
+            "REFER is rejected by default"
+        );
+        let c = parse("t.toml", &with("refer = \"pass\"")).unwrap();
+        assert_eq!(c.trunks[1].refer, Refer::Pass);
         let c = parse("t.toml", &with("codecs = [\"PCMA\", \"telephone-event\"]")).unwrap();
         assert_eq!(c.trunks[1].codecs, ["PCMA", "telephone-event"]);
         assert!(c.trunks[0].codecs.is_empty(), "no filtering by default");
@@ -1517,6 +1541,7 @@ to = ["pbx"]
             ("invite_timeout_s = 33", "trunk[1].invite_timeout_s"),
             ("failover_on = [503, 200]", "trunk[1].failover_on[1]"),
             ("redirect = \"maybe\"", "trunk[1].redirect"),
+            ("refer = \"forward\"", "trunk[1].refer"),
             ("max_calls = 0", "trunk[1].max_calls"),
             ("max_cps = 0", "trunk[1].max_cps"),
             ("max_cps = -1.5", "trunk[1].max_cps"),

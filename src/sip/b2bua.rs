@@ -18,6 +18,8 @@ mod identity;
 mod midcall;
 #[path = "b2bua_peers.rs"]
 mod peers;
+#[path = "b2bua_refer.rs"]
+mod refer;
 #[path = "b2bua_timers.rs"]
 mod timers;
 
@@ -159,6 +161,8 @@ struct Call {
     mid: midcall::MidCall,
     /// Session timers of both legs (`b2bua_timers.rs`).
     timers: timers::SessionTimers,
+    /// A REFER passed between the legs (`b2bua_refer.rs`).
+    transfer: refer::Transfer,
 }
 
 impl Call {
@@ -750,6 +754,8 @@ impl B2bua {
             Method::Invite => self.on_reoffer(key, side, txn, req, now),
             Method::Other(ref m) if m == "UPDATE" => self.on_update(key, side, txn, req, now),
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
+            Method::Other(ref m) if m == "REFER" => self.on_refer(key, side, txn, req, now),
+            Method::Other(ref m) if m == "NOTIFY" => self.on_notify(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
     }
@@ -893,6 +899,7 @@ impl B2bua {
             media,
             mid: midcall::MidCall::default(),
             timers,
+            transfer: refer::Transfer::default(),
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));

@@ -80,8 +80,8 @@ impl Relayed {
     }
 }
 
-/// The dialog of `side` of a call.
-fn leg(call: &mut super::Call, side: Side) -> (&mut Dialog, usize) {
+/// The dialog of `side` of a call, and its trunk.
+pub(super) fn leg(call: &mut super::Call, side: Side) -> (&mut Dialog, usize) {
     match side {
         Side::A => (&mut call.a, call.a_trunk),
         Side::B => (&mut call.b, call.b_trunk),
@@ -214,7 +214,7 @@ impl B2bua {
 
     /// Sends `out` on the other leg of `from` and remembers how to answer `req`.
     #[allow(clippy::too_many_arguments)]
-    fn relay(
+    pub(super) fn relay(
         &mut self,
         key: CallKey,
         from: Side,

@@ -20,12 +20,13 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
+use super::midcall::leg;
 use super::{B2bua, CallKey, Deadline, Phase, Purpose};
 use crate::cdr::Ending;
 use crate::config::{Trunk, MIN_SESSION_TIMER_S};
 use crate::media::session::Side;
 use crate::sdp::Sdp;
-use crate::sip::dialog::{contact_for, reason, response_to, with_sdp, Dialog, ALLOW};
+use crate::sip::dialog::{contact_for, reason, response_to, with_sdp, ALLOW};
 use crate::sip::header;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::TxnId;
@@ -331,14 +332,6 @@ pub(super) fn schedule(
     );
 }
 
-/// The dialog and trunk of `side` of a call.
-fn leg_of(call: &mut super::Call, side: Side) -> (&mut Dialog, usize) {
-    match side {
-        Side::A => (&mut call.a, call.a_trunk),
-        Side::B => (&mut call.b, call.b_trunk),
-    }
-}
-
 impl B2bua {
     /// The call was answered with `b_ok` from leg B: leg B's timer from it, leg A's headers on
     /// `ok_to_a` (the 2xx for the caller), and both timers started.
@@ -388,7 +381,7 @@ impl B2bua {
             return self.respond(txn, &req, code, now);
         }
         let config = call.config.clone();
-        let (dialog, trunk) = leg_of(call, side);
+        let (dialog, trunk) = leg(call, side);
         let interval = trunk_interval(&config.trunks[trunk]);
         if let Some(contact) = req.header("Contact") {
             dialog.remote_target = header::uri_of(contact).to_string();
@@ -456,12 +449,12 @@ impl B2bua {
         } else {
             Method::Other("UPDATE".into())
         };
-        let leg = call.timers.legs[slot(side)];
-        let (dialog, trunk) = leg_of(call, side);
+        let timer = call.timers.legs[slot(side)];
+        let (dialog, trunk) = leg(call, side);
         let mut req = dialog.request(method, None);
         req.push_header("Contact", contact_for(&dialog.target));
         req.push_header("Allow", ALLOW.into());
-        leg.request_headers(&mut req);
+        timer.request_headers(&mut req);
         let target = dialog.target;
         let req = with_sdp(req, body);
         let cseq = header::cseq(&req).map_or(0, |(n, _)| n);
@@ -513,7 +506,7 @@ impl B2bua {
             refresh.cseq,
             refresh.ack.clone(),
         );
-        let (dialog, trunk) = leg_of(call, side);
+        let (dialog, trunk) = leg(call, side);
         let target = dialog.target;
         if let Some(ack) = acked {
             // A retransmitted 2xx of the re-INVITE.
