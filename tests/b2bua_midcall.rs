@@ -672,9 +672,14 @@ fn info_is_relayed_end_to_end() {
     let out = h.send(reply(&info_a, 415, "x", PBX_CONTACT, None), h.pbx);
     assert_eq!(code_of(&only_to(&out, &h.itsp)), 415);
     assert_eq!(active_calls(&h), 1);
-    // Other in-dialog methods are still refused.
+    // REFER is refused by the trunk's default policy, other in-dialog methods as unsupported.
     let out = h.send(
         pbx_request(&ok, Method::Other("REFER".into()), 3, "r3", None),
+        h.pbx,
+    );
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 403);
+    let out = h.send(
+        pbx_request(&ok, Method::Other("MESSAGE".into()), 4, "m4", None),
         h.pbx,
     );
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 501);
