@@ -866,6 +866,16 @@ fn session_timer_refreshes_by_reinvite_without_update_and_a_481_ends_the_call() 
     assert_eq!(reinv.header("CSeq"), Some("2 INVITE"));
     assert_eq!(reinv.header("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(reinv.body, inv_b.body, "the same SDP, the same o= version");
+    // An offer from the ITSP while the refresh waits for its answer is glare.
+    let glare = itsp_request(
+        &inv_b,
+        Method::Invite,
+        2,
+        "g1",
+        Some(&itsp_sdp(2, "10.99.2.2", 7002, "sendrecv")),
+    );
+    let out = h.send(glare, h.itsp);
+    assert_eq!(code_of(&one_to(&out, &h.itsp)), 491);
     let out = h.send(
         reply(
             &reinv,

@@ -107,7 +107,8 @@ impl B2bua {
             Phase::Answered => return self.respond(txn, &req, 491, now),
         }
         if let Some(pending) = call.mid.negotiation {
-            let ours_on_this_leg = self.relayed.get(&pending).is_some_and(|r| r.from != side);
+            let ours_on_this_leg = self.relayed.get(&pending).is_some_and(|r| r.from != side)
+                || call.timers.refreshing(side) == Some(pending);
             if ours_on_this_leg {
                 tracing::info!(call = %call.label, ?side, "glare: 491");
                 return self.respond(txn, &req, 491, now);

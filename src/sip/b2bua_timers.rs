@@ -292,6 +292,15 @@ impl SessionTimers {
         self.legs[slot(side)].request_headers(msg);
     }
 
+    /// The client transaction of mediagate's refresh on leg `side` while it waits for its
+    /// answer (an offer from that peer meanwhile is glare).
+    pub(super) fn refreshing(&self, side: Side) -> Option<TxnId> {
+        self.refresh
+            .as_ref()
+            .filter(|r| r.side == side && r.ack.is_none())
+            .map(|r| r.txn)
+    }
+
     /// The client transaction of mediagate's latest refresh, to forget with the call.
     pub(super) fn refresh_txn(&self) -> Option<TxnId> {
         self.refresh.as_ref().map(|r| r.txn)
