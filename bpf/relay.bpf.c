@@ -314,10 +314,12 @@ static __always_inline int destination(const struct mg_config *pcfg, struct mg_s
 	return (addr->w[0] | addr->w[1] | addr->w[2] | addr->w[3]) != 0;
 }
 
-/* The stream a packet to dst:dport belongs to, its state, and the user-space verdict when the
- * program does not forward it: -1 to forward here, else an XDP verdict (counted). */
+/* The stream a packet to dst:dport carrying `payload` UDP bytes belongs to, its state, and the
+ * user-space verdict when the program does not forward it: -1 to forward here, else an XDP
+ * verdict (counted). */
 static __always_inline int classify(struct xdp_md *ctx, const struct flow *f, __u8 family,
-				    struct mg_config **cfg_out, struct mg_state **st_out)
+				    __u64 payload, struct mg_config **cfg_out,
+				    struct mg_state **st_out)
 {
 	__u32 zero = 0;
 	struct mg_settings *set = bpf_map_lookup_elem(&mg_settings, &zero);
@@ -341,6 +343,11 @@ static __always_inline int classify(struct xdp_md *ctx, const struct flow *f, __
 	}
 	if (!(cfg->flags & MG_F_KERNEL))
 		return count(MG_C_PASS_USERSPACE, XDP_PASS);
+	/* Checked before latching, as the user-space tiers do. */
+	if (payload > set->max_payload) {
+		__sync_fetch_and_add(&st->drops, 1);
+		return count(MG_C_DROP_OVERSIZE, XDP_DROP);
+	}
 	*cfg_out = cfg;
 	*st_out = st;
 	return -1;
@@ -419,7 +426,8 @@ static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, stru
 	};
 	struct mg_config *cfg = 0, *pcfg = 0;
 	struct mg_state *st = 0;
-	int verdict = classify(ctx, &f, MG_FAMILY_V4, &cfg, &st);
+	__u64 payload = data_end - (void *)(udp + 1);
+	int verdict = classify(ctx, &f, MG_FAMILY_V4, payload, &cfg, &st);
 	if (verdict >= 0 || !cfg || !st)
 		return verdict;
 	if (ip->ttl <= 1)
@@ -457,7 +465,7 @@ static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, stru
 		__u16 c = csum_apply(udp->check, addr_delta + csum_delta(old_ports, new_ports, 2));
 		udp->check = c ? c : 0xffff;
 	}
-	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)(udp + 1)));
+	return transmit(ctx, eth, &fib, st, payload);
 }
 
 static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
@@ -474,7 +482,8 @@ static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
 	__builtin_memcpy(&f.dst, &ip6->daddr, 16);
 	struct mg_config *cfg = 0, *pcfg = 0;
 	struct mg_state *st = 0;
-	int verdict = classify(ctx, &f, MG_FAMILY_V6, &cfg, &st);
+	__u64 payload = data_end - (void *)(udp + 1);
+	int verdict = classify(ctx, &f, MG_FAMILY_V6, payload, &cfg, &st);
 	if (verdict >= 0 || !cfg || !st)
 		return verdict;
 	if (ip6->hop_limit <= 1)
@@ -503,7 +512,7 @@ static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
 	udp->dest = new_ports[1];
 	__u16 c = csum_apply(udp->check, delta);
 	udp->check = c ? c : 0xffff;
-	return transmit(ctx, eth, &fib, st, (__u64)(data_end - (void *)(udp + 1)));
+	return transmit(ctx, eth, &fib, st, payload);
 }
 
 SEC("xdp")

@@ -240,7 +240,7 @@ pub struct MediaConfig {
     pub hold_timeout: Duration,
     /// Socket relay threads.
     pub threads: usize,
-    /// UDP payloads larger than this are dropped by the user-space tiers (`max_packet_bytes`).
+    /// UDP payloads larger than this are dropped by every tier (`max_packet_bytes`).
     pub max_packet: usize,
     /// CPUs of the AF_XDP workers, one pinned worker each.
     pub cores: Vec<usize>,

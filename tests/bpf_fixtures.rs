@@ -22,6 +22,8 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
+/// `media.max_packet_bytes` as the fixtures set it: the largest UDP payload relayed.
+const MAX_PAYLOAD: u16 = 1000;
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 const IT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
 
@@ -175,12 +177,17 @@ fn checksum(data: &[u8], initial: u32) -> u16 {
     !(sum as u16)
 }
 
-/// An Ethernet/IP/UDP packet, IPv4 or IPv6 by its addresses, with correct checksums (or a UDP
-/// checksum of 0 when `udp_csum` is false), optionally VLAN-tagged.
+/// An Ethernet/IP/UDP packet with 160 bytes of payload, IPv4 or IPv6 by its addresses, with
+/// correct checksums (or a UDP checksum of 0 when `udp_csum` is false), optionally VLAN-tagged.
 fn packet(src: &str, dst: &str, ttl: u8, udp_csum: bool, vlan: bool) -> Vec<u8> {
+    sized_packet(src, dst, ttl, udp_csum, vlan, 160)
+}
+
+/// [`packet`] with `len` bytes of payload.
+fn sized_packet(src: &str, dst: &str, ttl: u8, udp_csum: bool, vlan: bool, len: usize) -> Vec<u8> {
     let src: SocketAddr = src.parse().unwrap();
     let dst: SocketAddr = dst.parse().unwrap();
-    let payload: Vec<u8> = (0..160u8).collect();
+    let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
     let udp_len = 8 + payload.len();
     let mut p = Vec::new();
     p.extend_from_slice(&[0xaa; 6]);
@@ -404,6 +411,7 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
             Settings {
                 port_first: 30000,
                 port_last: 30999,
+                max_payload: MAX_PAYLOAD,
                 pad: 0,
             },
             0,
@@ -454,6 +462,24 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     let mut ext6 = from_gw6.clone();
     ext6[14 + 6] = 44; // a Fragment extension header follows, not UDP
     let sip6 = packet("[fd99:1::2]:5060", "[fd99:1::1]:5060", 64, true, false);
+    let max = usize::from(MAX_PAYLOAD);
+    let largest = sized_packet("10.99.1.2:6000", "10.99.1.1:30000", 64, true, false, max);
+    let oversize = sized_packet(
+        "10.99.1.2:6000",
+        "10.99.1.1:30000",
+        64,
+        true,
+        false,
+        max + 1,
+    );
+    let oversize6 = sized_packet(
+        "[fd99:1::2]:6000",
+        "[fd99:1::1]:30100",
+        64,
+        true,
+        false,
+        max + 1,
+    );
 
     struct Case {
         name: &'static str,
@@ -543,6 +569,20 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
             XDP_REDIRECT,
             Some(to_it(&from_gw_nocsum, false)),
         ),
+        case(
+            "a payload of max_payload bytes is relayed",
+            &largest,
+            gw,
+            XDP_REDIRECT,
+            Some(to_it(&largest, false)),
+        ),
+        case(
+            "a payload over max_payload from the latched source is dropped",
+            &oversize,
+            gw,
+            XDP_DROP,
+            None,
+        ),
         dropped(
             "another port from the latched IP is dropped (strict source)",
             "10.99.1.2:6002",
@@ -611,6 +651,13 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
             unchanged(&from_gw6_nocsum),
         ),
         case(
+            "IPv6 payload over max_payload is dropped before latching",
+            &oversize6,
+            gw,
+            XDP_DROP,
+            None,
+        ),
+        case(
             "IPv6 first packet latches and is redirected with hop limit and checksum updated",
             &from_gw6,
             gw,
@@ -677,15 +724,15 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         Some("10.99.1.2:6000".parse().unwrap())
     );
     assert_eq!(
-        sa.rx_packets, 3,
-        "three packets accepted on A (and sent out of B)"
+        sa.rx_packets, 4,
+        "four packets accepted on A (and sent out of B)"
     );
     assert_eq!(
         sa.rx_bytes,
-        3 * 160,
+        3 * 160 + u64::from(MAX_PAYLOAD),
         "UDP payload, as the socket tier counts it"
     );
-    assert_eq!(sa.drops, 2, "unknown source and strict source");
+    assert_eq!(sa.drops, 3, "unknown source, oversize and strict source");
     let now = mediagate::clock::monotonic_coarse_ns();
     assert!(
         sa.last_seen_ns > 0 && sa.last_seen_ns <= now,
@@ -697,7 +744,11 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         sa6.latched_source(FAMILY_V6),
         Some("[fd99:1::2]:6000".parse().unwrap())
     );
-    assert_eq!((sa6.rx_packets, sa6.drops), (1, 2));
+    assert_eq!(
+        (sa6.rx_packets, sa6.drops),
+        (1, 3),
+        "unknown source, oversize and strict source"
+    );
     assert_eq!(
         states.get(&ib6, 0).unwrap().latched_source(FAMILY_V6),
         Some("[fd99:2::2]:7000".parse().unwrap())

@@ -246,6 +246,11 @@ fn afxdp_tier_hostile_input_during_calls() {
     hostile("hostile-afxdp", Dataplane::Afxdp);
 }
 
+#[test]
+fn kernel_tier_hostile_input_during_calls() {
+    hostile("hostile-kernel", Dataplane::Kernel);
+}
+
 fn hostile(test: &str, dataplane: Dataplane) {
     let lab = Lab::new(test);
     lab.add_gw_addr(&format!("{GW_STRANGER_IP}/24"));

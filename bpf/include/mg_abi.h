@@ -97,7 +97,8 @@ struct mg_state {
 struct mg_settings {
 	__u16 port_first; /* host byte order: media port range */
 	__u16 port_last;
-	__u32 pad;
+	__u16 max_payload; /* largest UDP payload a kernel-tier stream relays (media.max_packet_bytes) */
+	__u16 pad;
 };
 
 /* Per-CPU counters by outcome (index into the per-CPU array). */
@@ -113,6 +114,7 @@ enum mg_counter {
 	MG_C_DROP_TTL,
 	MG_C_DROP_REDIRECT,
 	MG_C_TO_XSK,          /* handed to an AF_XDP socket (or passed when the queue has none) */
+	MG_C_DROP_OVERSIZE,   /* a kernel-tier stream's packet larger than max_payload */
 	MG_C_MAX,
 };
 

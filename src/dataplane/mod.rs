@@ -34,9 +34,11 @@ impl Dataplane {
     ) -> anyhow::Result<Self> {
         let socket = socket::SocketRelay::start(config.threads, capacity, config.max_packet)?;
         let ports = (config.port_first, config.port_last);
-        let start_kernel = || kernel::KernelTier::start(media, ports, Mode::Kernel);
+        // Validated to 64..=2048 (`config::MAX_PACKET_RANGE`).
+        let max_payload = u16::try_from(config.max_packet).unwrap_or(u16::MAX);
+        let start_kernel = || kernel::KernelTier::start(media, ports, max_payload, Mode::Kernel);
         let start_afxdp = || -> anyhow::Result<_> {
-            let mut k = kernel::KernelTier::start(media, ports, Mode::Afxdp)?;
+            let mut k = kernel::KernelTier::start(media, ports, max_payload, Mode::Afxdp)?;
             let a = afxdp::AfxdpTier::start(
                 &mut k,
                 &config.cores,

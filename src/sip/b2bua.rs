@@ -189,7 +189,9 @@ type CallKey = u64;
 pub struct B2bua {
     config: Arc<Config>,
     txns: Transactions,
-    calls: HashMap<CallKey, Call>,
+    /// Boxed: a call is ~1.8 KB, and the table's slack and its doubling steps (which stay in
+    /// RSS at the peak) then cost a pointer per slot, not a call.
+    calls: HashMap<CallKey, Box<Call>>,
     by_call_id: HashMap<String, (CallKey, Side)>,
     by_client_txn: HashMap<TxnId, (CallKey, Purpose)>,
     by_server_invite: HashMap<TxnId, CallKey>,
@@ -904,7 +906,7 @@ impl B2bua {
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
         self.by_server_invite.insert(txn, key);
-        self.calls.insert(key, call);
+        self.calls.insert(key, Box::new(call));
         self.limits.occupy(trunk);
         self.limits.occupy(b_trunk);
         let numbers = &self.calls[&key].numbers;
@@ -1597,6 +1599,7 @@ impl B2bua {
             .calls
             .iter()
             .filter(|(_, c)| c.phase != Phase::Ending)
+            .map(|(k, c)| (k, &**c))
             .collect();
         calls.sort_by_key(|(k, _)| **k);
         let leg = |c: &Call, side: Side| {

@@ -124,10 +124,12 @@ impl ClientTxn {
 #[derive(Debug, Default)]
 pub struct Transactions {
     next_id: TxnId,
-    servers: HashMap<TxnId, ServerTxn>,
+    /// Boxed, like `clients`: thousands of transactions linger for Timer J/D, and the table's
+    /// slack and doubling steps (which stay in RSS at the peak) then cost a pointer per slot.
+    servers: HashMap<TxnId, Box<ServerTxn>>,
     /// (branch, is INVITE) → server transaction; ACK and CANCEL find their INVITE by branch.
     server_index: HashMap<(String, bool), TxnId>,
-    clients: HashMap<TxnId, ClientTxn>,
+    clients: HashMap<TxnId, Box<ClientTxn>>,
     /// (branch, CSeq method) → client transaction.
     client_index: HashMap<(String, String), TxnId>,
     timers: BinaryHeap<Reverse<(Instant, TxnId, u32)>>,
@@ -311,7 +313,7 @@ impl Transactions {
         let id = self.alloc_id();
         self.servers.insert(
             id,
-            ServerTxn {
+            Box::new(ServerTxn {
                 branch,
                 invite: method == Method::Invite,
                 source,
@@ -320,7 +322,7 @@ impl Transactions {
                 retransmit: None,
                 end: None,
                 gen: 0,
-            },
+            }),
         );
         self.server_index.insert(key, id);
         Event::Request {
@@ -417,7 +419,7 @@ impl Transactions {
             .insert((branch.clone(), method.as_str().to_string()), id);
         self.clients.insert(
             id,
-            ClientTxn {
+            Box::new(ClientTxn {
                 branch,
                 invite,
                 request,
@@ -427,7 +429,7 @@ impl Transactions {
                 end: now + 64 * T1,
                 ack: None,
                 gen: 0,
-            },
+            }),
         );
         self.schedule_client(id);
         id

@@ -65,7 +65,9 @@ pub struct State {
 pub struct Settings {
     pub port_first: u16,
     pub port_last: u16,
-    pub pad: u32,
+    /// Largest UDP payload a kernel-tier stream relays (`media.max_packet_bytes`).
+    pub max_payload: u16,
+    pub pad: u16,
 }
 
 /// `MG_F_KERNEL`: forward this stream in the kernel.
@@ -84,7 +86,7 @@ pub const MAX_DEVICES: u32 = 16;
 pub const LATCHED: u64 = 1 << 48;
 
 /// Names of `enum mg_counter`, in index order.
-pub const COUNTERS: [&str; 11] = [
+pub const COUNTERS: [&str; 12] = [
     "forwarded",
     "pass_not_media",
     "pass_userspace",
@@ -96,6 +98,7 @@ pub const COUNTERS: [&str; 11] = [
     "drop_ttl",
     "drop_redirect",
     "to_afxdp",
+    "drop_oversize",
 ];
 
 const _: () = {

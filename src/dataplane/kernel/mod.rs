@@ -109,10 +109,12 @@ pub struct KernelTier {
 
 impl KernelTier {
     /// Loads the program and attaches it to the media devices: the named one of each
-    /// `(address, device)`, else the device holding the address; `ports` is the media port range.
+    /// `(address, device)`, else the device holding the address; `ports` is the media port range
+    /// and `max_payload` the largest UDP payload a kernel-tier stream relays.
     pub fn start(
         media: &[(IpAddr, Option<String>)],
         ports: (u16, u16),
+        max_payload: u16,
         mode: Mode,
     ) -> Result<Self, KernelError> {
         let bytes = PROGRAM.ok_or(KernelError::NotBuilt)?;
@@ -139,6 +141,7 @@ impl KernelTier {
                 Settings {
                     port_first: ports.0,
                     port_last: ports.1,
+                    max_payload,
                     pad: 0,
                 },
                 0,
