@@ -939,3 +939,61 @@ fn a_bodiless_update_refreshes_its_leg_only_and_a_silent_refresher_ends_the_call
     assert_eq!(requests_of(&out, &h.pbx, &Method::Bye).len(), 1, "{out:#?}");
     assert_eq!(active_calls(&h), 0);
 }
+
+// ---------------------------------------------------------------------------
+// REFER (`sip/b2bua_refer.rs`)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_passed_refer_is_relayed_rehosted_and_its_notifies_come_back() {
+    let pbx_local = "local = \"udp:10.99.1.1:5060\"\n";
+    let config = CONFIG.replacen(pbx_local, &format!("{pbx_local}refer = \"pass\"\n"), 1);
+    let (mut h, inv_b, ok) = confirmed_call_with(&config);
+    // A NOTIFY with no transfer behind it: no such subscription.
+    let out = h.send(
+        pbx_request(&ok, Method::Other("NOTIFY".into()), 2, "n0", None),
+        h.pbx,
+    );
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 481);
+    let mut refer = pbx_request(&ok, Method::Other("REFER".into()), 3, "r1", None);
+    refer.push_header("Refer-To", "<sip:200@10.99.1.1>".into());
+    refer.push_header("Referred-By", "<sip:100@10.99.1.2:5060>".into());
+    let out = h.send(refer, h.pbx); // `assert_hidden` checks nothing of the PBX side leaks
+    let refer_b = only_to(&out, &h.itsp);
+    assert_eq!(refer_b.method(), Some(&Method::Other("REFER".into())));
+    assert_eq!(refer_b.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(refer_b.header("Refer-To"), Some("<sip:200@10.99.2.1:5060>"));
+    assert_eq!(
+        refer_b.header("Referred-By"),
+        Some("<sip:100@10.99.2.1:5060>")
+    );
+    let out = h.send(reply(&refer_b, 202, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let accepted = only_to(&out, &h.pbx);
+    assert_eq!(
+        (code_of(&accepted), accepted.header("CSeq")),
+        (202, Some("3 REFER"))
+    );
+    // The transferee's progress comes back to the transferor.
+    let mut notify = itsp_request(&inv_b, Method::Other("NOTIFY".into()), 1, "n1", None);
+    notify.push_header("Event", "refer".into());
+    notify.push_header("Subscription-State", "terminated;reason=noresource".into());
+    notify.push_header("Content-Type", "message/sipfrag;version=2.0".into());
+    notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
+    let out = h.send(notify, h.itsp);
+    let notify_a = only_to(&out, &h.pbx);
+    assert_eq!(notify_a.header("Event"), Some("refer"));
+    assert_eq!(
+        notify_a.header("Subscription-State"),
+        Some("terminated;reason=noresource")
+    );
+    assert_eq!(notify_a.body, b"SIP/2.0 200 OK\r\n");
+    let out = h.send(reply(&notify_a, 200, "x", PBX_CONTACT, None), h.pbx);
+    assert_eq!(code_of(&only_to(&out, &h.itsp)), 200);
+    // A REFER without Refer-To is malformed.
+    let out = h.send(
+        pbx_request(&ok, Method::Other("REFER".into()), 4, "r2", None),
+        h.pbx,
+    );
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 400);
+    assert_eq!(active_calls(&h), 1);
+}
