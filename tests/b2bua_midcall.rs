@@ -997,3 +997,42 @@ fn a_passed_refer_is_relayed_rehosted_and_its_notifies_come_back() {
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 400);
     assert_eq!(active_calls(&h), 1);
 }
+
+#[test]
+fn session_interval_too_small_both_ways() {
+    let mut h = Harness::with_config(&timer_config("session_timer_s = 90"));
+    // A caller asking for less than Min-SE: 422 with Min-SE, no call.
+    let mut small = parse(
+        &INVITE
+            .replace("z9hG4bK-pbx-1", "z9hG4bK-pbx-small")
+            .replace("pbx-call-1", "pbx-call-small"),
+    );
+    small.push_header("Session-Expires", "30".into());
+    let out = h.send(small, h.pbx);
+    let r = only_to(&out, &h.pbx);
+    assert_eq!((code_of(&r), r.header("Min-SE")), (422, Some("90")));
+    assert_eq!(active_calls(&h), 0);
+    // A trunk asking for more: the INVITE again, once, with its Min-SE.
+    let out = h.send(parse(INVITE), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    let mut too_small = reply(&inv_b, 422, "itsptag", ITSP_CONTACT, None);
+    too_small.push_header("Min-SE", "1800".into());
+    let out = h.send(too_small, h.itsp);
+    let invites = requests_of(&out, &h.itsp, &Method::Invite);
+    assert_eq!(invites.len(), 1, "{out:#?}");
+    let again = invites[0].clone();
+    assert_eq!(again.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(again.header("CSeq"), Some("2 INVITE"));
+    assert_eq!(again.header("Session-Expires"), Some("1800"));
+    assert_eq!(again.header("Min-SE"), Some("1800"));
+    assert_eq!(again.body, inv_b.body);
+    let mut still = reply(&again, 422, "itsptag", ITSP_CONTACT, None);
+    still.push_header("Min-SE", "3600".into());
+    let out = h.send(still, h.itsp);
+    assert!(
+        requests_of(&out, &h.itsp, &Method::Invite).is_empty(),
+        "{out:#?}"
+    );
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 422);
+    assert_eq!(active_calls(&h), 0);
+}

@@ -1031,7 +1031,8 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
-        timers::offer(&call.config.trunks[call.b_trunk], &mut inv);
+        call.timers
+            .offer(&call.config.trunks[call.b_trunk], &call.b.call_id, &mut inv);
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
             &call.config,
@@ -1249,15 +1250,19 @@ impl B2bua {
                     return self.finish_if_idle(key);
                 }
                 let config = call.config.clone();
-                let trunk = &config.trunks[call.b_trunk];
+                let b_trunk = call.b_trunk;
+                let trunk = &config.trunks[b_trunk];
                 if (300..400).contains(&code) {
                     return self.on_redirect(key, &resp, code, trunk.redirect, now);
+                }
+                if code == 422 && self.retry_with_min_se(key, &resp, now) {
+                    return;
                 }
                 // Failover looks at the trunk's own code; the caller sees it mapped.
                 let mapped = policy::map_response(trunk, code);
                 // A trunk with credentials that still challenges rejected them: its failure,
                 // never the caller's to answer (503 unless response_map says otherwise).
-                if matches!(code, 401 | 407) && ClientAuth::wants(&config, call.b_trunk) {
+                if matches!(code, 401 | 407) && ClientAuth::wants(&config, b_trunk) {
                     let mapped = if mapped == code { 503 } else { mapped };
                     return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
                 }

@@ -131,17 +131,6 @@ fn trunk_interval(trunk: &Trunk) -> u32 {
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
-/// Headers of the INVITE toward a trunk: support for timers, and the trunk's interval when it
-/// has one (the answerer picks the refresher).
-pub(super) fn offer(trunk: &Trunk, inv: &mut Message) {
-    inv.push_header("Supported", "timer".into());
-    let interval = trunk_interval(trunk);
-    if interval > 0 {
-        inv.push_header("Session-Expires", interval.to_string());
-        inv.push_header("Min-SE", min_se());
-    }
-}
-
 /// The session timer of one leg.
 #[derive(Debug, Clone, Copy, Default)]
 struct Leg {
@@ -269,6 +258,9 @@ pub(super) struct SessionTimers {
     legs: [Leg; 2],
     /// The latest refresh mediagate sent.
     refresh: Option<Refresh>,
+    /// The Min-SE a 422 from leg B asked for, with the Call-ID of the B dialog it applies to
+    /// (a failover's new dialog starts again from the trunk's interval).
+    b_min_se: Option<(String, u32)>,
 }
 
 fn slot(side: Side) -> usize {
@@ -285,6 +277,36 @@ impl SessionTimers {
         let mut timers = SessionTimers::default();
         timers.legs[0].asked_by_peer(&Asked::of(invite), trunk_interval(trunk));
         timers
+    }
+
+    /// The interval to ask for on the INVITE of B dialog `call_id` toward `trunk`: the trunk's,
+    /// raised to what a 422 of that dialog asked for.
+    fn b_interval(&self, trunk: &Trunk, call_id: &str) -> u32 {
+        let asked = trunk_interval(trunk);
+        match self.b_min_se(call_id) {
+            Some(min) => asked.max(min),
+            None => asked,
+        }
+    }
+
+    /// The Min-SE a 422 asked for on B dialog `call_id`.
+    fn b_min_se(&self, call_id: &str) -> Option<u32> {
+        self.b_min_se
+            .as_ref()
+            .filter(|(id, _)| id == call_id)
+            .map(|(_, min)| *min)
+    }
+
+    /// Headers of the INVITE of B dialog `call_id` toward `trunk`: support for timers, and
+    /// the interval to ask for when there is one (the answerer picks the refresher).
+    pub(super) fn offer(&self, trunk: &Trunk, call_id: &str, inv: &mut Message) {
+        inv.push_header("Supported", "timer".into());
+        let interval = self.b_interval(trunk, call_id);
+        if interval > 0 {
+            inv.push_header("Session-Expires", interval.to_string());
+            let min = self.b_min_se(call_id).unwrap_or(MIN_SE).max(MIN_SE);
+            inv.push_header("Min-SE", min.to_string());
+        }
     }
 
     /// Session headers of a request mediagate relays onto leg `side`.
@@ -352,7 +374,9 @@ impl B2bua {
         now: Instant,
     ) {
         let call = self.calls.get_mut(&key).expect("live");
-        let b_trunk = trunk_interval(&call.config.trunks[call.b_trunk]);
+        let b_trunk = call
+            .timers
+            .b_interval(&call.config.trunks[call.b_trunk], &call.b.call_id);
         let timers = &mut call.timers;
         timers.legs[1].answered_by_peer(&Asked::of(b_ok), b_trunk);
         timers.legs[0].response_headers(ok_to_a);
@@ -370,6 +394,28 @@ impl B2bua {
             }
         }
         schedule(&mut self.deadlines, key, due);
+    }
+
+    /// A 422 from leg B to the INVITE: sends the INVITE again (next CSeq, same dialog) asking
+    /// for the peer's Min-SE, once per B dialog (RFC 4028 §7.4). False when it does not apply
+    /// (no usable Min-SE, or already retried): the 422 is then an ordinary error answer.
+    pub(super) fn retry_with_min_se(&mut self, key: CallKey, resp: &Message, now: Instant) -> bool {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        let min = resp
+            .header("Min-SE")
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let retried = call.timers.b_min_se(&call.b.call_id).is_some();
+        let Some(min) = min.filter(|m| (MIN_SE..=86_400).contains(m) && !retried) else {
+            return false;
+        };
+        tracing::info!(call = %call.label, min_se = min, "422 from the trunk: INVITE again with its Min-SE");
+        call.timers.b_min_se = Some((call.b.call_id.clone(), min));
+        call.b_invite_cseq += 1;
+        self.send_b_invite(key, now);
+        true
     }
 
     /// An UPDATE from `side`: without SDP on an established call it is a session refresh of
