@@ -334,6 +334,9 @@ pub struct Trunk {
     pub codecs: Vec<String>,
     /// `tls_name` and `tls_client_auth`, for the trunk's `tls:` peers.
     pub tls: TrunkTls,
+    /// The address written instead of `local`'s IP into Via, Contact and SDP toward this trunk
+    /// (`advertise`): mediagate's public address when it sits behind a 1:1 NAT on this side.
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +532,7 @@ struct RawTrunk {
     tls_name: Option<String>,
     #[serde(default)]
     tls_client_auth: bool,
+    advertise: Option<String>,
 }
 
 fn default_options_timeout() -> u64 {
@@ -940,6 +944,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("`{}` is not one of sip.listen", t.local),
             ));
         }
+        // A socket sends to its own family only: the trunk's peers must share `local`'s (a
+        // call may still cross families, each leg on its own trunk).
+        if let Some(j) = peer_specs.iter().position(
+            |p| matches!(p, PeerSpec::Addr(e) if e.addr.is_ipv4() != local.addr.is_ipv4()),
+        ) {
+            return Err(err(
+                &[
+                    Seg::Key("trunk"),
+                    Seg::Index(i),
+                    Seg::Key("peers"),
+                    Seg::Index(j),
+                ],
+                format!(
+                    "`{}` is not of the family of local ({}): the trunk reaches its peers from local",
+                    t.peers[j], t.local
+                ),
+            ));
+        }
         let weights = match (&t.weights, t.strategy) {
             (None, _) => vec![1; peers.len()],
             (Some(w), Strategy::Weighted) if w.len() == peers.len() && !w.contains(&0) => w.clone(),
@@ -1068,6 +1090,22 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &[Seg::Key("trunk"), Seg::Index(i)],
             &err,
         )?;
+        let advertise = t
+            .advertise
+            .as_deref()
+            .map(|a| match a.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() => Err(format!(
+                    "`{a}` cannot be advertised (unspecified or multicast)"
+                )),
+                Ok(ip) if ip.is_ipv4() != local.addr.is_ipv4() => Err(format!(
+                    "`{a}` is not of the family of local ({})",
+                    local.addr.ip()
+                )),
+                Ok(ip) => Ok(ip),
+                Err(_) => Err(format!("`{a}` is not an IP address")),
+            })
+            .transpose()
+            .map_err(|m| err(&at("advertise"), m))?;
         trunks.push(Trunk {
             name: t.name.clone(),
             kind: t.kind,
@@ -1089,6 +1127,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             identity,
             codecs: t.codecs.clone(),
             tls: trunk_tls,
+            advertise,
         });
     }
 
@@ -1247,6 +1286,20 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 impl Config {
+    /// The address SDP toward trunk `t` carries instead of its `local` IP: the trunk's
+    /// `advertise`, else the `advertise` of the media interface holding that IP (a 1:1 NAT
+    /// configured once for the address), else none (the local IP itself).
+    pub fn media_advertise(&self, t: usize) -> Option<std::net::IpAddr> {
+        let trunk = &self.trunks[t];
+        trunk.advertise.or_else(|| {
+            self.media
+                .interfaces
+                .iter()
+                .find(|i| i.address == trunk.local.addr.ip())
+                .and_then(|i| i.advertise)
+        })
+    }
+
     /// Finds the trunk whose peers include `ip`; peers are recognised by IP only, so TCP peers
     /// with ephemeral source ports are recognised too.
     pub fn trunk_of_peer(&self, ip: std::net::IpAddr) -> Option<usize> {
@@ -1467,6 +1520,47 @@ to = ["pbx"]
         let mixed = good.replace("203.0.113.5", "2001:db8::5");
         let e = parse("m.toml", &mixed).unwrap_err();
         assert_eq!(e.key, "media.interface[0].advertise", "{e}");
+    }
+
+    #[test]
+    fn trunk_advertise_overrides_the_interface() {
+        let itsp = "local = \"udp:10.99.2.1:5060\"\n\n[[route]]";
+        let with = |keys: &str| {
+            GOOD.replacen(
+                itsp,
+                &format!("local = \"udp:10.99.2.1:5060\"\n{keys}\n\n[[route]]"),
+                1,
+            )
+            .replacen(
+                "[media]\n",
+                "[media]\ninterface = [{ name = \"ext\", address = \"10.99.2.1\", advertise = \"198.51.100.7\" }]\n",
+                1,
+            )
+        };
+        let c = parse("t.toml", &with("advertise = \"203.0.113.5\"")).unwrap();
+        assert_eq!(c.trunks[1].advertise, Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(c.media_advertise(1), Some("203.0.113.5".parse().unwrap()));
+        let c = parse("t.toml", &with("")).unwrap();
+        assert_eq!(c.trunks[1].advertise, None, "SIP headers keep local");
+        assert_eq!(c.media_advertise(1), Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(c.media_advertise(0), None, "the pbx side keeps its own");
+        let e = error_of(&GOOD.replacen(
+            "peers = [\"udp:10.99.2.2:5060\"]",
+            "peers = [\"udp:10.99.2.2:5060\", \"udp:[fd00:99:2::2]:5060\"]",
+            1,
+        ));
+        assert_eq!(e.key, "trunk[1].peers[1]", "{e}");
+        for bad in [
+            "\"203.0.113\"",
+            "\"fd00::5\"",
+            "\"0.0.0.0\"",
+            "\"224.0.0.1\"",
+            "5",
+        ] {
+            let e = error_of(&with(&format!("advertise = {bad}")));
+            assert_eq!(e.key, "trunk[1].advertise", "{bad}: {e}");
+            assert!(e.line >= 20, "{bad}: {e}");
+        }
     }
 
     #[test]

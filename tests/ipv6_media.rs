@@ -16,7 +16,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -26,10 +25,6 @@ use serde_json::Value;
 use common::*;
 
 const NG_ADDR: &str = "127.0.0.1:2223";
-const GW6: &str = "fd99:1::2";
-const MG_GW6: &str = "fd99:1::1";
-const MG_IT6: &str = "fd99:2::1";
-const IT6: &str = "fd99:2::2";
 const GW_PORT: u16 = 6000;
 const IT_PORT: u16 = 7000;
 /// Packets sent in each direction.
@@ -77,68 +72,6 @@ delete_delay_s = 0
 // ---------------------------------------------------------------------------
 // Namespaces and IPv6 set-up
 // ---------------------------------------------------------------------------
-
-/// The MAC address of device `dev` in namespace `ns`.
-fn mac_of(ns: &str, dev: &str) -> String {
-    let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]));
-    let mac = out
-        .split_whitespace()
-        .skip_while(|t| *t != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in `ip link show {dev}`: {out}"));
-    mac.to_string()
-}
-
-/// Adds the IPv6 addresses (no DAD) and permanent neighbour entries for both peers in mg, and
-/// waits until every address is usable.
-fn add_ipv6(lab: &Lab) {
-    let addrs = [
-        (lab.gw(), lab.gw_if(), format!("{GW6}/64")),
-        (lab.mg(), lab.mg_gw_if(), format!("{MG_GW6}/64")),
-        (lab.mg(), lab.mg_it_if(), format!("{MG_IT6}/64")),
-        (lab.it(), lab.it_if(), format!("{IT6}/64")),
-    ];
-    for (ns, dev, cidr) in &addrs {
-        run(Command::new("ip").args(["-n", ns, "addr", "add", cidr, "dev", dev, "nodad"]));
-    }
-    for (peer, peer_ns, peer_dev, mg_dev) in [
-        (GW6, lab.gw(), lab.gw_if(), lab.mg_gw_if()),
-        (IT6, lab.it(), lab.it_if(), lab.mg_it_if()),
-    ] {
-        let mac = mac_of(&peer_ns, &peer_dev);
-        run(Command::new("ip").args([
-            "-n",
-            &lab.mg(),
-            "neigh",
-            "replace",
-            peer,
-            "lladdr",
-            &mac,
-            "dev",
-            &mg_dev,
-            "nud",
-            "permanent",
-        ]));
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for (ns, dev, cidr) in &addrs {
-        let ip = cidr.split('/').next().unwrap();
-        loop {
-            let out = run(Command::new("ip").args(["-n", ns, "-6", "addr", "show", "dev", dev]));
-            let line = out.lines().find(|l| l.contains(&format!("inet6 {cidr}")));
-            if line.is_some_and(|l| !l.contains("tentative")) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{ip} on {dev} in {ns} not usable within 5 s:\n{out}"
-            );
-            sleep(Duration::from_millis(50));
-        }
-        // usable: a socket binds to it
-        drop(bind_in(ns, &format!("[{ip}]:0")));
-    }
-}
 
 /// `Udp6*` counters of a namespace's /proc/net/snmp6.
 fn udp6_counters(lab: &Lab, ns: &str) -> HashMap<String, u64> {
@@ -455,7 +388,7 @@ fn ipv6_call_relayed_by_kernel_tier() {
         "this build has no XDP program: is clang installed?"
     );
     let lab = Lab::new("ipv6_media");
-    add_ipv6(&lab);
+    add_lab_ipv6(&lab);
     let ip6_forward_before = sysctl(&lab, &lab.mg(), "net.ipv6.conf.all.forwarding");
     let mut mg = Mediagate::start(&lab, &config());
     let mut ng = NgClient::new(&lab);

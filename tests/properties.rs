@@ -3,7 +3,7 @@
 
 use mediagate::sdp::{Anchor, Sdp};
 use mediagate::sip::message::{Header, Message, Method, StartLine};
-use mediagate::sip::{header, validate};
+use mediagate::sip::{advertise, header, validate};
 use proptest::prelude::*;
 
 /// What a transport and the B2BUA do with received bytes before any call sees them: parse,
@@ -19,6 +19,19 @@ fn screen(data: &[u8]) {
         Ok(msg) if msg.is_request() => {
             let _ = validate::check_request(&msg);
             let _ = header::transaction_id(&msg);
+            // What the B2BUA writes into what it receives (received/rport) and sends (a
+            // trunk's advertise address) keeps a message printable and parseable.
+            for source in ["192.0.2.9:5070", "[fd00::9]:5070"] {
+                let mut m = msg.clone();
+                header::stamp_received(&mut m, source.parse().unwrap());
+                let _ = header::transaction_id(&m);
+                advertise::rewrite(
+                    &mut m,
+                    "10.0.0.1:5060".parse().unwrap(),
+                    "203.0.113.5".parse().unwrap(),
+                );
+                Message::parse_datagram(&m.to_bytes()).expect("stamped message parses");
+            }
         }
         Ok(_) => {}
     }
@@ -111,6 +124,16 @@ proptest! {
         let text = format!("{head}{}\r\n\r\n{body}", lines.join("\r\n"));
         screen(text.as_bytes());
         let _ = Message::parse_stream(text.as_bytes());
+    }
+
+    #[test]
+    fn via_stamps_never_panic(
+        via in prop_oneof![header_value(), "SIP/2.0/UDP [\\[\\]0-9a-f:.]{0,20}(;[a-z]{0,6}(=[ -~]{0,8})?){0,4}"],
+    ) {
+        let text = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: {via}\r\nContact: <sip:m@10.0.0.1:5060>\r\n\r\n"
+        );
+        screen(text.as_bytes());
     }
 
     #[test]

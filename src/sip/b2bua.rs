@@ -23,6 +23,7 @@ mod refer;
 #[path = "b2bua_timers.rs"]
 mod timers;
 
+use super::advertise;
 use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
@@ -313,13 +314,17 @@ impl B2bua {
     }
 
     /// Queued wire output, in the order it was produced, with each trunk's `Server` policy
-    /// applied to the responses its peers get.
+    /// applied to the responses its peers get and its `advertise` address written where
+    /// mediagate names itself.
     pub fn drain_transmits(&mut self) -> impl Iterator<Item = Transmit> + '_ {
         let config = &self.config;
         self.txns.drain_transmits().map(move |mut t| {
-            if !t.message.is_request() {
-                if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+            if let Some(trunk) = config.trunk_of_peer(t.target.remote.ip()) {
+                if !t.message.is_request() {
                     policy::server_policy(config, trunk, &mut t.message);
+                }
+                if let Some(public) = config.trunks[trunk].advertise {
+                    advertise::rewrite(&mut t.message, t.target.local, public);
                 }
             }
             t
@@ -353,7 +358,7 @@ impl B2bua {
     }
 
     /// Feeds a message received on `source`.
-    pub fn handle_message(&mut self, msg: Message, source: Target, now: Instant) {
+    pub fn handle_message(&mut self, mut msg: Message, source: Target, now: Instant) {
         self.next_sweep.get_or_insert(now + MEDIA_SWEEP);
         if msg.is_request() {
             let is_ack = msg.method() == Some(&Method::Ack);
@@ -379,6 +384,7 @@ impl B2bua {
                 }
                 return;
             }
+            header::stamp_received(&mut msg, source.remote);
         }
         let span = msg
             .header("Call-ID")
@@ -856,12 +862,14 @@ impl B2bua {
         };
         let b = Self::new_b_dialog(&self.config, &req, &numbers, b_trunk, b_peer);
         let a_local = source.local.ip();
-        let media = CallMedia::new(
+        let mut media = CallMedia::new(
             a_local,
             a.signalling_ip,
             b.target.local.ip(),
             b.signalling_ip,
         );
+        media.advertise(Side::A, self.config.media_advertise(trunk));
+        media.advertise(Side::B, self.config.media_advertise(b_trunk));
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
@@ -1414,6 +1422,8 @@ impl B2bua {
             b.signalling_ip,
             &mut self.media.borrow_mut().ctx(now),
         );
+        call.media
+            .advertise(Side::B, call.config.media_advertise(trunk));
         call.b = b;
         if call.b_trunk != trunk {
             self.limits.vacate(call.b_trunk);

@@ -102,8 +102,13 @@ impl B2bua {
             return self.respond(txn, &req, 400, now);
         }
         let config = call.config.clone();
-        let (dialog, _) = leg(call, side.other());
-        let ours = dialog.target.local;
+        let (dialog, to_trunk) = leg(call, side.other());
+        // mediagate's address as the other side reaches it (its public one behind 1:1 NAT).
+        let local = dialog.target.local;
+        let ours = SocketAddr::new(
+            config.trunks[to_trunk].advertise.unwrap_or(local.ip()),
+            local.port(),
+        );
         let mut out = dialog.request(Method::Other("REFER".into()), None);
         out.push_header("Contact", contact_for(&dialog.target));
         out.push_header("Refer-To", rehost(refer_to[0], &config, from_trunk, ours));

@@ -83,6 +83,57 @@ pub fn transaction_id(msg: &Message) -> Option<String> {
     ))
 }
 
+/// Stamps the top Via of a request received from `source` as RFC 3261 §18.2.1 and RFC 3581
+/// §4 ask, so responses record where the request really came from: `received=IP` when the
+/// sent-by host is not the source IP (a name, a NATed address, or any host when `rport` is
+/// asked for), and `rport=PORT` when `rport` came without a value. An IPv6 `received` is
+/// written without brackets (RFC 3261's grammar, RFC 5118 §4.5). Responses go to `source`
+/// whatever the Via says; this is for the peer's benefit (NAT discovery, logs).
+pub fn stamp_received(msg: &mut Message, source: std::net::SocketAddr) {
+    let Some(via) = msg.headers.iter_mut().find(|h| h.name == "Via") else {
+        return;
+    };
+    let mut parts = via.value.split(';');
+    let sent = parts.next().unwrap_or_default();
+    let host = sent
+        .split_whitespace()
+        .last()
+        .map(sent_by_host)
+        .unwrap_or_default();
+    let params: Vec<&str> = parts.collect();
+    let named = |p: &str, n: &str| {
+        p.split_once('=')
+            .map_or(p, |(k, _)| k)
+            .trim()
+            .eq_ignore_ascii_case(n)
+    };
+    let rport_asked = params.iter().any(|p| named(p, "rport") && !p.contains('='));
+    if host.parse::<std::net::IpAddr>().ok() == Some(source.ip()) && !rport_asked {
+        return;
+    }
+    let mut value = sent.to_string();
+    for p in params
+        .iter()
+        .filter(|p| !(named(p, "received") || (rport_asked && named(p, "rport"))))
+    {
+        value.push(';');
+        value.push_str(p);
+    }
+    value.push_str(&format!(";received={}", source.ip()));
+    if rport_asked {
+        value.push_str(&format!(";rport={}", source.port()));
+    }
+    via.value = value;
+}
+
+/// The host of a Via sent-by (`host`, `host:port`, `[v6]`, `[v6]:port`), without brackets.
+fn sent_by_host(sent_by: &str) -> &str {
+    match sent_by.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => sent_by.split(':').next().unwrap_or_default(),
+    }
+}
+
 /// Whether a Via value is `SIP/2.0/TRANSPORT sent-by` followed by well-formed parameters
 /// (RFC 3261 §20.42; LWS around the slashes, semicolons and equals signs allowed), so that an
 /// empty parameter (`;;`) or a list separator in the wrong place (RFC 4475 §3.1.2.1) is caught.
@@ -139,6 +190,48 @@ pub fn has_sdp(msg: &Message) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn received_and_rport_are_stamped() {
+        let stamp = |via: &str, source: &str| {
+            let mut m = Message::parse_datagram(
+                format!("OPTIONS sip:a@b SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP x\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            stamp_received(&mut m, source.parse().unwrap());
+            let vias: Vec<String> = m.headers_named("Via").map(str::to_string).collect();
+            assert_eq!(vias[1], "SIP/2.0/UDP x", "only the top Via");
+            vias[0].clone()
+        };
+        let same = "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1";
+        assert_eq!(stamp(same, "10.0.0.2:5060"), same, "nothing to say");
+        assert_eq!(
+            stamp(same, "192.0.2.7:1024"),
+            "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1;received=192.0.2.7"
+        );
+        assert_eq!(
+            stamp(
+                "SIP/2.0/UDP [fd00:99::2]:5060;rport;branch=z9hG4bK1",
+                "[fd00:99::2]:5070"
+            ),
+            "SIP/2.0/UDP [fd00:99::2]:5060;branch=z9hG4bK1;received=fd00:99::2;rport=5070"
+        );
+        assert_eq!(
+            stamp(
+                "SIP/2.0/TCP [fd00:99::2];branch=z9hG4bK1;received=1.2.3.4",
+                "[fd00:99::9]:40000"
+            ),
+            "SIP/2.0/TCP [fd00:99::2];branch=z9hG4bK1;received=fd00:99::9"
+        );
+        assert_eq!(
+            stamp(
+                "SIP/2.0/UDP pbx.example;branch=z9hG4bK1;rport=5060",
+                "10.0.0.2:5060"
+            ),
+            "SIP/2.0/UDP pbx.example;branch=z9hG4bK1;rport=5060;received=10.0.0.2"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -39,6 +39,11 @@ pub const IT_IP: &str = "10.99.2.2";
 pub const IT2_IP: &str = "10.99.2.3";
 /// Extra address on the gw side that is no configured peer (403 test).
 pub const GW_STRANGER_IP: &str = "10.99.1.3";
+/// The lab's IPv6 addresses, added beside the IPv4 ones by `add_lab_ipv6`.
+pub const GW6: &str = "fd99:1::2";
+pub const MG_GW6: &str = "fd99:1::1";
+pub const MG_IT6: &str = "fd99:2::1";
+pub const IT6: &str = "fd99:2::2";
 /// Media port range given to mediagate by `config()`.
 pub const MEDIA_PORTS: std::ops::RangeInclusive<u16> = 30000..=30999;
 /// RTP port of sipp on either side (`-mp`).
@@ -246,6 +251,73 @@ pub fn run(cmd: &mut Command) -> String {
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// IPv6 beside the lab's IPv4
+// ---------------------------------------------------------------------------
+
+/// The MAC address of device `dev` in namespace `ns`.
+pub fn mac_of(ns: &str, dev: &str) -> String {
+    let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]));
+    let mac = out
+        .split_whitespace()
+        .skip_while(|t| *t != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in `ip link show {dev}`: {out}"));
+    mac.to_string()
+}
+
+/// Adds the lab's IPv6 addresses (`GW6`, `MG_GW6`, `MG_IT6`, `IT6`, /64, no DAD) beside its
+/// IPv4 ones and permanent neighbour entries for both peers in mg (so the kernel tier's
+/// `bpf_fib_lookup` resolves every next hop), and waits until every address is usable.
+pub fn add_lab_ipv6(lab: &Lab) {
+    let addrs = [
+        (lab.gw(), lab.gw_if(), format!("{GW6}/64")),
+        (lab.mg(), lab.mg_gw_if(), format!("{MG_GW6}/64")),
+        (lab.mg(), lab.mg_it_if(), format!("{MG_IT6}/64")),
+        (lab.it(), lab.it_if(), format!("{IT6}/64")),
+    ];
+    for (ns, dev, cidr) in &addrs {
+        run(Command::new("ip").args(["-n", ns, "addr", "add", cidr, "dev", dev, "nodad"]));
+    }
+    for (peer, peer_ns, peer_dev, mg_dev) in [
+        (GW6, lab.gw(), lab.gw_if(), lab.mg_gw_if()),
+        (IT6, lab.it(), lab.it_if(), lab.mg_it_if()),
+    ] {
+        let mac = mac_of(&peer_ns, &peer_dev);
+        run(Command::new("ip").args([
+            "-n",
+            &lab.mg(),
+            "neigh",
+            "replace",
+            peer,
+            "lladdr",
+            &mac,
+            "dev",
+            &mg_dev,
+            "nud",
+            "permanent",
+        ]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (ns, dev, cidr) in &addrs {
+        let ip = cidr.split('/').next().unwrap();
+        loop {
+            let out = run(Command::new("ip").args(["-n", ns, "-6", "addr", "show", "dev", dev]));
+            let line = out.lines().find(|l| l.contains(&format!("inet6 {cidr}")));
+            if line.is_some_and(|l| !l.contains("tentative")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ip} on {dev} in {ns} not usable within 5 s:\n{out}"
+            );
+            sleep(Duration::from_millis(50));
+        }
+        // usable: a socket binds to it
+        drop(bind_in(ns, &format!("[{ip}]:0")));
+    }
 }
 
 // ---------------------------------------------------------------------------
