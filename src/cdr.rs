@@ -135,14 +135,19 @@ pub enum Ending {
     /// mediagate could not connect the call: no route, no capacity, every trunk failed or
     /// timed out, media could not be anchored (`final_code` says which).
     Failed,
+    /// The caller's dialog no longer exists: it answered a relayed mid-call request 481 or
+    /// 408, or not at all (RFC 3261 §12.2.1.2, RFC 5057); mediagate hung up the callee.
+    CallerDialogGone,
+    /// The same on the callee's side; mediagate hung up the caller.
+    CalleeDialogGone,
 }
 
 impl Ending {
     /// `ended_by`: `caller`, `callee` or `mediagate`.
     pub fn ended_by(self) -> &'static str {
         match self {
-            Ending::CallerBye | Ending::CallerCancel => "caller",
-            Ending::CalleeBye | Ending::CalleeRejected => "callee",
+            Ending::CallerBye | Ending::CallerCancel | Ending::CallerDialogGone => "caller",
+            Ending::CalleeBye | Ending::CalleeRejected | Ending::CalleeDialogGone => "callee",
             Ending::MediaTimeout
             | Ending::MaxDuration
             | Ending::NoAck
@@ -152,8 +157,8 @@ impl Ending {
         }
     }
 
-    /// `end_reason`: `bye`, `cancel`, `rejected`, `media-timeout`, `max-duration`, `no-ack`,
-    /// `shutdown`, `session-timer` or `failed`.
+    /// `end_reason`: `bye`, `cancel`, `rejected`, `dialog-gone`, `media-timeout`,
+    /// `max-duration`, `no-ack`, `shutdown`, `session-timer` or `failed`.
     pub fn reason(self) -> &'static str {
         match self {
             Ending::CallerBye | Ending::CalleeBye => "bye",
@@ -165,6 +170,7 @@ impl Ending {
             Ending::Shutdown => "shutdown",
             Ending::SessionTimer => "session-timer",
             Ending::Failed => "failed",
+            Ending::CallerDialogGone | Ending::CalleeDialogGone => "dialog-gone",
         }
     }
 }

@@ -788,8 +788,29 @@ fn hang_up_during_a_reinvite_acks_the_late_answer_and_forgets_the_call() {
     assert!(h.core.is_idle(), "call and transactions forgotten");
 }
 
+/// How the only recorded call ended: (`ended_by`, `end_reason`).
+fn ending(h: &mut Harness) -> (String, String) {
+    let records = h.core.drain_cdrs();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = serde_json::to_value(&records[0]).unwrap();
+    (
+        r["ended_by"].as_str().unwrap().to_string(),
+        r["end_reason"].as_str().unwrap().to_string(),
+    )
+}
+
+/// BYE requests in `out`, by where they went.
+fn byes_to(out: &[Transmit], to: &Target) -> usize {
+    to_peer(out, to)
+        .iter()
+        .filter(|m| m.method() == Some(&Method::Bye))
+        .count()
+}
+
+/// RFC 3261 §12.2.1.2: no response at all to a relayed request is a 408; the callee's dialog
+/// may be gone, so the call ends: 408 to the PBX, BYE on both legs, ports freed.
 #[test]
-fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
+fn an_unanswered_relayed_request_gets_408_and_ends_the_call() {
     let config = CONFIG.replace("timeout_s = 30", "timeout_s = 300");
     let (mut h, _, ok) = confirmed_call_with(&config);
     let out = h.send(
@@ -803,32 +824,135 @@ fn an_unanswered_relayed_request_gets_408_and_the_call_stays_up() {
         h.pbx,
     );
     only_to(&out, &h.itsp);
-    h.core.drain_media_commands();
     let mut out = Vec::new();
     for _ in 0..33 {
         out.extend(h.advance(Duration::from_secs(1)));
     }
     // (repeated by the server transaction until the PBX ACKs it)
-    let to_pbx = to_peer(&out, &h.pbx);
+    let to_pbx: Vec<Message> = to_peer(&out, &h.pbx)
+        .into_iter()
+        .filter(|m| m.method() != Some(&Method::Bye))
+        .collect();
     assert!(!to_pbx.is_empty(), "{out:#?}");
     assert!(to_pbx.iter().all(|m| code_of(m) == 408), "{to_pbx:#?}");
-    assert!(
-        renegotiated(&mut h).contains(&addr("10.99.1.2:6000")),
-        "previous media restored"
+    // (each BYE retransmitted, as nobody answers here)
+    assert!(byes_to(&out, &h.pbx) >= 1, "{out:#?}");
+    assert!(byes_to(&out, &h.itsp) >= 1, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+    assert!(h.ports_all_free());
+    assert_eq!(ending(&mut h), ("callee".into(), "dialog-gone".into()));
+}
+
+/// A 481 to a relayed re-INVITE: the callee's dialog is gone, so the PBX gets the 481 and a
+/// BYE, the callee none, and the record says so.
+#[test]
+fn a_481_to_a_relayed_reinvite_ends_the_call() {
+    let (mut h, _, ok) = confirmed_call();
+    let reinv = pending_reinvite(&mut h, &ok);
+    let out = h.send(reply(&reinv, 481, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let to_pbx = to_peer(&out, &h.pbx);
+    assert_eq!(to_pbx.len(), 2, "{out:#?}");
+    assert_eq!(
+        (code_of(&to_pbx[0]), to_pbx[0].header("CSeq")),
+        (481, Some("2 INVITE"))
     );
-    assert_eq!(active_calls(&h), 1);
-    // The next offer is not glare.
+    assert_eq!(to_pbx[1].method(), Some(&Method::Bye));
+    assert_eq!(byes_to(&out, &h.itsp), 0, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+    assert_eq!(ending(&mut h), ("callee".into(), "dialog-gone".into()));
+}
+
+/// A 408 to an INFO relayed from the callee: the caller's dialog may be gone; both legs get
+/// BYE and the record names the caller.
+#[test]
+fn a_408_to_a_relayed_info_ends_the_call() {
+    let (mut h, inv_b, _) = confirmed_call();
+    let info = itsp_request(&inv_b, Method::Other("INFO".into()), 2, "info2", None);
+    let info_a = only_to(&h.send(info, h.itsp), &h.pbx);
+    let out = h.send(response_to_request(&info_a, 408), h.pbx);
+    let to_itsp = to_peer(&out, &h.itsp);
+    assert_eq!(code_of(&to_itsp[0]), 408, "{out:#?}");
+    assert_eq!(byes_to(&out, &h.itsp), 1, "{out:#?}");
+    assert_eq!(byes_to(&out, &h.pbx), 1, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+    assert_eq!(ending(&mut h), ("caller".into(), "dialog-gone".into()));
+}
+
+/// A response from a peer to a request mediagate sent it (no body, no new tag).
+fn response_to_request(req: &Message, code: u16) -> Message {
+    mediagate::sip::dialog::response_to(req, code, "X", None)
+}
+
+/// The PBX re-INVITEs with a hold offer from a new port; returns the re-INVITE the ITSP got.
+fn pending_reinvite(h: &mut Harness, ok: &Message) -> Message {
+    let offer = pbx_sdp(2353687638, 6004, "sendonly");
     let out = h.send(
-        pbx_request(
-            &ok,
-            Method::Invite,
-            3,
-            "re3",
-            Some(&pbx_sdp(2353687639, 6000, "sendrecv")),
-        ),
+        pbx_request(ok, Method::Invite, 2, "re2", Some(&offer)),
         h.pbx,
     );
-    assert_eq!(only_to(&out, &h.itsp).method(), Some(&Method::Invite));
+    let reinv = only_to(&out, &h.itsp);
+    assert!(renegotiated(h).contains(&addr("10.99.1.2:6004")));
+    reinv
+}
+
+/// The ITSP refuses the cancelled re-INVITE with 487: the PBX gets it, its streams go back to
+/// where they were, the call stays up.
+fn cancelled_reinvite_refused(h: &mut Harness, reinv: &Message) {
+    let out = h.send(reply(reinv, 487, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let refused = one_to(&out, &h.pbx);
+    assert_eq!(code_of(&refused), 487);
+    assert_eq!(refused.header("CSeq"), Some("2 INVITE"));
+    let r = renegotiated(h);
+    assert!(r.contains(&addr("10.99.1.2:6000")), "{r:?}");
+    assert_eq!(active_calls(h), 1);
+}
+
+#[test]
+fn reinvite_provisionals_are_relayed_and_its_cancel_too() {
+    let (mut h, _, ok) = confirmed_call();
+    let reinv = pending_reinvite(&mut h, &ok);
+    let out = h.send(reply(&reinv, 180, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let ringing = one_to(&out, &h.pbx);
+    assert_eq!(code_of(&ringing), 180);
+    assert_eq!(ringing.header("CSeq"), Some("2 INVITE"));
+    let out = h.send(pbx_request(&ok, Method::Cancel, 2, "re2", None), h.pbx);
+    let cancel_ok = one_to(&out, &h.pbx);
+    assert_eq!(
+        (code_of(&cancel_ok), cancel_ok.header("CSeq")),
+        (200, Some("2 CANCEL"))
+    );
+    let cancel = one_to(&out, &h.itsp);
+    assert_eq!(cancel.method(), Some(&Method::Cancel));
+    assert_eq!(
+        cancel.header("Via"),
+        reinv.header("Via"),
+        "CANCEL of our re-INVITE"
+    );
+    cancelled_reinvite_refused(&mut h, &reinv);
+}
+
+#[test]
+fn cancel_of_a_reinvite_waits_for_its_first_provisional() {
+    let (mut h, _, ok) = confirmed_call();
+    let reinv = pending_reinvite(&mut h, &ok);
+    let out = h.send(pbx_request(&ok, Method::Cancel, 2, "re2", None), h.pbx);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 200);
+    assert!(
+        to_peer(&out, &h.itsp).is_empty(),
+        "no CANCEL before a provisional"
+    );
+    let out = h.send(reply(&reinv, 183, "itsptag", ITSP_CONTACT, None), h.itsp);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 183);
+    assert_eq!(one_to(&out, &h.itsp).method(), Some(&Method::Cancel));
+    cancelled_reinvite_refused(&mut h, &reinv);
+}
+
+#[test]
+fn cancel_matching_no_reinvite_gets_481() {
+    let (mut h, _, ok) = confirmed_call();
+    let out = h.send(pbx_request(&ok, Method::Cancel, 2, "nothing", None), h.pbx);
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 481);
+    assert_eq!(active_calls(&h), 1);
 }
 
 // ---------------------------------------------------------------------------

@@ -22,6 +22,8 @@ mod peers;
 mod refer;
 #[path = "b2bua_timers.rs"]
 mod timers;
+#[path = "b2bua_prack.rs"]
+mod prack;
 
 use super::advertise;
 use super::auth::{ClientAuth, Inbound};
@@ -90,10 +92,12 @@ enum Purpose {
     Invite,
     Cancel,
     Bye,
-    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO).
+    /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO, PRACK).
     Relay,
     /// mediagate's own session refresh (`b2bua_timers.rs`).
     Refresh,
+    /// mediagate's own PRACK of a reliable provisional (`b2bua_prack.rs`).
+    Prack,
 }
 
 /// The 2xx sent to A, retransmitted until A's ACK (RFC 3261 §13.3.1.4).
@@ -164,6 +168,8 @@ struct Call {
     timers: timers::SessionTimers,
     /// A REFER passed between the legs (`b2bua_refer.rs`).
     transfer: refer::Transfer,
+    /// Reliable provisional responses toward the caller (`b2bua_prack.rs`).
+    early: prack::Early,
 }
 
 impl Call {
@@ -343,6 +349,7 @@ impl B2bua {
                 .into_iter()
                 .flatten()
                 .map(|p| p.next)
+                .chain(c.early.next_timer())
         });
         [
             self.txns.poll_timeout(),
@@ -431,6 +438,7 @@ impl B2bua {
             }
         }
         unacked.dedup();
+        self.retransmit_reliable(now);
         for key in unacked {
             let span = self.span_of(key);
             let _in_call = span.enter();
@@ -764,6 +772,8 @@ impl B2bua {
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
             Method::Other(ref m) if m == "REFER" => self.on_refer(key, side, txn, req, now),
             Method::Other(ref m) if m == "NOTIFY" => self.on_notify(key, side, txn, req, now),
+            Method::Other(ref m) if m == "PRACK" => self.on_prack(key, side, txn, req, now),
+            Method::Cancel => self.on_midcall_cancel(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
         }
     }
@@ -874,6 +884,7 @@ impl B2bua {
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
         let timers = timers::SessionTimers::for_caller(&req, &self.config.trunks[trunk]);
+        let early = prack::Early::of_invite(&req);
         let call = Call {
             label: now_label(key),
             config: self.config.clone(),
@@ -910,6 +921,7 @@ impl B2bua {
             mid: midcall::MidCall::default(),
             timers,
             transfer: refer::Transfer::default(),
+            early,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
@@ -1039,6 +1051,9 @@ impl B2bua {
         inv.push_header("CSeq", format!("{} INVITE", call.b_invite_cseq));
         inv.push_header("Contact", contact_for(&call.b.target));
         inv.push_header("Allow", ALLOW.into());
+        if let Some((name, value)) = call.early.toward_callee() {
+            inv.push_header(name, value);
+        }
         call.timers
             .offer(&call.config.trunks[call.b_trunk], &call.b.call_id, &mut inv);
         // Header policy of the B trunk (issue 5): passed, set and default headers.
@@ -1166,7 +1181,7 @@ impl B2bua {
         }
         match purpose {
             Purpose::Invite => self.on_invite_response(key, txn, resp, code, now),
-            Purpose::Cancel => {}
+            Purpose::Cancel | Purpose::Prack => {}
             Purpose::Bye => self.finish_if_idle(key),
             Purpose::Relay => self.on_relayed_response(txn, resp, code, now),
             Purpose::Refresh => self.on_refresh_response(key, txn, resp, code, now),
@@ -1204,9 +1219,7 @@ impl B2bua {
                 if call.phase != Phase::Setup {
                     return;
                 }
-                call.b.establish_from_response(&resp);
-                let body = self.anchor_from_b(key, &resp, now);
-                self.relay_to_a(key, &resp, body, now);
+                self.on_provisional(key, &resp, now);
             }
             200..=299 => {
                 let call = self.calls.get_mut(&key).expect("live");
@@ -1344,9 +1357,11 @@ impl B2bua {
             }
         };
         let call = self.calls.get_mut(&key).expect("live call");
-        let result = call
-            .media
-            .anchor(Side::B, &sdp, &mut self.media.borrow_mut().ctx(now));
+        // The caller's INVITE had no SDP (late offer): the callee's is the offer.
+        let offer = call.a_offer.is_none();
+        let result =
+            call.media
+                .anchor_as(Side::B, &sdp, offer, &mut self.media.borrow_mut().ctx(now));
         match result {
             Ok(body) => Some(body),
             Err(

@@ -11,13 +11,20 @@
 //! - The ACK for a relayed re-INVITE's 2xx goes out on Y when X's ACK arrives (end to end); the
 //!   2xx toward X is retransmitted until then, like the initial answer.
 //! - An error answer (488, 491, ...) is relayed and X's streams go back to where they sent
-//!   before the offer: the call stays up with its previous media.
+//!   before the offer: the call stays up with its previous media. A 481, 408 or no answer at
+//!   all ends the call instead (`b2bua_dialog_gone.rs`); provisionals and a CANCEL of a
+//!   re-INVITE are in `b2bua_reinvite.rs`.
 //! - Glare (RFC 3261 §14.1, RFC 3311 §5.2): an offer arriving on leg Y while mediagate's own
 //!   re-INVITE or UPDATE is pending there gets 491; a second offer from X while its first one is
 //!   still in progress gets 500 with Retry-After (RFC 3261 §14.2).
 
 use std::net::SocketAddr;
 use std::time::Instant;
+
+#[path = "b2bua_dialog_gone.rs"]
+mod dialog_gone;
+#[path = "b2bua_reinvite.rs"]
+mod reinvite;
 
 use super::{B2bua, CallKey, PendingOk, Phase, Purpose};
 use crate::media::session::{AnchorError, Side};
@@ -62,6 +69,9 @@ pub(super) struct Relayed {
     answered: bool,
     /// The ACK sent on the other leg, repeated for 2xx retransmissions.
     ack: Option<Message>,
+    /// The sender cancelled the re-INVITE; whether the CANCEL went out (`b2bua_reinvite.rs`).
+    cancelled: bool,
+    cancel_sent: bool,
 }
 
 impl Relayed {
@@ -99,10 +109,13 @@ impl B2bua {
         now: Instant,
     ) {
         let call = &self.calls[&key];
+        let is_update = req.method() == Some(&Method::Other("UPDATE".into()));
         match call.phase {
             Phase::Confirmed => {}
             Phase::Ending => return self.respond(txn, &req, 481, now),
-            // Early-dialog UPDATE and offers before the initial ACK are not supported.
+            // RFC 3311: UPDATE in the early dialog (`b2bua_prack.rs`); no re-INVITE before
+            // the dialog is confirmed.
+            Phase::Setup if is_update && self.early_dialog_up(key) => {}
             Phase::Setup => return self.respond(txn, &req, 501, now),
             Phase::Answered => return self.respond(txn, &req, 491, now),
         }
@@ -246,6 +259,8 @@ impl B2bua {
                 offer_in_ok: None,
                 answered: false,
                 ack: None,
+                cancelled: false,
+                cancel_sent: false,
             },
         );
         client
@@ -260,6 +275,9 @@ impl B2bua {
         now: Instant,
     ) {
         if code < 200 {
+            return self.on_relayed_provisional(txn, &resp, now);
+        }
+        if self.relayed_dialog_gone(txn, Some(code), now) {
             return;
         }
         let Some(rel) = self.relayed.get_mut(&txn) else {
@@ -381,8 +399,12 @@ impl B2bua {
         self.txns.respond(server_txn, answer, now);
     }
 
-    /// A relayed request got no final response: 408 to its sender, the call stays up.
+    /// A relayed request got no final response: in an answered call the dialog is gone
+    /// (`b2bua_dialog_gone.rs`); otherwise (early dialog) 408 to its sender, the call goes on.
     pub(super) fn on_relayed_timeout(&mut self, txn: TxnId, now: Instant) {
+        if self.relayed_dialog_gone(txn, None, now) {
+            return;
+        }
         let Some(rel) = self.relayed.remove(&txn) else {
             return;
         };

@@ -11,7 +11,7 @@ use crate::config::Transport;
 /// Product token sent in User-Agent and Server headers.
 pub const PRODUCT: &str = concat!("mediagate/", env!("CARGO_PKG_VERSION"));
 /// Methods mediagate accepts, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK";
 
 /// A dialog as seen from mediagate's side of one leg.
 #[derive(Debug, Clone)]

@@ -129,6 +129,11 @@ pub fn config(timeout_s: u32) -> String {
     config_with(timeout_s, Dataplane::Socket)
 }
 
+/// `config` with call detail records written to `path`.
+pub fn with_cdr(config: &str, path: &Path) -> String {
+    format!("{config}\n[cdr]\npath = \"{}\"\n", path.display())
+}
+
 /// The lab config of the tests (tests/data/lab.toml), with the media timeout and data plane
 /// to use.
 pub fn config_with(timeout_s: u32, dataplane: Dataplane) -> String {
@@ -1240,11 +1245,6 @@ impl SipMsg {
                 .and_then(|p| p.parse().ok())
         })
     }
-}
-
-/// `config` with CDRs written to `path` (`[cdr]`).
-pub fn with_cdr(config: &str, path: &Path) -> String {
-    format!("{config}\n[cdr]\npath = \"{}\"\n", path.display())
 }
 
 /// The `n` records of the CDR file at `path` (waits up to 5 s for them; fails on more or
