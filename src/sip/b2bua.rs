@@ -18,12 +18,12 @@ mod identity;
 mod midcall;
 #[path = "b2bua_peers.rs"]
 mod peers;
+#[path = "b2bua_prack.rs"]
+mod prack;
 #[path = "b2bua_refer.rs"]
 mod refer;
 #[path = "b2bua_timers.rs"]
 mod timers;
-#[path = "b2bua_prack.rs"]
-mod prack;
 
 use super::advertise;
 use super::auth::{ClientAuth, Inbound};
