@@ -129,6 +129,9 @@ pub enum Ending {
     NoAck,
     /// mediagate was stopping and ended the call.
     Shutdown,
+    /// A session timer (RFC 4028) ran out: the refreshing peer sent no refresh in time, or
+    /// mediagate's own refresh got 408/481 or no answer. mediagate hung up both legs.
+    SessionTimer,
     /// mediagate could not connect the call: no route, no capacity, every trunk failed or
     /// timed out, media could not be anchored (`final_code` says which).
     Failed,
@@ -149,12 +152,13 @@ impl Ending {
             | Ending::MaxDuration
             | Ending::NoAck
             | Ending::Shutdown
+            | Ending::SessionTimer
             | Ending::Failed => "mediagate",
         }
     }
 
     /// `end_reason`: `bye`, `cancel`, `rejected`, `dialog-gone`, `media-timeout`,
-    /// `max-duration`, `no-ack`, `shutdown` or `failed`.
+    /// `max-duration`, `no-ack`, `shutdown`, `session-timer` or `failed`.
     pub fn reason(self) -> &'static str {
         match self {
             Ending::CallerBye | Ending::CalleeBye => "bye",
@@ -164,6 +168,7 @@ impl Ending {
             Ending::MaxDuration => "max-duration",
             Ending::NoAck => "no-ack",
             Ending::Shutdown => "shutdown",
+            Ending::SessionTimer => "session-timer",
             Ending::Failed => "failed",
             Ending::CallerDialogGone | Ending::CalleeDialogGone => "dialog-gone",
         }

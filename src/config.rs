@@ -31,6 +31,10 @@ pub use routing::{
 };
 pub use tls::{TlsMaterial, TrunkTls};
 
+/// The smallest session interval (RFC 4028 Min-SE) mediagate asks for or accepts, in seconds:
+/// the RFC's recommended floor, so a refresh costs little and a dead peer is found in minutes.
+pub const MIN_SESSION_TIMER_S: u64 = 90;
+
 /// The configuration used when no `--config` is given: loopback only, no trunks, so it accepts
 /// calls from no one. It exists so that a bare start shows a working process, not a surprise.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -147,6 +151,18 @@ pub enum Redirect {
     /// Relay the 3xx to the caller unchanged (its Contact reveals the trunk's target).
     Pass,
     /// Treat it as a failed attempt: try the next peer or trunk, else answer the caller 480.
+    #[default]
+    Reject,
+}
+
+/// What a REFER (call transfer, RFC 3515) from a trunk's peer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Refer {
+    /// Relay it on the other leg (its Refer-To and Referred-By kept, with mediagate's address
+    /// in place of addresses of the sender's side), and the transfer's NOTIFYs back.
+    Pass,
+    /// Answer 403: transfers stay with the party that may be billed for them.
     #[default]
     Reject,
 }
@@ -297,12 +313,17 @@ pub struct Trunk {
     /// Final responses after which the next peer, then the next trunk, is tried.
     pub failover_on: Vec<u16>,
     pub redirect: Redirect,
+    /// REFERs from this trunk's peers (`refer`).
+    pub refer: Refer,
     /// Concurrent calls through this trunk (either direction).
     pub max_calls: Option<usize>,
     /// New calls per second through this trunk (either direction).
     pub max_cps: Option<f64>,
     /// Calls through this trunk are hung up (BYE both legs) after this long answered.
     pub max_duration: Option<Duration>,
+    /// RFC 4028 session interval asked for on legs toward this trunk (`session_timer_s`);
+    /// `None`: mediagate asks for none (it still honours a peer's own request).
+    pub session_timer: Option<Duration>,
     /// Number translation, response mapping, deny-list and header policy.
     pub policy: TrunkPolicy,
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
@@ -495,9 +516,12 @@ struct RawTrunk {
     failover_on: Option<Vec<u16>>,
     #[serde(default)]
     redirect: Redirect,
+    #[serde(default)]
+    refer: Refer,
     max_calls: Option<usize>,
     max_cps: Option<f64>,
     max_duration_s: Option<u64>,
+    session_timer_s: Option<u64>,
     #[serde(default)]
     translate: Vec<routing::RawTranslate>,
     #[serde(default)]
@@ -1016,6 +1040,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         if t.max_duration_s == Some(0) {
             return Err(err(&at("max_duration_s"), "must be at least 1".into()));
         }
+        let session_timer = match t.session_timer_s {
+            None | Some(0) => None,
+            Some(s) if !(MIN_SESSION_TIMER_S..=86_400).contains(&s) => {
+                return Err(err(
+                    &at("session_timer_s"),
+                    format!(
+                        "must be 0 (off) or {MIN_SESSION_TIMER_S} to 86400 seconds \
+                         (Min-SE {MIN_SESSION_TIMER_S}, RFC 4028)"
+                    ),
+                ))
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
         let policy = routing::trunk_policy(
             routing::RawTrunkPolicy {
                 translate: &t.translate,
@@ -1094,9 +1131,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             invite_timeout: Duration::from_secs(t.invite_timeout_s),
             failover_on,
             redirect: t.redirect,
+            refer: t.refer,
             max_calls: t.max_calls,
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
+            session_timer,
             policy,
             identity,
             codecs: t.codecs.clone(),
@@ -1580,11 +1619,26 @@ to = ["pbx"]
             (Some(10), Some(2.5), vec![503])
         );
         assert_eq!(t.redirect, Redirect::Pass);
+        assert_eq!(
+            c.trunks[0].refer,
+            Refer::Reject,
+            "REFER is rejected by default"
+        );
+        let c = parse("t.toml", &with("refer = \"pass\"")).unwrap();
+        assert_eq!(c.trunks[1].refer, Refer::Pass);
         let c = parse("t.toml", &with("codecs = [\"PCMA\", \"telephone-event\"]")).unwrap();
         assert_eq!(c.trunks[1].codecs, ["PCMA", "telephone-event"]);
         assert!(c.trunks[0].codecs.is_empty(), "no filtering by default");
         assert_eq!(c.trunks[0].failover_on, DEFAULT_FAILOVER_ON.to_vec());
         assert_eq!(c.trunks[0].invite_timeout.as_secs(), 5);
+        assert_eq!(
+            c.trunks[0].session_timer, None,
+            "no session timer by default"
+        );
+        let c = parse("t.toml", &with("session_timer_s = 1800")).unwrap();
+        assert_eq!(c.trunks[1].session_timer, Some(Duration::from_secs(1800)));
+        let c = parse("t.toml", &with("session_timer_s = 0")).unwrap();
+        assert_eq!(c.trunks[1].session_timer, None, "0 is off");
         assert!(c.trunks[0].probe.is_none(), "probing is off by default");
         for (keys, key) in [
             ("weights = [1]", "trunk[1].weights"),
@@ -1607,10 +1661,14 @@ to = ["pbx"]
             ("invite_timeout_s = 33", "trunk[1].invite_timeout_s"),
             ("failover_on = [503, 200]", "trunk[1].failover_on[1]"),
             ("redirect = \"maybe\"", "trunk[1].redirect"),
+            ("refer = \"forward\"", "trunk[1].refer"),
             ("max_calls = 0", "trunk[1].max_calls"),
             ("max_cps = 0", "trunk[1].max_cps"),
             ("max_cps = -1.5", "trunk[1].max_cps"),
             ("max_duration_s = 0", "trunk[1].max_duration_s"),
+            ("session_timer_s = 89", "trunk[1].session_timer_s"),
+            ("session_timer_s = -1", "trunk[1].session_timer_s"),
+            ("session_timer_s = 86401", "trunk[1].session_timer_s"),
             ("codecs = [\"PCMA\", \"PCMA/8000\"]", "trunk[1].codecs[1]"),
             ("codecs = [\"\"]", "trunk[1].codecs[0]"),
         ] {

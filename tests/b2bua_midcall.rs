@@ -672,9 +672,14 @@ fn info_is_relayed_end_to_end() {
     let out = h.send(reply(&info_a, 415, "x", PBX_CONTACT, None), h.pbx);
     assert_eq!(code_of(&only_to(&out, &h.itsp)), 415);
     assert_eq!(active_calls(&h), 1);
-    // Other in-dialog methods are still refused.
+    // REFER is refused by the trunk's default policy, other in-dialog methods as unsupported.
     let out = h.send(
         pbx_request(&ok, Method::Other("REFER".into()), 3, "r3", None),
+        h.pbx,
+    );
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 403);
+    let out = h.send(
+        pbx_request(&ok, Method::Other("MESSAGE".into()), 4, "m4", None),
         h.pbx,
     );
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 501);
@@ -995,4 +1000,210 @@ fn a_reinvite_turning_audio_into_t38_in_place_is_anchored() {
         st["calls"][0]["legs"][1]["streams"][0]["kind"], "image",
         "{st:#}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Session timers (RFC 4028, `sip/b2bua_timers.rs`)
+// ---------------------------------------------------------------------------
+
+/// The lab config with `itsp_keys` on the ITSP trunk and a media timeout longer than the
+/// session intervals (no media flows here).
+fn timer_config(itsp_keys: &str) -> String {
+    let itsp_local = "local = \"udp:10.99.2.1:5060\"\n";
+    assert_eq!(CONFIG.matches(itsp_local).count(), 1);
+    CONFIG
+        .replace(itsp_local, &format!("{itsp_local}{itsp_keys}\n"))
+        .replace("timeout_s = 30", "timeout_s = 600")
+}
+
+fn requests_of<'a>(out: &'a [Transmit], to: &Target, method: &Method) -> Vec<&'a Message> {
+    out.iter()
+        .filter(|t| t.target.remote == to.remote && t.message.method() == Some(method))
+        .map(|t| &t.message)
+        .collect()
+}
+
+#[test]
+fn session_timer_refreshes_by_reinvite_without_update_and_a_481_ends_the_call() {
+    let (mut h, inv_b, _) = confirmed_call_with(&timer_config("session_timer_s = 90"));
+    assert_eq!(inv_b.header("Session-Expires"), Some("90"));
+    assert_eq!(inv_b.header("Min-SE"), Some("90"));
+    // The ITSP's 200 had no Session-Expires and no Allow: mediagate refreshes by re-INVITE at
+    // half the interval, with the description it sent before.
+    assert!(h.advance(Duration::from_secs(44)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    let reinv = only_to(&out, &h.itsp);
+    assert_eq!(reinv.method(), Some(&Method::Invite));
+    assert_eq!(reinv.header("CSeq"), Some("2 INVITE"));
+    assert_eq!(reinv.header("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(reinv.body, inv_b.body, "the same SDP, the same o= version");
+    // An offer from the ITSP while the refresh waits for its answer is glare.
+    let glare = itsp_request(
+        &inv_b,
+        Method::Invite,
+        2,
+        "g1",
+        Some(&itsp_sdp(2, "10.99.2.2", 7002, "sendrecv")),
+    );
+    let out = h.send(glare, h.itsp);
+    assert_eq!(code_of(&one_to(&out, &h.itsp)), 491);
+    let out = h.send(
+        reply(
+            &reinv,
+            200,
+            "itsptag",
+            ITSP_CONTACT,
+            Some(&itsp_sdp(1, "10.99.2.2", 7000, "sendrecv")),
+        ),
+        h.itsp,
+    );
+    let ack = only_to(&out, &h.itsp);
+    assert_eq!(ack.method(), Some(&Method::Ack));
+    assert_eq!(ack.header("CSeq"), Some("2 ACK"));
+    assert!(
+        to_peer(&out, &h.pbx).is_empty(),
+        "the refresh stays on its leg"
+    );
+    // The next refresh is refused with 481: the session is gone, both legs get BYE.
+    let out = h.advance(Duration::from_secs(45));
+    let reinv = only_to(&out, &h.itsp);
+    assert_eq!(reinv.header("CSeq"), Some("3 INVITE"));
+    let out = h.send(reply(&reinv, 481, "itsptag", ITSP_CONTACT, None), h.itsp);
+    assert_eq!(
+        requests_of(&out, &h.itsp, &Method::Bye).len(),
+        1,
+        "{out:#?}"
+    );
+    assert_eq!(requests_of(&out, &h.pbx, &Method::Bye).len(), 1, "{out:#?}");
+    let cdr = h.core.drain_cdrs().pop().expect("a record");
+    assert_eq!(cdr.ending.reason(), "session-timer");
+}
+
+#[test]
+fn a_bodiless_update_refreshes_its_leg_only_and_a_silent_refresher_ends_the_call() {
+    let (mut h, _, ok) = confirmed_call_with(&timer_config(""));
+    let update = Method::Other("UPDATE".into());
+    // Below Min-SE: 422 with Min-SE.
+    let mut small = pbx_request(&ok, update.clone(), 2, "se1", None);
+    small.push_header("Session-Expires", "60".into());
+    let out = h.send(small, h.pbx);
+    let r = only_to(&out, &h.pbx);
+    assert_eq!((code_of(&r), r.header("Min-SE")), (422, Some("90")));
+    // A refresh asking for 120 s with the PBX refreshing: answered here, not relayed.
+    let mut refresh = pbx_request(&ok, update.clone(), 3, "se2", None);
+    refresh.push_header("Session-Expires", "120;refresher=uac".into());
+    refresh.push_header("Supported", "timer".into());
+    let out = h.send(refresh, h.pbx);
+    assert!(to_peer(&out, &h.itsp).is_empty(), "relayed: {out:#?}");
+    let r = only_to(&out, &h.pbx);
+    assert_eq!(code_of(&r), 200);
+    assert_eq!(r.header("Session-Expires"), Some("120;refresher=uac"));
+    assert_eq!(r.header("Require"), Some("timer"));
+    // No refresh comes: at 120 - 32 s both legs get BYE.
+    assert!(h.advance(Duration::from_secs(87)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(
+        requests_of(&out, &h.itsp, &Method::Bye).len(),
+        1,
+        "{out:#?}"
+    );
+    assert_eq!(requests_of(&out, &h.pbx, &Method::Bye).len(), 1, "{out:#?}");
+    assert_eq!(active_calls(&h), 0);
+}
+
+// ---------------------------------------------------------------------------
+// REFER (`sip/b2bua_refer.rs`)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_passed_refer_is_relayed_rehosted_and_its_notifies_come_back() {
+    let pbx_local = "local = \"udp:10.99.1.1:5060\"\n";
+    let config = CONFIG.replacen(pbx_local, &format!("{pbx_local}refer = \"pass\"\n"), 1);
+    let (mut h, inv_b, ok) = confirmed_call_with(&config);
+    // A NOTIFY with no transfer behind it: no such subscription.
+    let out = h.send(
+        pbx_request(&ok, Method::Other("NOTIFY".into()), 2, "n0", None),
+        h.pbx,
+    );
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 481);
+    let mut refer = pbx_request(&ok, Method::Other("REFER".into()), 3, "r1", None);
+    refer.push_header("Refer-To", "<sip:200@10.99.1.1>".into());
+    refer.push_header("Referred-By", "<sip:100@10.99.1.2:5060>".into());
+    let out = h.send(refer, h.pbx); // `assert_hidden` checks nothing of the PBX side leaks
+    let refer_b = only_to(&out, &h.itsp);
+    assert_eq!(refer_b.method(), Some(&Method::Other("REFER".into())));
+    assert_eq!(refer_b.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(refer_b.header("Refer-To"), Some("<sip:200@10.99.2.1:5060>"));
+    assert_eq!(
+        refer_b.header("Referred-By"),
+        Some("<sip:100@10.99.2.1:5060>")
+    );
+    let out = h.send(reply(&refer_b, 202, "itsptag", ITSP_CONTACT, None), h.itsp);
+    let accepted = only_to(&out, &h.pbx);
+    assert_eq!(
+        (code_of(&accepted), accepted.header("CSeq")),
+        (202, Some("3 REFER"))
+    );
+    // The transferee's progress comes back to the transferor.
+    let mut notify = itsp_request(&inv_b, Method::Other("NOTIFY".into()), 1, "n1", None);
+    notify.push_header("Event", "refer".into());
+    notify.push_header("Subscription-State", "terminated;reason=noresource".into());
+    notify.push_header("Content-Type", "message/sipfrag;version=2.0".into());
+    notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
+    let out = h.send(notify, h.itsp);
+    let notify_a = only_to(&out, &h.pbx);
+    assert_eq!(notify_a.header("Event"), Some("refer"));
+    assert_eq!(
+        notify_a.header("Subscription-State"),
+        Some("terminated;reason=noresource")
+    );
+    assert_eq!(notify_a.body, b"SIP/2.0 200 OK\r\n");
+    let out = h.send(reply(&notify_a, 200, "x", PBX_CONTACT, None), h.pbx);
+    assert_eq!(code_of(&only_to(&out, &h.itsp)), 200);
+    // A REFER without Refer-To is malformed.
+    let out = h.send(
+        pbx_request(&ok, Method::Other("REFER".into()), 4, "r2", None),
+        h.pbx,
+    );
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 400);
+    assert_eq!(active_calls(&h), 1);
+}
+
+#[test]
+fn session_interval_too_small_both_ways() {
+    let mut h = Harness::with_config(&timer_config("session_timer_s = 90"));
+    // A caller asking for less than Min-SE: 422 with Min-SE, no call.
+    let mut small = parse(
+        &INVITE
+            .replace("z9hG4bK-pbx-1", "z9hG4bK-pbx-small")
+            .replace("pbx-call-1", "pbx-call-small"),
+    );
+    small.push_header("Session-Expires", "30".into());
+    let out = h.send(small, h.pbx);
+    let r = only_to(&out, &h.pbx);
+    assert_eq!((code_of(&r), r.header("Min-SE")), (422, Some("90")));
+    assert_eq!(active_calls(&h), 0);
+    // A trunk asking for more: the INVITE again, once, with its Min-SE.
+    let out = h.send(parse(INVITE), h.pbx);
+    let inv_b = only_to(&out, &h.itsp);
+    let mut too_small = reply(&inv_b, 422, "itsptag", ITSP_CONTACT, None);
+    too_small.push_header("Min-SE", "1800".into());
+    let out = h.send(too_small, h.itsp);
+    let invites = requests_of(&out, &h.itsp, &Method::Invite);
+    assert_eq!(invites.len(), 1, "{out:#?}");
+    let again = invites[0].clone();
+    assert_eq!(again.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(again.header("CSeq"), Some("2 INVITE"));
+    assert_eq!(again.header("Session-Expires"), Some("1800"));
+    assert_eq!(again.header("Min-SE"), Some("1800"));
+    assert_eq!(again.body, inv_b.body);
+    let mut still = reply(&again, 422, "itsptag", ITSP_CONTACT, None);
+    still.push_header("Min-SE", "3600".into());
+    let out = h.send(still, h.itsp);
+    assert!(
+        requests_of(&out, &h.itsp, &Method::Invite).is_empty(),
+        "{out:#?}"
+    );
+    assert_eq!(code_of(&one_to(&out, &h.pbx)), 422);
+    assert_eq!(active_calls(&h), 0);
 }

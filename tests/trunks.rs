@@ -14,7 +14,6 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -266,22 +265,6 @@ fn trunk_cli(lab: &Lab, mg: &Mediagate, action: &str) -> Value {
 }
 
 /// The CDR lines written so far, once there are `n` (bounded wait).
-fn cdrs(path: &Path, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad CDR line ({e}): {l}")))
-            .collect();
-        if lines.len() >= n || Instant::now() >= deadline {
-            assert_eq!(lines.len(), n, "CDR lines in {}:\n{text}", path.display());
-            return lines;
-        }
-        sleep(Duration::from_millis(50));
-    }
-}
-
 /// An `attempts` entry of a CDR.
 fn attempt(ip: &str, code: Value) -> Value {
     json!({"trunk": "itsp", "peer": format!("udp:{ip}:5060"), "code": code})

@@ -14,7 +14,7 @@ use super::{Command, Latch, LatchMode, PortPool, StreamId, StreamSpec, StreamSta
 use crate::sdp::{Anchor, Sdp};
 
 /// The two legs of a call: A is the caller's (inbound) leg, B the callee's (outbound) leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Side {
     A,
     B,
@@ -304,6 +304,12 @@ impl CallMedia {
             }
         }
         self.description_for(to, sdp)
+    }
+
+    /// The description mediagate last sent toward `side`, to repeat unchanged (same `o=`
+    /// version) in a re-INVITE that only refreshes the session (RFC 4028).
+    pub fn last_description(&self, side: Side) -> Option<&[u8]> {
+        self.legs[side.index()].last_sdp.as_deref()
     }
 
     /// Where each media line of `side` currently sends (RTP, RTCP), to put back with

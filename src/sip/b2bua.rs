@@ -22,6 +22,10 @@ mod midcall;
 mod peers;
 #[path = "b2bua_prack.rs"]
 mod prack;
+#[path = "b2bua_refer.rs"]
+mod refer;
+#[path = "b2bua_timers.rs"]
+mod timers;
 #[path = "b2bua_trunks.rs"]
 mod trunks;
 
@@ -71,6 +75,8 @@ enum Deadline {
     Invite(u32),
     /// The trunk's `max_duration_s` since the answer.
     MaxDuration,
+    /// A leg's session timer (`b2bua_timers.rs`), of the given generation: refresh or expiry.
+    Session(Side, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +98,8 @@ enum Purpose {
     Bye,
     /// An in-dialog request relayed from the other leg (re-INVITE, UPDATE, INFO, PRACK).
     Relay,
+    /// mediagate's own session refresh (`b2bua_timers.rs`).
+    Refresh,
     /// mediagate's own PRACK of a reliable provisional (`b2bua_prack.rs`).
     Prack,
 }
@@ -160,6 +168,10 @@ struct Call {
     media: CallMedia,
     /// Mid-call requests relayed to the other leg and negotiation state (`b2bua_midcall.rs`).
     mid: midcall::MidCall,
+    /// Session timers of both legs (`b2bua_timers.rs`).
+    timers: timers::SessionTimers,
+    /// A REFER passed between the legs (`b2bua_refer.rs`).
+    transfer: refer::Transfer,
     /// Reliable provisional responses toward the caller (`b2bua_prack.rs`).
     early: prack::Early,
 }
@@ -526,6 +538,9 @@ impl B2bua {
                 tracing::info!(call = %call.label, "maximum call duration reached: hanging up both legs");
                 self.hang_up_both(key, Ending::MaxDuration, now);
             }
+            Deadline::Session(side, generation) => {
+                self.on_session_deadline(key, side, generation, now)
+            }
             _ => {}
         }
     }
@@ -635,6 +650,9 @@ impl B2bua {
         if code == 503 {
             r.push_header("Retry-After", "5".into());
         }
+        if code == 422 {
+            r.push_header("Min-SE", timers::min_se());
+        }
         self.txns.respond(txn, r, now);
     }
 
@@ -739,8 +757,10 @@ impl B2bua {
             }
             Method::Options => self.respond(txn, &req, 200, now),
             Method::Invite => self.on_reoffer(key, side, txn, req, now),
-            Method::Other(ref m) if m == "UPDATE" => self.on_reoffer(key, side, txn, req, now),
+            Method::Other(ref m) if m == "UPDATE" => self.on_update(key, side, txn, req, now),
             Method::Other(ref m) if m == "INFO" => self.on_info(key, side, txn, req, now),
+            Method::Other(ref m) if m == "REFER" => self.on_refer(key, side, txn, req, now),
+            Method::Other(ref m) if m == "NOTIFY" => self.on_notify(key, side, txn, req, now),
             Method::Other(ref m) if m == "PRACK" => self.on_prack(key, side, txn, req, now),
             Method::Cancel => self.on_midcall_cancel(key, side, txn, req, now),
             _ => self.respond(txn, &req, 501, now),
@@ -758,6 +778,9 @@ impl B2bua {
         let max_forwards = header::max_forwards(&req).unwrap_or(70);
         if max_forwards == 0 {
             return self.refuse_invite(txn, &req, trunk, 483, None, now);
+        }
+        if let Err(code) = timers::check(&req) {
+            return self.refuse_invite(txn, &req, trunk, code, None, now);
         }
         if !self.inbound_allowed(txn, &req, source.remote.ip(), trunk, now) {
             return;
@@ -849,6 +872,7 @@ impl B2bua {
         let mut trying = response_to(&req, 100, reason(100), None);
         trying.remove_headers("Server");
         self.txns.respond(txn, trying, now);
+        let timers = timers::SessionTimers::for_caller(&req, &self.config.trunks[trunk]);
         let early = prack::Early::of_invite(&req);
         let call = Call {
             label: now_label(key),
@@ -884,6 +908,8 @@ impl B2bua {
             open_txns: Vec::new(),
             media,
             mid: midcall::MidCall::default(),
+            timers,
+            transfer: refer::Transfer::default(),
             early,
         };
         self.by_call_id
@@ -1017,6 +1043,8 @@ impl B2bua {
         if let Some((name, value)) = call.early.toward_callee() {
             inv.push_header(name, value);
         }
+        call.timers
+            .offer(&call.config.trunks[call.b_trunk], &call.b.call_id, &mut inv);
         // Header policy of the B trunk (issue 5): passed, set and default headers.
         let headers = policy::headers_toward(
             &call.config,
@@ -1128,7 +1156,10 @@ impl B2bua {
         let Some(&(key, purpose)) = self.by_client_txn.get(&txn) else {
             return;
         };
-        if code >= 200 && matches!(purpose, Purpose::Invite | Purpose::Relay) && code < 300 {
+        if code >= 200
+            && matches!(purpose, Purpose::Invite | Purpose::Relay | Purpose::Refresh)
+            && code < 300
+        {
             // Keep the index so that 2xx retransmissions are still recognised and re-ACKed;
             // `finish_if_idle` drops it with the call.
             if let Some(call) = self.calls.get_mut(&key) {
@@ -1142,6 +1173,7 @@ impl B2bua {
             Purpose::Cancel | Purpose::Prack => {}
             Purpose::Bye => self.finish_if_idle(key),
             Purpose::Relay => self.on_relayed_response(txn, resp, code, now),
+            Purpose::Refresh => self.on_refresh_response(key, txn, resp, code, now),
         }
     }
 
@@ -1210,7 +1242,8 @@ impl B2bua {
                     self.deadlines
                         .push(Reverse((now + limit, key, Deadline::MaxDuration)));
                 }
-                let ok = self.response_for_a(key, &resp, body);
+                let mut ok = self.response_for_a(key, &resp, body);
+                self.start_session_timers(key, &resp, &mut ok, now);
                 let call = self.calls.get_mut(&key).expect("live");
                 call.ok_to_a = Some(PendingOk {
                     response: ok.clone(),
@@ -1227,15 +1260,19 @@ impl B2bua {
                     return self.finish_if_idle(key);
                 }
                 let config = call.config.clone();
-                let trunk = &config.trunks[call.b_trunk];
+                let b_trunk = call.b_trunk;
+                let trunk = &config.trunks[b_trunk];
                 if (300..400).contains(&code) {
                     return self.on_redirect(key, &resp, code, trunk.redirect, now);
+                }
+                if code == 422 && self.retry_with_min_se(key, &resp, now) {
+                    return;
                 }
                 // Failover looks at the trunk's own code; the caller sees it mapped.
                 let mapped = policy::map_response(trunk, code);
                 // A trunk with credentials that still challenges rejected them: its failure,
                 // never the caller's to answer (503 unless response_map says otherwise).
-                if matches!(code, 401 | 407) && ClientAuth::wants(&config, call.b_trunk) {
+                if matches!(code, 401 | 407) && ClientAuth::wants(&config, b_trunk) {
                     let mapped = if mapped == code { 503 } else { mapped };
                     return self.attempt_failed(key, AttemptResult::Code(code), mapped, now);
                 }
@@ -1434,6 +1471,7 @@ impl B2bua {
                 self.attempt_failed(key, AttemptResult::Timeout, 408, now);
             }
             Purpose::Relay => self.on_relayed_timeout(txn, now),
+            Purpose::Refresh => self.on_refresh_timeout(key, txn, now),
             _ => self.finish_if_idle(key),
         }
     }
@@ -1539,6 +1577,9 @@ impl B2bua {
         for txn in &call.mid.relays {
             self.relayed.remove(txn);
             self.by_client_txn.remove(txn);
+        }
+        if let Some(txn) = call.timers.refresh_txn() {
+            self.by_client_txn.remove(&txn);
         }
     }
 

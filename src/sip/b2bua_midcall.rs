@@ -90,8 +90,8 @@ impl Relayed {
     }
 }
 
-/// The dialog of `side` of a call.
-fn leg(call: &mut super::Call, side: Side) -> (&mut Dialog, usize) {
+/// The dialog of `side` of a call, and its trunk.
+pub(super) fn leg(call: &mut super::Call, side: Side) -> (&mut Dialog, usize) {
     match side {
         Side::A => (&mut call.a, call.a_trunk),
         Side::B => (&mut call.b, call.b_trunk),
@@ -120,7 +120,8 @@ impl B2bua {
             Phase::Answered => return self.respond(txn, &req, 491, now),
         }
         if let Some(pending) = call.mid.negotiation {
-            let ours_on_this_leg = self.relayed.get(&pending).is_some_and(|r| r.from != side);
+            let ours_on_this_leg = self.relayed.get(&pending).is_some_and(|r| r.from != side)
+                || call.timers.refreshing(side) == Some(pending);
             if ours_on_this_leg {
                 tracing::info!(call = %call.label, ?side, "glare: 491");
                 return self.respond(txn, &req, 491, now);
@@ -128,6 +129,9 @@ impl B2bua {
             let mut r = response_to(&req, 500, reason(500), None);
             r.push_header("Retry-After", fastrand::u32(1..=10).to_string());
             return self.txns.respond(txn, r, now);
+        }
+        if let Err(code) = super::timers::check(&req) {
+            return self.respond(txn, &req, code, now);
         }
         let offer = if req.body.is_empty() {
             None
@@ -187,6 +191,7 @@ impl B2bua {
         let mut out = dialog.request(method, None);
         out.push_header("Contact", contact_for(&dialog.target));
         out.push_header("Allow", ALLOW.into());
+        call.timers.request_headers(side.other(), &mut out);
         let out = with_sdp(out, body);
         let client = self.relay(key, side, txn, req, out, offer, now);
         if is_invite || offer_pending(&self.relayed[&client]) {
@@ -359,6 +364,16 @@ impl B2bua {
                     tracing::warn!(call = %call.label, error = %e, "cannot anchor mid-call SDP")
                 }
             }
+        }
+        if refresh {
+            let trunks = [
+                &call.config.trunks[call.a_trunk],
+                &call.config.trunks[call.b_trunk],
+            ];
+            let due =
+                call.timers
+                    .relayed_refresh(from, &rel.request, &resp, &mut answer, trunks, now);
+            super::timers::schedule(&mut self.deadlines, key, due);
         }
         let (dialog, _) = leg(call, from);
         answer.push_header("Contact", contact_for(&dialog.target));

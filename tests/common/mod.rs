@@ -1174,6 +1174,8 @@ impl Drop for Sipp {
 pub struct SipMsg {
     pub received: bool,
     pub text: String,
+    /// When sipp traced it: seconds since the Unix epoch (UTC), from the trace's time stamp.
+    pub at: Option<f64>,
 }
 
 impl SipMsg {
@@ -1251,6 +1253,24 @@ impl SipMsg {
     }
 }
 
+/// The `n` records of the CDR file at `path` (waits up to 5 s for them; fails on more or
+/// fewer).
+pub fn cdrs(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad CDR line ({e}): {l}")))
+            .collect();
+        if lines.len() >= n || Instant::now() >= deadline {
+            assert_eq!(lines.len(), n, "CDR lines in {}:\n{text}", path.display());
+            return lines;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether every dialog a 2xx to INVITE opened in `msgs` was closed by a 2xx
 /// to BYE (in either direction).
 pub fn all_dialogs_closed(msgs: &[SipMsg]) -> bool {
@@ -1267,12 +1287,29 @@ pub fn all_dialogs_closed(msgs: &[SipMsg]) -> bool {
     answered_with("INVITE").is_subset(&answered_with("BYE"))
 }
 
+/// Seconds since the Unix epoch of a sipp trace stamp ` 2026-11-26 15:54:55.070138`.
+fn trace_time(stamp: &str) -> Option<f64> {
+    let (date, time) = stamp.trim().split_once(' ')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    // Days from civil (H. Hinnant's algorithm), valid for the proleptic Gregorian calendar.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut hms = time.split(':').map(|p| p.parse::<f64>().ok());
+    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
+    Some(days as f64 * 86_400.0 + h * 3600.0 + mi * 60.0 + s)
+}
+
 pub fn parse_trace(text: &str) -> Vec<SipMsg> {
     let mut msgs = Vec::new();
     for block in text.split("-----------------------------------------------") {
         // block: " <timestamp>\n<TRANSPORT> message received [N] bytes :\n\n<message>"
         let mut lines = block.splitn(3, '\n');
-        let _stamp = lines.next();
+        let at = lines.next().and_then(trace_time);
         let Some(kind) = lines.next() else { continue };
         let Some(rest) = lines.next() else { continue };
         let received = if kind.contains("message received") {
@@ -1289,6 +1326,7 @@ pub fn parse_trace(text: &str) -> Vec<SipMsg> {
         msgs.push(SipMsg {
             received,
             text: msg,
+            at,
         });
     }
     msgs
