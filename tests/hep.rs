@@ -342,3 +342,8 @@ fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
 fn rtcp_relayed_by_the_afxdp_tier_is_exported_too() {
     rtcp_exported("heprtcpx", Dataplane::Afxdp);
 }
+
+#[test]
+fn rtcp_of_kernel_tier_calls_is_exported_through_the_socket_tier() {
+    rtcp_exported("heprtcpk", Dataplane::Kernel);
+}

@@ -30,7 +30,8 @@ impl Dataplane {
     /// addresses and the media interfaces), each with the device named for it in the config:
     /// XDP attaches to those devices. `auto` takes the best tier that starts and says why the
     /// others did not; a named tier fails instead. With `capture_rtcp` the user-space tiers copy
-    /// the RTCP they relay for the HEP capture ([`Self::rtcp_copies`]).
+    /// the RTCP they relay for the HEP capture ([`Self::rtcp_copies`]), and the kernel tier
+    /// leaves RTCP to the socket tier so that it is copied too.
     pub fn start(
         config: &MediaConfig,
         media: &[(IpAddr, Option<String>)],
@@ -53,9 +54,11 @@ impl Dataplane {
         let ports = (config.port_first, config.port_last);
         // Validated to 64..=2048 (`config::MAX_PACKET_RANGE`).
         let max_payload = u16::try_from(config.max_packet).unwrap_or(u16::MAX);
-        let start_kernel = || kernel::KernelTier::start(media, ports, max_payload, Mode::Kernel);
+        let start_kernel =
+            || kernel::KernelTier::start(media, ports, max_payload, Mode::Kernel, capture_rtcp);
         let start_afxdp = || -> anyhow::Result<_> {
-            let mut k = kernel::KernelTier::start(media, ports, max_payload, Mode::Afxdp)?;
+            let mut k =
+                kernel::KernelTier::start(media, ports, max_payload, Mode::Afxdp, capture_rtcp)?;
             let a = afxdp::AfxdpTier::start(
                 &mut k,
                 &config.cores,
@@ -108,7 +111,7 @@ impl Dataplane {
     }
 
     /// The RTCP packets the socket and AF_XDP tiers relayed since the last call, copied for the
-    /// HEP capture (none when capture is off; the kernel tier relays RTCP without copying it).
+    /// HEP capture (none when capture is off).
     pub fn rtcp_copies(&self) -> impl Iterator<Item = tap::RtcpCopy> + '_ {
         self.rtcp.iter().flat_map(|r| r.drain())
     }

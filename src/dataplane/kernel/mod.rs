@@ -101,6 +101,8 @@ pub struct KernelTier {
     xsks: XskMap<MapData>,
     ifslots: BpfHashMap<MapData, u32, u32>,
     mode: Mode,
+    /// The HEP capture copies RTCP in user space: RTCP streams stay with the socket tier.
+    capture_rtcp: bool,
     streams: Arc<Mutex<HashMap<StreamId, Entry>>>,
     devices: Vec<(String, &'static str)>,
     _ebpf: Ebpf,
@@ -110,12 +112,15 @@ pub struct KernelTier {
 impl KernelTier {
     /// Loads the program and attaches it to the media devices: the named one of each
     /// `(address, device)`, else the device holding the address; `ports` is the media port range
-    /// and `max_payload` the largest UDP payload a kernel-tier stream relays.
+    /// and `max_payload` the largest UDP payload a kernel-tier stream relays. With
+    /// `capture_rtcp` the program leaves RTCP streams to the socket tier, which copies them for
+    /// the HEP capture (RTCP is about one packet per five seconds per stream).
     pub fn start(
         media: &[(IpAddr, Option<String>)],
         ports: (u16, u16),
         max_payload: u16,
         mode: Mode,
+        capture_rtcp: bool,
     ) -> Result<Self, KernelError> {
         let bytes = PROGRAM.ok_or(KernelError::NotBuilt)?;
         let mut devices: Vec<String> = Vec::new();
@@ -215,6 +220,7 @@ impl KernelTier {
             xsks,
             ifslots,
             mode,
+            capture_rtcp,
             streams,
             devices: attached,
             _ebpf: ebpf,
@@ -223,8 +229,8 @@ impl KernelTier {
     }
 
     /// Mirrors a session change into the maps. A stream forwards in the program once its pair
-    /// is known and shares its address family; the AF_XDP workers take IPv4 pairs only. Other
-    /// streams are passed to the socket tier.
+    /// is known and shares its address family (and is not RTCP being captured); the AF_XDP
+    /// workers take IPv4 pairs only. Other streams are passed to the socket tier.
     pub fn apply(&mut self, cmd: &Command) -> io::Result<()> {
         let mut streams = self.streams.lock().expect("streams");
         match cmd {
@@ -237,6 +243,7 @@ impl KernelTier {
                     .map_err(io::Error::other)?;
                 let family = family_of(spec.local.ip());
                 let forward_flag = match self.mode {
+                    Mode::Kernel if spec.rtcp && self.capture_rtcp => 0,
                     Mode::Kernel => FLAG_KERNEL,
                     Mode::Afxdp if family == FAMILY_V4 => FLAG_XSK,
                     Mode::Afxdp => 0,
