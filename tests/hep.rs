@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mediagate::control::bencode::dict;
+
 use common::*;
 
 const DIALLED: &str = "+4930123";
@@ -341,6 +343,101 @@ fn relayed_rtcp_reports_are_exported_as_hep_type_5() {
 #[test]
 fn rtcp_relayed_by_the_afxdp_tier_is_exported_too() {
     rtcp_exported("heprtcpx", Dataplane::Afxdp);
+}
+
+/// An SDP of one PCMA line at `ip:port`.
+fn pcma_sdp(ip: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n"
+    )
+}
+
+/// The audio port of an anchored SDP.
+fn audio_port(sdp: &str) -> u16 {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("m=audio "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no m=audio port:\n{sdp}"))
+}
+
+/// A call made over NG (as Kamailio would): the RTCP it relays is exported with the NG
+/// `call-id` as correlation id, the Call-ID the proxy's own HEP carries.
+#[test]
+fn rtcp_of_ng_calls_is_exported_with_their_call_id() {
+    require_root_and_tools();
+    let lab = Lab::new("heprtcpng");
+    let receiver = bind_in(&lab.mg(), "127.0.0.1:0");
+    let collector = receiver.local_addr().unwrap();
+    let config = config_with(30, Dataplane::Socket).replacen(
+        "[control]\n",
+        &format!("[control]\nng = \"{NG_ADDR}\"\n"),
+        1,
+    );
+    let mut mg = Mediagate::start(
+        &lab,
+        &format!(
+            "{config}\n[[media.interface]]\nname = \"gw\"\naddress = \"{MG_GW_IP}\"\n\
+             [[media.interface]]\nname = \"it\"\naddress = \"{MG_IT_IP}\"\n\
+             [capture]\nhep = \"udp:{collector}\"\n"
+        ),
+    );
+    let mut ng = NgClient::new(&lab);
+    let call_id = format!("ng-rtcp-{}", lab.prefix);
+    let offer = ng.call(&dict([
+        ("command", s("offer")),
+        ("call-id", s(&call_id)),
+        ("from-tag", s("caller")),
+        ("sdp", s(&pcma_sdp(GW_IP, 6300))),
+        ("direction", list(&["gw", "it"])),
+    ]));
+    ok_sdp(&offer, "offer");
+    let answer = ng.call(&dict([
+        ("command", s("answer")),
+        ("call-id", s(&call_id)),
+        ("from-tag", s("caller")),
+        ("to-tag", s("callee")),
+        ("sdp", s(&pcma_sdp(IT_IP, 7300))),
+        ("direction", list(&["it", "gw"])),
+    ]));
+    let gw_port = audio_port(&ok_sdp(&answer, "answer"));
+    // The offerer sends a report on mediagate's RTCP port toward it (from its SDP address, so
+    // the stream latches); mediagate relays it to the answerer's RTCP port.
+    let rtcp_at = SocketAddr::from((MG_GW_IP.parse::<Ipv4Addr>().unwrap(), gw_port + 1));
+    let phone = bind_in(&lab.gw(), &format!("{GW_IP}:6301"));
+    let callee = bind_in(&lab.it(), &format!("{IT_IP}:7301"));
+    callee
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let report = sender_report(0xBEEF);
+    phone.send_to(&report, rtcp_at).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = callee
+        .recv(&mut buf)
+        .expect("the report relayed to the answerer");
+    assert_eq!(&buf[..n], &report[..]);
+    let captured = drain(&receiver);
+    let deleted = ng.call(&dict([
+        ("command", s("delete")),
+        ("call-id", s(&call_id)),
+        ("from-tag", s("caller")),
+    ]));
+    assert_eq!(
+        deleted.get("result").and_then(|r| r.as_str()),
+        Some("ok"),
+        "{deleted:?}"
+    );
+    assert!(mg.stop().expect("running").success());
+
+    let rtcp: Vec<&Hep> = captured.iter().filter(|h| h.u8(0x000b) == 5).collect();
+    assert_eq!(rtcp.len(), 1, "one report sent: {captured:?}");
+    let h = rtcp[0];
+    assert_eq!(h.src(), phone.local_addr().unwrap());
+    assert_eq!(h.dst(), rtcp_at);
+    assert_eq!(h.chunk(0x0011), call_id.as_bytes(), "correlation id");
+    let json: serde_json::Value = serde_json::from_slice(h.chunk(0x000f)).expect("JSON payload");
+    assert_eq!(json["ssrc"], 0xBEEF);
 }
 
 #[test]

@@ -24,7 +24,6 @@ use serde_json::Value;
 
 use common::*;
 
-const NG_ADDR: &str = "127.0.0.1:2223";
 const GW_PORT: u16 = 6000;
 const IT_PORT: u16 = 7000;
 /// Packets sent in each direction.
@@ -92,69 +91,6 @@ fn sysctl(lab: &Lab, ns: &str, key: &str) -> String {
 // ---------------------------------------------------------------------------
 // NG
 // ---------------------------------------------------------------------------
-
-struct NgClient {
-    sock: UdpSocket,
-    server: SocketAddr,
-    next: u32,
-}
-
-impl NgClient {
-    fn new(lab: &Lab) -> NgClient {
-        NgClient {
-            sock: bind_in(&lab.mg(), "127.0.0.1:0"),
-            server: NG_ADDR.parse().unwrap(),
-            next: 0,
-        }
-    }
-
-    /// Sends `m` with a fresh cookie (up to 3 tries, 1 s apart) and returns the decoded reply.
-    fn call(&mut self, m: &Bencode) -> Bencode {
-        self.next += 1;
-        let cookie = format!("v6test{} ", self.next);
-        let mut datagram = cookie.clone().into_bytes();
-        datagram.extend_from_slice(&m.encode());
-        self.sock
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        let mut buf = vec![0u8; 65536];
-        for _ in 0..3 {
-            self.sock.send_to(&datagram, self.server).expect("send NG");
-            while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
-                if let Some(rest) = buf[..n].strip_prefix(cookie.as_bytes()) {
-                    return Bencode::decode(rest).unwrap_or_else(|e| {
-                        panic!(
-                            "NG reply is not bencode ({e}): {:?}",
-                            String::from_utf8_lossy(rest)
-                        )
-                    });
-                }
-            }
-        }
-        panic!("no NG reply from {} to {m:?}", self.server);
-    }
-}
-
-fn s(x: &str) -> Bencode {
-    Bencode::from(x)
-}
-
-fn list(xs: &[&str]) -> Bencode {
-    Bencode::List(xs.iter().map(|x| s(x)).collect())
-}
-
-/// The reply's SDP, after checking `result: ok`.
-fn ok_sdp(reply: &Bencode, what: &str) -> String {
-    assert_eq!(
-        reply.get("result").and_then(Bencode::as_str),
-        Some("ok"),
-        "{what} reply: {reply:?}"
-    );
-    match reply.get("sdp") {
-        Some(Bencode::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
-        _ => panic!("{what} reply has no SDP: {reply:?}"),
-    }
-}
 
 /// Asserts that every connection line of `sdp` is `IN IP6 ip` and returns the audio port.
 fn anchored_port(sdp: &str, ip: &str, what: &str) -> u16 {

@@ -13,7 +13,7 @@ use serde_json::{json, Value as Json};
 use super::bencode::{dict, Value};
 use crate::config::{Config, MediaInterface};
 use crate::media::session::{CallMedia, MediaCtx, SharedResources, Side};
-use crate::media::LatchMode;
+use crate::media::{LatchMode, StreamId};
 use crate::sdp::Sdp;
 
 /// How long a reply is kept for retransmissions of its request.
@@ -209,6 +209,17 @@ impl NgServer {
     /// Command and call counters since start, for `/metrics`.
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// The NG `call-id` of the call one of whose branches holds media stream `stream`: the
+    /// correlation id of the RTCP captured on it (the same Call-ID the SIP proxy's HEP carries).
+    pub fn call_id_of_stream(&self, stream: StreamId) -> Option<&str> {
+        self.calls.iter().find_map(|(id, call)| {
+            call.branches
+                .iter()
+                .any(|b| b.media.side_of(stream).is_some())
+                .then_some(id.as_str())
+        })
     }
 
     /// Calls not deleted yet.

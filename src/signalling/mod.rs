@@ -394,7 +394,10 @@ pub async fn run(
             }
         }
         for copy in relay.rtcp_copies() {
-            if let Some(call_id) = core.call_id_of_stream(copy.stream) {
+            let call_id = core
+                .call_id_of_stream(copy.stream)
+                .or_else(|| ng.call_id_of_stream(copy.stream));
+            if let Some(call_id) = call_id {
                 capture.rtcp(core.running_config(), &copy, call_id);
             }
         }

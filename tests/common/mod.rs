@@ -15,11 +15,12 @@ pub mod dnsmasq;
 pub mod kamailio;
 pub mod pki;
 
+use mediagate::control::bencode::Value as Bencode;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -1881,5 +1882,78 @@ impl Drop for Proc {
         if std::thread::panicking() {
             eprintln!("{}", self.describe());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// NG
+// ---------------------------------------------------------------------------
+
+/// Where the tests' mediagate listens for NG (`control.ng`), inside the mg namespace.
+pub const NG_ADDR: &str = "127.0.0.1:2223";
+
+/// An NG client in a lab's mg namespace, talking to mediagate's `control.ng` at [`NG_ADDR`].
+pub struct NgClient {
+    sock: UdpSocket,
+    server: SocketAddr,
+    next: u32,
+}
+
+impl NgClient {
+    pub fn new(lab: &Lab) -> NgClient {
+        NgClient {
+            sock: bind_in(&lab.mg(), "127.0.0.1:0"),
+            server: NG_ADDR.parse().unwrap(),
+            next: 0,
+        }
+    }
+
+    /// Sends `m` with a fresh cookie (up to 3 tries, 1 s apart) and returns the decoded reply.
+    pub fn call(&mut self, m: &Bencode) -> Bencode {
+        self.next += 1;
+        let cookie = format!("ngtest{} ", self.next);
+        let mut datagram = cookie.clone().into_bytes();
+        datagram.extend_from_slice(&m.encode());
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..3 {
+            self.sock.send_to(&datagram, self.server).expect("send NG");
+            while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                if let Some(rest) = buf[..n].strip_prefix(cookie.as_bytes()) {
+                    return Bencode::decode(rest).unwrap_or_else(|e| {
+                        panic!(
+                            "NG reply is not bencode ({e}): {:?}",
+                            String::from_utf8_lossy(rest)
+                        )
+                    });
+                }
+            }
+        }
+        panic!("no NG reply from {} to {m:?}", self.server);
+    }
+}
+
+/// A bencode string.
+pub fn s(x: &str) -> Bencode {
+    Bencode::from(x)
+}
+
+/// A bencode list of strings.
+pub fn list(xs: &[&str]) -> Bencode {
+    Bencode::List(xs.iter().map(|x| s(x)).collect())
+}
+
+/// The reply's SDP, after checking `result: ok`.
+pub fn ok_sdp(reply: &Bencode, what: &str) -> String {
+    assert_eq!(
+        reply.get("result").and_then(Bencode::as_str),
+        Some("ok"),
+        "{what} reply: {reply:?}"
+    );
+    match reply.get("sdp") {
+        Some(Bencode::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => panic!("{what} reply has no SDP: {reply:?}"),
     }
 }
