@@ -1207,3 +1207,43 @@ fn session_interval_too_small_both_ways() {
     assert_eq!(code_of(&one_to(&out, &h.pbx)), 422);
     assert_eq!(active_calls(&h), 0);
 }
+
+#[test]
+fn a_relayed_reinvite_is_forgotten_64_t1_after_its_ack() {
+    // Every offer holds the call, so that 40 s without media do not end it (hold timeout).
+    let (mut h, _inv_b, ok) = confirmed_call();
+    let answer = itsp_sdp(2, "10.99.2.2", 7000, "recvonly");
+    let (reinv, _ok2, ack) = reinvite_from_pbx(
+        &mut h,
+        &ok,
+        2,
+        &pbx_sdp(2353687638, 6002, "sendonly"),
+        &answer,
+    );
+    let ok_b = reply(&reinv, 200, "itsptag", ITSP_CONTACT, Some(&answer));
+    // Within 64×T1 a retransmitted 2xx gets the same ACK again.
+    let out = h.send(ok_b.clone(), h.itsp);
+    assert_eq!(only_to(&out, &h.itsp).header("CSeq"), ack.header("CSeq"));
+    reinvite_from_pbx(
+        &mut h,
+        &ok,
+        3,
+        &pbx_sdp(2353687639, 6002, "sendonly"),
+        &itsp_sdp(3, "10.99.2.2", 7000, "recvonly"),
+    );
+    assert_eq!(h.core.counters().relayed, 2, "both re-INVITEs remembered");
+    // The next re-INVITE, 40 s after their ACKs, drops their state.
+    h.advance(Duration::from_secs(40));
+    reinvite_from_pbx(
+        &mut h,
+        &ok,
+        4,
+        &pbx_sdp(2353687640, 6002, "sendonly"),
+        &itsp_sdp(4, "10.99.2.2", 7000, "recvonly"),
+    );
+    assert_eq!(
+        h.core.counters().relayed,
+        1,
+        "only the new one: the others were ACKed 40 s ago"
+    );
+}

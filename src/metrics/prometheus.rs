@@ -1172,6 +1172,7 @@ mod tests {
                 transactions: 5,
                 calls: 1,
                 dialogs: 2,
+                relayed: 0,
             },
             ng: NgTotals {
                 offers: 2,

@@ -246,6 +246,9 @@ pub struct Counters<'a> {
     pub calls: usize,
     /// Dialogs: two per call, plus abandoned forks kept to BYE them.
     pub dialogs: usize,
+    /// In-dialog requests relayed between the legs and still remembered (a leak check: a
+    /// re-INVITE is forgotten 64×T1 after its ACK).
+    pub relayed: usize,
 }
 
 /// Requests the B2BUA refused before any transaction or call saw them, by reason.
@@ -320,6 +323,7 @@ impl B2bua {
             transactions: self.txns.len(),
             calls: self.calls.len(),
             dialogs: self.calls.len() * 2 + self.abandoned.len(),
+            relayed: self.relayed.len(),
         }
     }
 

@@ -69,6 +69,8 @@ pub(super) struct Relayed {
     answered: bool,
     /// The ACK sent on the other leg, repeated for 2xx retransmissions.
     ack: Option<Message>,
+    /// When that ACK went: 64×T1 later no 2xx retransmission can come, and the entry goes.
+    acked_at: Option<Instant>,
     /// The sender cancelled the re-INVITE; whether the CANCEL went out (`b2bua_reinvite.rs`).
     cancelled: bool,
     cancel_sent: bool,
@@ -239,6 +241,7 @@ impl B2bua {
         now: Instant,
     ) -> TxnId {
         let cseq = header::cseq(&out).map_or(0, |(n, _)| n);
+        self.forget_acked_relays(key, now);
         let call = self.calls.get_mut(&key).expect("live");
         let (dialog, trunk) = leg(call, from.other());
         let target = dialog.target;
@@ -259,11 +262,32 @@ impl B2bua {
                 offer_in_ok: None,
                 answered: false,
                 ack: None,
+                acked_at: None,
                 cancelled: false,
                 cancel_sent: false,
             },
         );
         client
+    }
+
+    /// Drops the call's relayed re-INVITEs ACKed 64×T1 ago or more: they were kept only to
+    /// repeat the ACK to retransmissions of their 2xx, so a long call's re-INVITEs do not pile up.
+    fn forget_acked_relays(&mut self, key: CallKey, now: Instant) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let (relayed, by_client_txn) = (&mut self.relayed, &mut self.by_client_txn);
+        call.mid.relays.retain(|txn| {
+            let done = relayed
+                .get(txn)
+                .and_then(|r| r.acked_at)
+                .is_some_and(|at| now >= at + 64 * T1);
+            if done {
+                relayed.remove(txn);
+                by_client_txn.remove(txn);
+            }
+            !done
+        });
     }
 
     /// A response to a relayed request, from the other leg.
@@ -445,6 +469,7 @@ impl B2bua {
             return;
         };
         let rel = self.relayed.get_mut(&txn).expect("found");
+        rel.acked_at = Some(now);
         let to = side.other();
         if let Some(previous) = &rel.ack {
             // A retransmitted ACK (our 2xx was repeated): repeat ours.
