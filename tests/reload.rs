@@ -75,6 +75,53 @@ fn call_rx_packets(st: &Value, id: &str) -> u64 {
         .sum()
 }
 
+/// A call from the PBX up with media, then a SIGHUP loading `config`: the call must live
+/// through the reload.
+struct CallAcrossReload {
+    sipp: Sipp,
+    /// The call's id in `/status`.
+    id: String,
+    /// Its packets received when the reload was done.
+    rx_at_reload: u64,
+}
+
+impl CallAcrossReload {
+    fn start(lab: &Lab, mg: &Mediagate, config: &str) -> CallAcrossReload {
+        let remote = format!("{MG_GW_IP}:5060");
+        let sipp = Sipp::spawn(
+            lab,
+            "first",
+            SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
+                .caller(DIALLED, &remote)
+                .args(&["-m", "1"])
+                .timeout(30),
+        );
+        let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
+            media_flowing(st, 1, Dataplane::Socket)
+        });
+        assert!(flowing, "call 1 media did not flow: {st:#}");
+        let id = st["calls"][0]["id"].as_str().expect("call id").to_string();
+        fs::write(&mg.config_path, config).unwrap();
+        mg.sighup();
+        mg.wait_log(Duration::from_secs(5), "configuration reloaded");
+        let rx_at_reload = call_rx_packets(&mg.status(), &id);
+        CallAcrossReload {
+            sipp,
+            id,
+            rx_at_reload,
+        }
+    }
+
+    /// Waits for the call's media to go on through its ports after the reload; the status then.
+    fn assert_media_goes_on(&self, mg: &Mediagate) -> Value {
+        let (grew, st) = mg.wait_status(Duration::from_secs(5), |st| {
+            call_rx_packets(st, &self.id) > self.rx_at_reload
+        });
+        assert!(grew, "call 1 media stopped after the reload: {st:#}");
+        st
+    }
+}
+
 fn metric(mg: &Mediagate, key: &str) -> f64 {
     let (_, text) = mg.http_get("/metrics", &[]).expect("GET /metrics");
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -97,32 +144,14 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
     uas.settle();
     let mut mg = Mediagate::start(&lab, &config(30));
 
-    // Call 1: up with RTP both ways before the reload.
-    let remote = format!("{MG_GW_IP}:5060");
-    let mut first = Sipp::spawn(
-        &lab,
-        "first",
-        SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
-            .caller(DIALLED, &remote)
-            .args(&["-m", "1"])
-            .timeout(30),
-    );
-    let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
-        media_flowing(st, 1, Dataplane::Socket)
-    });
-    assert!(flowing, "call 1 media did not flow: {st:#}");
-    let first_id = st["calls"][0]["id"].as_str().expect("call id").to_string();
-
-    // A valid reload: new translation for new calls, a restart-only change reported.
-    fs::write(&mg.config_path, reloaded_config()).unwrap();
-    mg.sighup();
-    mg.wait_log(Duration::from_secs(5), "configuration reloaded");
+    // Call 1 up with RTP both ways, then a valid reload: new translation for new calls, a
+    // restart-only change reported.
+    let mut first = CallAcrossReload::start(&lab, &mg, &reloaded_config());
     let log = mg.log_tail(40);
     assert!(
         log.contains("change only with a restart") && log.contains("media.ports"),
         "the restart-only change is not reported:\n{log}"
     );
-    let rx_at_reload = call_rx_packets(&mg.status(), &first_id);
 
     // Call 2 goes out translated by the new rule.
     short_call(&lab, &mg, "second", DIALLED, (5070, 6100));
@@ -132,15 +161,12 @@ fn sighup_reloads_for_new_calls_and_refuses_an_invalid_file() {
     assert_eq!(invites[1], "INVITE sip:00994930123@10.99.2.2:5060 SIP/2.0");
 
     // Call 1 is untouched: its media keeps flowing through the same ports, and it completes.
-    let (grew, st) = mg.wait_status(Duration::from_secs(5), |st| {
-        call_rx_packets(st, &first_id) > rx_at_reload
-    });
-    assert!(grew, "call 1 media stopped after the reload: {st:#}");
+    let st = first.assert_media_goes_on(&mg);
     assert_eq!(
         st["ports"]["total"], 500,
         "media.ports must keep its running value until a restart"
     );
-    first.assert_ok(Some(&mg));
+    first.sipp.assert_ok(Some(&mg));
 
     // An invalid file: refused with FILE:LINE: key, the running configuration stays.
     let bad = reloaded_config().replace("max_calls = 100", "max_calls = \"lots\"");
@@ -233,25 +259,7 @@ fn a_reload_adds_and_removes_trunks_while_a_call_is_up() {
     let mut mg = Mediagate::start(&lab, &config(30));
 
     // Call 1 on the ITSP trunk, media flowing, across the reload.
-    let remote = format!("{MG_GW_IP}:5060");
-    let mut first = Sipp::spawn(
-        &lab,
-        "first",
-        SippOpts::new(lab.gw(), "uac_rtp", GW_IP)
-            .caller(DIALLED, &remote)
-            .args(&["-m", "1"])
-            .timeout(30),
-    );
-    let (flowing, st) = mg.wait_status(Duration::from_secs(8), |st| {
-        media_flowing(st, 1, Dataplane::Socket)
-    });
-    assert!(flowing, "call 1 media did not flow: {st:#}");
-    let first_id = st["calls"][0]["id"].as_str().expect("call id").to_string();
-
-    fs::write(&mg.config_path, carrier_config()).unwrap();
-    mg.sighup();
-    mg.wait_log(Duration::from_secs(5), "configuration reloaded");
-    let rx_at_reload = call_rx_packets(&mg.status(), &first_id);
+    let mut first = CallAcrossReload::start(&lab, &mg, &carrier_config());
 
     // The new list, and the new trunk probed (its peer answers OPTIONS).
     let (up, st) = mg.wait_status(Duration::from_secs(5), |st| {
@@ -264,7 +272,7 @@ fn a_reload_adds_and_removes_trunks_while_a_call_is_up() {
     assert_eq!(status_trunks(&st), ["pbx", "carrier"]);
     let call = st["calls"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["id"] == first_id));
+        .and_then(|c| c.iter().find(|c| c["id"] == first.id));
     let call = call.unwrap_or_else(|| panic!("call 1 gone after the reload: {st:#}"));
     assert_eq!(call["legs"][1]["trunk"], "itsp", "{call:#}");
 
@@ -278,11 +286,8 @@ fn a_reload_adds_and_removes_trunks_while_a_call_is_up() {
     );
 
     // Call 1 keeps its media through its ports and completes on the removed trunk.
-    let (grew, st) = mg.wait_status(Duration::from_secs(5), |st| {
-        call_rx_packets(st, &first_id) > rx_at_reload
-    });
-    assert!(grew, "call 1 media stopped after the reload: {st:#}");
-    first.assert_ok(Some(&mg));
+    first.assert_media_goes_on(&mg);
+    first.sipp.assert_ok(Some(&mg));
     assert_eq!(invites_received(&itsp).len(), 1, "{}", itsp.describe());
 
     let (_, text) = mg.http_get("/metrics", &[]).expect("GET /metrics");
