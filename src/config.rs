@@ -248,6 +248,11 @@ pub struct MediaConfig {
     pub busy_poll: bool,
     /// Named media addresses (`[[media.interface]]`).
     pub interfaces: Vec<MediaInterface>,
+    /// Calls survive a restart (`handover`): confirmed calls are journalled to `state_file`
+    /// and adopted by the next start, and the XDP program's pins are left in bpffs on exit.
+    pub handover: bool,
+    /// The call-state journal a restart adopts calls from (`state_file`).
+    pub state_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -437,6 +442,14 @@ struct RawMedia {
     interface: Vec<RawInterface>,
     #[serde(default = "default_max_packet")]
     max_packet_bytes: usize,
+    #[serde(default)]
+    handover: bool,
+    #[serde(default = "default_state_file")]
+    state_file: String,
+}
+
+fn default_state_file() -> String {
+    "/var/lib/mediagate/calls.state".into()
 }
 
 fn default_max_packet() -> usize {
@@ -798,6 +811,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("hold_timeout_s")],
             "must be between 1 and 86400 seconds".into(),
+        ));
+    }
+    if raw.media.state_file.trim().is_empty() || raw.media.state_file.ends_with('/') {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("state_file")],
+            "must name the call-state file".into(),
         ));
     }
     if !MAX_PACKET_RANGE.contains(&raw.media.max_packet_bytes) {
@@ -1269,6 +1288,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             cores: raw.media.cores.clone(),
             busy_poll,
             interfaces,
+            handover: raw.media.handover,
+            state_file: PathBuf::from(&raw.media.state_file),
         },
         control: ControlConfig {
             http,
@@ -1393,6 +1414,18 @@ to = ["pbx"]
         assert!(c.route_for(0, "alice", "100").is_none());
         assert_eq!(c.route_for(1, "alice", "").unwrap().to, vec![0]);
         assert_eq!(c.trunk_of_peer("10.99.2.2".parse().unwrap()), Some(1));
+        assert!(!c.media.handover);
+        assert_eq!(
+            c.media.state_file,
+            PathBuf::from("/var/lib/mediagate/calls.state")
+        );
+        let set = GOOD.replace(
+            "timeout_s = 30",
+            "timeout_s = 30\nhandover = true\nstate_file = \"/run/mg/calls.state\"",
+        );
+        let c = parse("x.toml", &set).unwrap();
+        assert!(c.media.handover);
+        assert_eq!(c.media.state_file, PathBuf::from("/run/mg/calls.state"));
     }
 
     #[test]
@@ -1502,6 +1535,12 @@ to = ["pbx"]
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = 30\nhold_timeout_s = 0"));
         assert_eq!((e.line, e.key.as_str()), (9, "media.hold_timeout_s"), "{e}");
+
+        let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = 30\nstate_file = \"\""));
+        assert_eq!((e.line, e.key.as_str()), (9, "media.state_file"), "{e}");
+
+        let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = 30\nhandover = 1"));
+        assert_eq!((e.line, e.key.as_str()), (9, "media.handover"), "{e}");
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_z = 3"));
         assert_eq!(e.line, 8, "{e}");

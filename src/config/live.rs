@@ -68,6 +68,8 @@ pub fn merge(old: &Config, mut new: Config, free: &[usize]) -> Result<Merged, St
     running!("control.rate_per_source", control.per_source);
     running!("control.allow", control.allow);
     running!("media.max_packet_bytes", media.max_packet);
+    running!("media.handover", media.handover);
+    running!("media.state_file", media.state_file);
     let kept = old
         .trunks
         .iter()
