@@ -8,9 +8,9 @@ use std::time::Instant;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use mediagate::config::{self, Transport};
 use mediagate::sdp::{Anchor, Sdp};
+use mediagate::signalling::journal::Journal;
 use mediagate::sip::b2bua::B2bua;
 use mediagate::sip::dialog::response_to;
-use mediagate::signalling::journal::Journal;
 use mediagate::sip::message::{Message, Method, StartLine};
 use mediagate::sip::transaction::Target;
 
@@ -112,7 +112,10 @@ fn confirmed_call(c: &mut Criterion, name: &str, handover: bool) {
     let mut n = 0u64;
     let mut to = |core: &mut B2bua, target: Target| {
         let out: Vec<_> = core.drain_transmits().collect();
-        out.into_iter().find(|t| t.target == target).unwrap().message
+        out.into_iter()
+            .find(|t| t.target == target)
+            .unwrap()
+            .message
     };
     c.bench_function(name, |b| {
         b.iter(|| {
