@@ -1,6 +1,8 @@
 //! The sans-IO B2BUA driven message by message with a virtual clock, shared by the tests that
-//! drive it so (tests/b2bua.rs, tests/b2bua_midcall.rs, tests/auth.rs): the lab's trunks as
-//! targets, message parsing, and the harness that collects what the core sends.
+//! drive it so (tests/b2bua.rs, tests/b2bua_midcall.rs, tests/auth.rs, tests/b2bua_prack.rs,
+//! tests/b2bua_forks.rs, tests/reload.rs): the lab's trunks as targets, message parsing, the
+//! harness that collects what the core sends, and the early-dialog messages (provisionals from
+//! a callee fork, PRACKs) of the 100rel and forking tests.
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::sync::Arc;
