@@ -19,6 +19,10 @@
 //!   again. SDP in any provisional is anchored as before (early media).
 //! - UPDATE (RFC 3311) from either side in the early dialog is relayed like a mid-call one
 //!   (`b2bua_midcall.rs`), its SDP re-anchored, once the callee's early dialog exists.
+//! - A forked callee (`b2bua_forks.rs`): each early dialog toward the caller has its own RSeq
+//!   space and callee RSeq; a PRACK acknowledges the outstanding provisional only in that
+//!   provisional's early dialog (its To tag). A fork beyond `max_early_dialogs` is not relayed
+//!   at all, and mediagate PRACKs its reliable provisionals.
 //! - No PRACK from the caller within 64*T1: the caller gets 500 and the callee a CANCEL
 //!   (RFC 3262 §3 "SHOULD reject the original request with a 5xx").
 
