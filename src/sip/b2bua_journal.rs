@@ -345,6 +345,7 @@ impl B2bua {
             timers,
             transfer: refer::Transfer::default(),
             early: prack::Early::default(),
+            forks: None,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
