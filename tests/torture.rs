@@ -42,6 +42,12 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
         "valid; its To has a tag: a request in no dialog",
     ),
     (
+        "intmeth",
+        "3.1.1.2",
+        Answer(&[501]),
+        "valid; an unknown method (RFC: endpoints answer 501)",
+    ),
+    (
         "esc01",
         "3.1.1.3",
         Answer(&[404]),
@@ -74,6 +80,18 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
     ),
     ("semiuri", "3.1.1.9", Answer(&[200]), "valid OPTIONS"),
     ("transports", "3.1.1.10", Answer(&[200]), "valid OPTIONS"),
+    (
+        "mpart01",
+        "3.1.1.11",
+        Answer(&[405]),
+        "valid MESSAGE with a binary part; a method the B2BUA does not serve",
+    ),
+    (
+        "unreason",
+        "3.1.1.12",
+        Dropped,
+        "valid response with a UTF-8 reason, but to no transaction",
+    ),
     (
         "noreason",
         "3.1.1.13",
@@ -145,6 +163,12 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
         "spaces inside <>; liberal acceptance allowed",
     ),
     (
+        "regbadct",
+        "3.1.2.13",
+        Answer(&[400, 405]),
+        "escaped header in an addr-spec Contact: 400, or a non-registrar's 405 before it looks",
+    ),
+    (
         "baddn",
         "3.1.2.15",
         Answer(&[400]),
@@ -195,6 +219,84 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
         Answer(&[416]),
         "a scheme mediagate does not serve",
     ),
+    (
+        "unksm2",
+        "3.3.4",
+        Answer(&[405]),
+        "well-formed REGISTER (unknown schemes only in To/From/Contact); no registrar here",
+    ),
+    (
+        "bext01",
+        "3.3.5",
+        Answer(&[420]),
+        "Require names extensions a UAS does not support (Proxy-Require is for proxies)",
+    ),
+    (
+        "invut",
+        "3.3.6",
+        Answer(&[415]),
+        "a body type the UAS cannot read",
+    ),
+    (
+        "regaut01",
+        "3.3.7",
+        Answer(&[405]),
+        "REGISTER with an unknown Authorization scheme; no registrar here (a registrar: 401)",
+    ),
+    (
+        "multi01",
+        "3.3.8",
+        Answer(&[400]),
+        "several values in single-valued headers",
+    ),
+    (
+        "mcl01",
+        "3.3.9",
+        Answer(&[400]),
+        "two different Content-Lengths",
+    ),
+    (
+        "bcast",
+        "3.3.10",
+        Dropped,
+        "well-formed response (broadcast in the 2nd Via), but to no transaction",
+    ),
+    (
+        "zeromf",
+        "3.3.11",
+        Answer(&[200]),
+        "Max-Forwards 0 at its endpoint: answered as if positive (only a proxy says 483)",
+    ),
+    (
+        "cparam01",
+        "3.3.12",
+        Answer(&[405]),
+        "valid REGISTER; no registrar here",
+    ),
+    (
+        "cparam02",
+        "3.3.13",
+        Retransmits("cparam01"),
+        "valid REGISTER; cparam01's branch, sent-by and method",
+    ),
+    (
+        "regescrt",
+        "3.3.14",
+        Retransmits("escnull"),
+        "valid REGISTER; escnull's branch, sent-by and method",
+    ),
+    (
+        "sdp01",
+        "3.3.15",
+        Answer(&[406]),
+        "its Accept rules out the SDP an answer to an INVITE must carry",
+    ),
+    (
+        "inv2543",
+        "3.3.16",
+        Answer(&[404]),
+        "valid RFC 2543 INVITE (no branch, tags, Max-Forwards); no route for that user",
+    ),
     // RFC 5118 (IPv6), sent over IPv4: parsing must not depend on the transport's family.
     (
         "ipv6-good",
@@ -228,33 +330,45 @@ const CASES: &[(&str, &str, Expect, &str)] = &[
     ),
     (
         "via-received-param-no-delim",
-        "5118 4.6",
+        "5118 4.5",
         Answer(&[200]),
         "valid OPTIONS",
     ),
     (
         "ipv6-in-sdp",
-        "5118 4.7",
+        "5118 4.6",
         Answer(&[404]),
         "valid; no route for that user",
     ),
     (
         "mult-ip-in-header",
-        "5118 4.8",
+        "5118 4.7",
         Answer(&[481]),
         "valid BYE, no dialog",
     ),
     (
         "mult-ip-in-sdp",
-        "5118 4.9",
+        "5118 4.8",
         Answer(&[404]),
         "valid; no route for that user",
     ),
     (
         "ipv4-mapped-ipv6",
-        "5118 4.10",
+        "5118 4.9",
         Answer(&[404]),
         "valid; no route for that user",
+    ),
+    (
+        "ipv6-bug-abnf-3-colons",
+        "5118 4.10",
+        Answer(&[200, 400]),
+        "three colons before the IPv4 part: robust parsing allowed, rejection too",
+    ),
+    (
+        "ipv6-correct-abnf-2-colons",
+        "5118 4.10",
+        Retransmits("ipv6-bug-abnf-3-colons"),
+        "valid OPTIONS; the 3-colon message's branch, sent-by and method",
     ),
 ];
 
