@@ -324,6 +324,10 @@ pub struct Trunk {
     /// RFC 4028 session interval asked for on legs toward this trunk (`session_timer_s`);
     /// `None`: mediagate asks for none (it still honours a peer's own request).
     pub session_timer: Option<Duration>,
+    /// Early dialogs of a forked call toward this trunk relayed to the caller
+    /// (`max_early_dialogs`): a proxy behind the trunk may fork to many phones, and each
+    /// relayed fork is an early dialog the caller has to keep.
+    pub max_early_dialogs: usize,
     /// Number translation, response mapping, deny-list and header policy.
     pub policy: TrunkPolicy,
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
@@ -522,6 +526,8 @@ struct RawTrunk {
     max_cps: Option<f64>,
     max_duration_s: Option<u64>,
     session_timer_s: Option<u64>,
+    #[serde(default = "default_max_early_dialogs")]
+    max_early_dialogs: i64,
     #[serde(default)]
     translate: Vec<routing::RawTranslate>,
     #[serde(default)]
@@ -552,6 +558,10 @@ fn default_down_after() -> u32 {
 fn default_up_after() -> u32 {
     2
 }
+fn default_max_early_dialogs() -> i64 {
+    8
+}
+
 fn default_invite_timeout() -> u64 {
     5
 }
@@ -1014,6 +1024,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 "must be 1 to 32 seconds (Timer B)".into(),
             ));
         }
+        if !(1..=64).contains(&t.max_early_dialogs) {
+            return Err(err(
+                &at("max_early_dialogs"),
+                "must be 1 to 64 early dialogs".into(),
+            ));
+        }
         let failover_on = t
             .failover_on
             .clone()
@@ -1136,6 +1152,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
             session_timer,
+            max_early_dialogs: t.max_early_dialogs as usize,
             policy,
             identity,
             codecs: t.codecs.clone(),
@@ -1639,6 +1656,9 @@ to = ["pbx"]
         assert_eq!(c.trunks[1].session_timer, Some(Duration::from_secs(1800)));
         let c = parse("t.toml", &with("session_timer_s = 0")).unwrap();
         assert_eq!(c.trunks[1].session_timer, None, "0 is off");
+        assert_eq!(c.trunks[0].max_early_dialogs, 8, "8 forks by default");
+        let c = parse("t.toml", &with("max_early_dialogs = 1")).unwrap();
+        assert_eq!(c.trunks[1].max_early_dialogs, 1);
         assert!(c.trunks[0].probe.is_none(), "probing is off by default");
         for (keys, key) in [
             ("weights = [1]", "trunk[1].weights"),
@@ -1669,6 +1689,9 @@ to = ["pbx"]
             ("session_timer_s = 89", "trunk[1].session_timer_s"),
             ("session_timer_s = -1", "trunk[1].session_timer_s"),
             ("session_timer_s = 86401", "trunk[1].session_timer_s"),
+            ("max_early_dialogs = 0", "trunk[1].max_early_dialogs"),
+            ("max_early_dialogs = 65", "trunk[1].max_early_dialogs"),
+            ("max_early_dialogs = -1", "trunk[1].max_early_dialogs"),
             ("codecs = [\"PCMA\", \"PCMA/8000\"]", "trunk[1].codecs[1]"),
             ("codecs = [\"\"]", "trunk[1].codecs[0]"),
         ] {
