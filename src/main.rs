@@ -258,16 +258,22 @@ fn stop_on_panic() {
     }));
 }
 
-/// `media.handover`: adopts the calls the state file leaves up (their ports claimed before any
-/// new call can take them) and compacts the file to just those, open for the control loop.
-fn adopt_calls(config: &Config, core: &mut B2bua) -> anyhow::Result<Journal> {
+/// `media.handover`: adopts the B2BUA and NG calls the state file leaves up (their ports
+/// claimed before any new call can take them) and compacts the file to just those, open for
+/// the control loop.
+fn adopt_calls(config: &Config, core: &mut B2bua, ng: &mut NgServer) -> anyhow::Result<Journal> {
     let path = &config.media.state_file;
     let records = journal::read(path)
         .with_context(|| format!("reading the call-state file {}", path.display()))?;
-    let found = records.len();
-    let adopted = core.adopt(records, std::time::Instant::now());
-    tracing::info!(path = %path.display(), found, adopted, "calls adopted from the call-state file");
-    Journal::compact(path, &core.drain_journal())
+    let (found, ng_found) = (records.calls.len(), records.ng_calls.len());
+    let now = std::time::Instant::now();
+    let adopted = core.adopt(records.calls, now);
+    let ng_adopted = ng.adopt(records.ng_calls, now, std::time::SystemTime::now());
+    tracing::info!(path = %path.display(), found, adopted, ng_found, ng_adopted,
+        "calls adopted from the call-state file");
+    let mut entries = core.drain_journal();
+    entries.extend(ng.drain_journal(now));
+    Journal::compact(path, &entries)
         .with_context(|| format!("writing the call-state file {}", path.display()))
 }
 
@@ -293,12 +299,12 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let media = Resources::shared(config.media.port_first, config.media.port_last);
     let mut core = B2bua::with_resources(config.clone(), media.clone());
+    let mut ng = NgServer::new(config.clone(), media.clone());
     let journal = if config.media.handover {
-        Some(adopt_calls(&config, &mut core)?)
+        Some(adopt_calls(&config, &mut core, &mut ng)?)
     } else {
         None
     };
-    let ng = NgServer::new(config.clone(), media.clone());
     let mut media_addresses: Vec<_> = config
         .media
         .interfaces

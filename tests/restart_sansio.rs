@@ -35,7 +35,8 @@ fn call_adopted_by_a_new_process() -> (Harness, Message, Message) {
     old.send(ack_from_pbx(&ok), old.pbx);
     let text = journal_text(&mut old);
     assert_eq!(text.lines().count(), 1, "{text}");
-    let (records, skipped) = replay(text.as_bytes());
+    let (replayed, skipped) = replay(text.as_bytes());
+    let records = replayed.calls;
     assert_eq!((records.len(), skipped), (1, 0));
 
     let mut new = lab_with_handover();
@@ -55,7 +56,7 @@ fn call_adopted_by_a_new_process() -> (Harness, Message, Message) {
     );
     // Adopted calls are journalled again: the compacted file.
     let again = journal_text(&mut new);
-    assert_eq!(replay(again.as_bytes()).0.len(), 1);
+    assert_eq!(replay(again.as_bytes()).0.calls.len(), 1);
     (new, inv_b, ok)
 }
 
@@ -211,7 +212,7 @@ fn a_reinvite_moving_the_media_is_journalled_and_adopted_with_the_new_addresses(
     ack.set_header("CSeq", "2 ACK".into());
     h.send(ack, h.pbx);
     let text = journal_text(&mut h);
-    let (records, _) = replay(text.as_bytes());
+    let records = replay(text.as_bytes()).0.calls;
     assert_eq!(records.len(), 1, "{text}");
 
     let mut new = lab_with_handover();

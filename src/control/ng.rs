@@ -16,6 +16,9 @@ use crate::media::session::{CallMedia, MediaCtx, SharedResources, Side};
 use crate::media::{LatchMode, StreamId};
 use crate::sdp::Sdp;
 
+#[path = "ng_journal.rs"]
+pub mod journal;
+
 /// How long a reply is kept for retransmissions of its request.
 const REPLY_CACHE: Duration = Duration::from_secs(30);
 
@@ -46,6 +49,10 @@ struct NgCall {
     from: Party,
     /// The latest offer from the offerer, as anchored: a further branch anchors it again.
     offer: Sdp,
+    /// That offer as it came (an `Sdp` does not print itself) and the address that replaced
+    /// its media addresses (`SIP-source-address`): what the call-state journal keeps of it.
+    offer_body: Vec<u8>,
+    offer_address: Option<IpAddr>,
     /// The interface entries facing the offerer and the answerers, the offerer's signalling
     /// address and the latching rule: what a further branch is built from.
     a_if: MediaInterface,
@@ -160,6 +167,10 @@ pub struct NgServer {
     draining: bool,
     /// This process's `loop-protect` marker (`a=rtpengine:INSTANCE`).
     instance: String,
+    /// Calls changed and calls released since the last [`NgServer::drain_journal`]
+    /// (`ng_journal.rs`; only with `media.handover`).
+    journal_dirty: Vec<String>,
+    journal_ends: Vec<crate::sip::b2bua::journal::JournalEntry>,
 }
 
 fn error_reply(reason: &str) -> Value {
@@ -189,6 +200,8 @@ impl NgServer {
             totals: Totals::default(),
             draining: false,
             instance: format!("{:016x}", fastrand::u64(..)),
+            journal_dirty: Vec::new(),
+            journal_ends: Vec::new(),
         }
     }
 
@@ -395,7 +408,9 @@ impl NgServer {
         let flags = Self::flags(msg);
         let family = Self::requested_family(msg)?;
         let label = msg.get("label").and_then(Value::as_str).map(str::to_string);
-        let sdp = media_sdp(&sdp, &flags, msg);
+        let address = source_address(&flags, msg);
+        let body = sdp_body(msg).to_vec();
+        let sdp = media_sdp(&sdp, address);
         // The SDP this offer produces is for the other side: in the family asked for, else in
         // the offer's own.
         let wish = FamilyWish {
@@ -426,7 +441,7 @@ impl NgServer {
                 wish,
                 now,
             )?;
-            let body = branch
+            let anchored = branch
                 .media
                 .anchor(side, &sdp, &mut self.media.borrow_mut().ctx(now))
                 .map_err(|e| e.to_string())?;
@@ -439,9 +454,11 @@ impl NgServer {
             }
             if side == Side::A {
                 call.offer = sdp;
+                call.offer_body = body;
+                call.offer_address = address;
             }
             self.totals.offers += 1;
-            return Ok(ok_with_sdp(body));
+            return Ok(ok_with_sdp(anchored));
         }
         if self.draining || other_calls + self.active_calls() >= self.config.sip.max_calls {
             let limit = msg.get("supports").map(Value::strings).unwrap_or_default();
@@ -463,7 +480,7 @@ impl NgServer {
             .unwrap_or(a_if.address);
         let latch = latch_mode(&flags);
         let mut media = new_media(&a_if, a_peer, &b_if, latch);
-        let body = match media.anchor(Side::A, &sdp, &mut self.media.borrow_mut().ctx(now)) {
+        let anchored = match media.anchor(Side::A, &sdp, &mut self.media.borrow_mut().ctx(now)) {
             Ok(b) => b,
             Err(e) => {
                 media.release(&mut self.media.borrow_mut().ctx(now));
@@ -483,6 +500,8 @@ impl NgServer {
                     label,
                 },
                 offer: sdp,
+                offer_body: body,
+                offer_address: address,
                 a_if,
                 b_if,
                 a_peer,
@@ -494,7 +513,7 @@ impl NgServer {
         );
         self.totals.offers += 1;
         tracing::info!(call_id, from_tag, "NG offer");
-        Ok(ok_with_sdp(body))
+        Ok(ok_with_sdp(anchored))
     }
 
     /// `offer` or `answer`, with the flags that shape the outgoing SDP as a whole: with
@@ -526,6 +545,9 @@ impl NgServer {
         } else {
             self.answer(msg, now)?
         };
+        if let Some(call_id) = msg.get("call-id").and_then(Value::as_str) {
+            self.journal_changed(call_id);
+        }
         if let Some(Value::Bytes(body)) = reply.get_mut("sdp") {
             let no_rtcp = flags.iter().any(|f| f == "no-rtcp-attribute");
             *body = reshape_sdp(body, no_rtcp, protect.then_some(marker.as_str()));
@@ -548,7 +570,7 @@ impl NgServer {
             .get_mut(call_id)
             .filter(|c| c.delete_at.is_none())
             .ok_or_else(|| "Unknown call-id".to_string())?;
-        let sdp = media_sdp(&sdp, &flags, msg);
+        let sdp = media_sdp(&sdp, source_address(&flags, msg));
         // The answer's from-tag is the offerer's; a re-INVITE answered by the caller swaps them.
         let side = if call.from.tag == from_tag {
             Side::B
@@ -672,6 +694,7 @@ impl NgServer {
             let totals = totals_of([&gone.media]);
             gone.media.release(&mut self.media.borrow_mut().ctx(now));
             tracing::info!(call_id, to_tag, "NG branch deleted");
+            self.journal_changed(call_id);
             return Ok(dict([("result", "ok".into()), ("totals", totals)]));
         }
         let delay = msg
@@ -686,6 +709,7 @@ impl NgServer {
             self.release(call_id, now);
         } else {
             call.delete_at = Some(now + delay);
+            self.journal_changed(call_id);
         }
         Ok(dict([("result", "ok".into()), ("totals", totals)]))
     }
@@ -695,6 +719,7 @@ impl NgServer {
             self.totals.calls_deleted += 1;
             call.release(&mut self.media.borrow_mut().ctx(now));
             tracing::info!(call_id, "NG call deleted");
+            self.journal_ended(call_id);
         }
     }
 
@@ -934,6 +959,15 @@ fn retarget(
     Ok(())
 }
 
+/// The message's `sdp` as it came (empty when there is none; [`NgServer::sdp_of`] has refused
+/// such a message already).
+fn sdp_body(msg: &Value) -> &[u8] {
+    match msg.get("sdp") {
+        Some(Value::Bytes(body)) => body,
+        _ => &[],
+    }
+}
+
 fn required<'a>(msg: &'a Value, key: &str) -> Result<&'a str, NgError> {
     msg.get(key)
         .and_then(Value::as_str)
@@ -971,15 +1005,18 @@ fn ok_with_sdp(body: Vec<u8>) -> Value {
     dict([("result", "ok".into()), ("sdp", Value::Bytes(body))])
 }
 
-/// The description as mediagate should treat it: with `SIP-source-address`, the media address
-/// is the signalling source rather than what the SDP says (rtpengine's pre-3.8 default).
-fn media_sdp(sdp: &Sdp, flags: &[String], msg: &Value) -> Sdp {
-    match (
-        flags.iter().any(|f| f == "sip-source-address"),
-        NgServer::received_from(msg),
-    ) {
-        (true, Some(ip)) => sdp.with_address(ip),
-        _ => sdp.clone(),
+/// The address that replaces the SDP's media addresses: with `SIP-source-address`, the media
+/// address is the signalling source rather than what the SDP says (rtpengine's pre-3.8
+/// default).
+fn source_address(flags: &[String], msg: &Value) -> Option<IpAddr> {
+    NgServer::received_from(msg).filter(|_| flags.iter().any(|f| f == "sip-source-address"))
+}
+
+/// The description as mediagate should treat it: its media addresses replaced by `address`.
+fn media_sdp(sdp: &Sdp, address: Option<IpAddr>) -> Sdp {
+    match address {
+        Some(ip) => sdp.with_address(ip),
+        None => sdp.clone(),
     }
 }
 

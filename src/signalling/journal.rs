@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::control::ng::journal::NgCallRecord;
 use crate::sip::b2bua::journal::{CallRecord, JournalEntry};
 
 /// The open journal, appended to by the control loop.
@@ -20,10 +21,27 @@ pub struct Journal {
     failed: u64,
 }
 
-/// The calls a journal's text leaves up, in label order, and how many lines were skipped as
-/// torn or unreadable.
-pub fn replay(text: &[u8]) -> (Vec<CallRecord>, usize) {
+/// The calls a journal leaves up.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// B2BUA calls, in label order.
+    pub calls: Vec<CallRecord>,
+    /// NG calls, in call-id order.
+    pub ng_calls: Vec<NgCallRecord>,
+}
+
+impl Replayed {
+    /// Whether no call is left up.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.ng_calls.is_empty()
+    }
+}
+
+/// The calls a journal's text leaves up, and how many lines were skipped as torn or
+/// unreadable.
+pub fn replay(text: &[u8]) -> (Replayed, usize) {
     let mut up: BTreeMap<String, CallRecord> = BTreeMap::new();
+    let mut ng: BTreeMap<String, NgCallRecord> = BTreeMap::new();
     let mut skipped = 0;
     for (n, line) in text.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -36,20 +54,30 @@ pub fn replay(text: &[u8]) -> (Vec<CallRecord>, usize) {
             Ok(JournalEntry::End { call }) => {
                 up.remove(&call);
             }
+            Ok(JournalEntry::NgUp(rec)) => {
+                ng.insert(rec.call_id.clone(), *rec);
+            }
+            Ok(JournalEntry::NgEnd { call_id }) => {
+                ng.remove(&call_id);
+            }
             Err(e) => {
                 skipped += 1;
                 tracing::warn!(line = n + 1, error = %e, "call-state journal: torn or unreadable line skipped");
             }
         }
     }
-    (up.into_values().collect(), skipped)
+    let replayed = Replayed {
+        calls: up.into_values().collect(),
+        ng_calls: ng.into_values().collect(),
+    };
+    (replayed, skipped)
 }
 
 /// The calls the journal at `path` leaves up; none when the file does not exist.
-pub fn read(path: &Path) -> io::Result<Vec<CallRecord>> {
+pub fn read(path: &Path) -> io::Result<Replayed> {
     match std::fs::read(path) {
         Ok(text) => Ok(replay(&text).0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Replayed::default()),
         Err(e) => Err(e),
     }
 }
@@ -122,8 +150,8 @@ mod tests {
         format!(r#"{{"entry":"end","call":"{label}"}}"#)
     }
 
-    fn labels(records: &[CallRecord]) -> Vec<&str> {
-        records.iter().map(|r| r.call.as_str()).collect()
+    fn labels(replayed: &Replayed) -> Vec<&str> {
+        replayed.calls.iter().map(|r| r.call.as_str()).collect()
     }
 
     #[test]
@@ -157,6 +185,7 @@ mod tests {
         assert!(read(&path).unwrap().is_empty());
         let (kept, _) = replay(format!("{}\n", up("c-5")).as_bytes());
         let entries: Vec<JournalEntry> = kept
+            .calls
             .into_iter()
             .map(|r| JournalEntry::Up(Box::new(r)))
             .collect();

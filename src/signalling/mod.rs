@@ -416,6 +416,7 @@ pub async fn run(
         records.write_cdrs(cdrs);
         if let Some(j) = &mut journal {
             j.append(&core.drain_journal());
+            j.append(&ng.drain_journal(Instant::now()));
         }
         apply_media(&media, &mut relay, &mut metrics);
         for copy in relay.rtcp_copies() {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{midcall, prack, refer, timers, B2bua, Call, CallKey, Deadline, Phase, Side};
 use crate::cdr::{Attempt, AttemptResult};
 use crate::config::{Config, Endpoint};
+use crate::control::ng::journal::NgCallRecord;
 use crate::media::session::{CallMedia, MediaRecord};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::Message;
@@ -37,6 +38,12 @@ pub enum JournalEntry {
     Up(Box<CallRecord>),
     /// The call ended.
     End { call: String },
+    /// An NG call as it is now (`control::ng::journal`; replaces any earlier record of it).
+    #[serde(rename = "ng-up")]
+    NgUp(Box<NgCallRecord>),
+    /// The NG call was released.
+    #[serde(rename = "ng-end")]
+    NgEnd { call_id: String },
 }
 
 /// What it takes to rebuild a confirmed call.
