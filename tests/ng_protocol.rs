@@ -1,121 +1,13 @@
 //! The NG protocol server fed raw datagrams, as Kamailio's rtpengine module sends them: every
 //! command, the retransmission cache, load limit, and malformed input answered with errors.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod sansio;
 
-use mediagate::config;
+use std::time::{Duration, SystemTime};
+
 use mediagate::control::bencode::Value;
-use mediagate::control::ng::NgServer;
-use mediagate::media::session::Resources;
 use mediagate::media::Command;
-use mediagate::sdp::Sdp;
-
-const CONFIG: &str = r#"
-[sip]
-listen = ["udp:127.0.0.1:5060"]
-max_calls = 2
-[media]
-ports = "30000-30099"
-[[media.interface]]
-name = "internal"
-address = "10.99.1.1"
-[[media.interface]]
-name = "internal"
-address = "fd00:99:1::1"
-[[media.interface]]
-name = "external"
-address = "10.99.2.1"
-advertise = "203.0.113.5"
-[control]
-ng = "127.0.0.1:2223"
-"#;
-
-const OFFER_SDP: &str = "v=0\r\no=caller 1 1 IN IP4 10.99.1.2\r\ns=-\r\nc=IN IP4 10.99.1.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtcp-mux\r\na=ice-ufrag:abcd\r\na=sendrecv\r\n";
-const ANSWER_SDP: &str = "v=0\r\no=callee 1 1 IN IP4 10.99.2.2\r\ns=-\r\nc=IN IP4 10.99.2.2\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
-
-struct Ng {
-    server: NgServer,
-    media: mediagate::media::session::SharedResources,
-    now: Instant,
-    cookie: u32,
-}
-
-impl Ng {
-    fn new() -> Self {
-        let config = Arc::new(config::parse("ng.toml", CONFIG).unwrap());
-        let media = Resources::shared(config.media.port_first, config.media.port_last);
-        Ng {
-            server: NgServer::new(config, media.clone()),
-            media,
-            now: Instant::now(),
-            cookie: 0,
-        }
-    }
-
-    /// Sends `body` with a fresh cookie; returns the decoded reply.
-    fn send(&mut self, body: &[u8]) -> Value {
-        self.cookie += 1;
-        let cookie = format!("c{}", self.cookie);
-        self.send_with(&cookie, body)
-    }
-
-    fn send_with(&mut self, cookie: &str, body: &[u8]) -> Value {
-        let mut datagram = format!("{cookie} ").into_bytes();
-        datagram.extend_from_slice(body);
-        let reply = self
-            .server
-            .handle(&datagram, 0, self.now, SystemTime::now())
-            .expect("a reply");
-        let prefix = format!("{cookie} ");
-        assert!(
-            reply.starts_with(prefix.as_bytes()),
-            "reply echoes the cookie"
-        );
-        Value::decode(&reply[prefix.len()..]).expect("reply is bencode")
-    }
-
-    fn ports_free(&self) -> usize {
-        self.media.borrow().pool.free()
-    }
-}
-
-fn bstr(s: &str) -> String {
-    format!("{}:{s}", s.len())
-}
-
-fn offer(call: &str, extra: &str) -> Vec<u8> {
-    format!(
-        "d7:call-id{}7:command5:offer{extra}8:from-tag{}13:received-froml3:IP4{}e3:sdp{}8:supportsl10:load limitee",
-        bstr(call),
-        bstr("ft"),
-        bstr("10.99.1.2"),
-        bstr(OFFER_SDP)
-    )
-    .into_bytes()
-}
-
-fn answer(call: &str) -> Vec<u8> {
-    format!(
-        "d7:call-id{}7:command6:answer8:from-tag{}3:sdp{}6:to-tag{}e",
-        bstr(call),
-        bstr("ft"),
-        bstr(ANSWER_SDP),
-        bstr("tt")
-    )
-    .into_bytes()
-}
-
-fn result(v: &Value) -> &str {
-    v.get("result").and_then(Value::as_str).unwrap_or("(none)")
-}
-
-fn sdp_of(v: &Value) -> Sdp {
-    let Some(Value::Bytes(b)) = v.get("sdp") else {
-        panic!("no sdp in {v:?}")
-    };
-    Sdp::parse(b).unwrap()
-}
+use sansio::ng::{answer, bstr, offer, result, sdp_of, Ng, ANSWER_SDP, OFFER_SDP};
 
 #[test]
 fn ping() {

@@ -1,14 +1,19 @@
 //! Calls surviving a restart (`media.handover`), sans-IO: a confirmed call's journal record
 //! (`B2bua::drain_journal`) written as the state file's line, replayed and adopted by a fresh
 //! B2BUA, which then relays a hang-up from either side with the right dialog identifiers and
-//! a CSeq above the old process's, and writes a normal CDR.
+//! a CSeq above the old process's, and writes a normal CDR. NG calls likewise
+//! (`NgServer::drain_journal` / `NgServer::adopt`): the new server answers `query`, a
+//! re-offer and `delete` for them as the old one would have.
 
 mod sansio;
 
+use mediagate::control::bencode::Value;
+use mediagate::media::Command;
 use mediagate::signalling::journal::replay;
 use mediagate::sip::b2bua::journal::JournalEntry;
 use mediagate::sip::header;
 use mediagate::sip::message::{Message, Method, StartLine};
+use sansio::ng::{answer as ng_answer, bstr, offer as ng_offer, result, sdp_of, Ng, CONFIG};
 use sansio::{ack_from_pbx, answer, answered_call_on, code_of, only_to, parse, Harness, LAB};
 
 fn lab_with_handover() -> Harness {
@@ -232,4 +237,139 @@ fn a_reinvite_moving_the_media_is_journalled_and_adopted_with_the_new_addresses(
             "adopted streams send to {to}: {destinations:?}"
         );
     }
+}
+
+/// An NG server with handover on (`config` a variant of the NG lab configuration).
+fn ng_with_handover(config: &str) -> Ng {
+    Ng::with_config(&config.replace("[media]", "[media]\nhandover = true"))
+}
+
+/// The state file's text for what the NG server journalled since the last drain.
+fn ng_journal_text(ng: &mut Ng) -> String {
+    ng.server
+        .drain_journal(ng.now)
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect()
+}
+
+fn ng_query(ng: &mut Ng, call: &str) -> Value {
+    ng.send(format!("d7:call-id{}7:command5:querye", bstr(call)).as_bytes())
+}
+
+/// An answered NG call's journal (offer and answer, each a line, then a line torn by a kill),
+/// and its `query` reply in the old server.
+fn ng_call_journalled() -> (String, Value) {
+    let mut old = ng_with_handover(CONFIG);
+    let r = old.send(&ng_offer("ng-1", "9:directionl8:internal8:externale"));
+    assert_eq!(result(&r), "ok", "{r:?}");
+    let mut text = ng_journal_text(&mut old);
+    assert_eq!(text.lines().count(), 1, "the offer is journalled: {text}");
+    let r = old.send(&ng_answer("ng-1"));
+    assert_eq!(result(&r), "ok", "{r:?}");
+    let answered = ng_journal_text(&mut old);
+    assert_eq!(
+        answered.lines().count(),
+        1,
+        "the answer is journalled: {answered}"
+    );
+    text.push_str(&answered);
+    text.push_str(&answered[..answered.len() / 2]);
+    (text, ng_query(&mut old, "ng-1"))
+}
+
+#[test]
+fn an_ng_call_is_adopted_and_answers_query_reoffer_and_delete() {
+    let (text, before) = ng_call_journalled();
+    let (replayed, skipped) = replay(text.as_bytes());
+    assert_eq!(skipped, 1, "the torn line is skipped");
+    assert!(replayed.calls.is_empty());
+    assert_eq!(replayed.ng_calls.len(), 1);
+
+    let mut new = ng_with_handover(CONFIG);
+    let total = new.ports_free();
+    assert_eq!(
+        new.server
+            .adopt(replayed.ng_calls, new.now, std::time::SystemTime::now()),
+        1
+    );
+    assert_eq!(new.ports_free() + 2, total, "both sides' ports claimed");
+    let added = new
+        .media
+        .borrow_mut()
+        .take_commands()
+        .iter()
+        .filter(|c| matches!(c, Command::Add(_)))
+        .count();
+    assert_eq!(added, 4, "RTP and RTCP of both sides go to the data plane");
+    assert_eq!(new.server.active_calls(), 1);
+    assert_eq!(new.server.totals().calls_created, 1);
+    assert_eq!(
+        ng_query(&mut new, "ng-1"),
+        before,
+        "query answers as before the restart"
+    );
+    let again = ng_journal_text(&mut new);
+    assert_eq!(
+        replay(again.as_bytes()).0.ng_calls.len(),
+        1,
+        "compacted file: {again}"
+    );
+
+    // A re-offer (re-INVITE) keeps the ports the callee was given.
+    let port = |v: &Value| sdp_of(v).media()[0].rtp.port();
+    let r = new.send(&ng_offer("ng-1", "6:to-tag2:tt"));
+    assert_eq!(result(&r), "ok", "{r:?}");
+    let to_callee = port(&r);
+    let r = new.send(&ng_answer("ng-1"));
+    assert_eq!(result(&r), "ok", "{r:?}");
+    assert_eq!(new.ports_free() + 2, total, "no new ports for the re-offer");
+    let rec = &replay(ng_journal_text(&mut new).as_bytes()).0.ng_calls[0];
+    let b_port = rec.branches[0].media.legs[1].pairs[0]
+        .as_ref()
+        .unwrap()
+        .port;
+    assert_eq!(
+        to_callee, b_port,
+        "the re-offer's SDP carries the adopted port"
+    );
+
+    let r =
+        new.send(format!("d7:call-id{}7:command6:delete8:from-tag2:fte", bstr("ng-1")).as_bytes());
+    assert_eq!(result(&r), "ok", "{r:?}");
+    assert_eq!(new.ports_free(), total, "ports free after the delete");
+    assert_eq!(
+        new.server.drain_journal(new.now),
+        [JournalEntry::NgEnd {
+            call_id: "ng-1".into()
+        }]
+    );
+    let r = ng_query(&mut new, "ng-1");
+    assert_eq!(result(&r), "error", "{r:?}");
+}
+
+#[test]
+fn an_ng_call_whose_interface_is_gone_is_not_adopted() {
+    let (text, _) = ng_call_journalled();
+    let renamed = CONFIG.replace("name = \"external\"", "name = \"outside\"");
+    let mut new = ng_with_handover(&renamed);
+    let total = new.ports_free();
+    let records = replay(text.as_bytes()).0.ng_calls;
+    assert_eq!(
+        new.server
+            .adopt(records, new.now, std::time::SystemTime::now()),
+        0
+    );
+    assert_eq!(new.ports_free(), total, "no port kept");
+    assert_eq!(new.server.active_calls(), 0);
+    let r = ng_query(&mut new, "ng-1");
+    assert_eq!(result(&r), "error", "{r:?}");
+}
+
+#[test]
+fn without_handover_no_ng_call_is_journalled() {
+    let mut ng = Ng::new();
+    let r = ng.send(&ng_offer("ng-1", ""));
+    assert_eq!(result(&r), "ok", "{r:?}");
+    assert!(ng.server.drain_journal(ng.now).is_empty());
 }

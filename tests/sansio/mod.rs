@@ -6,6 +6,8 @@
 //! call from the PBX answered and acknowledged.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod ng;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
