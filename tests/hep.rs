@@ -345,23 +345,6 @@ fn rtcp_relayed_by_the_afxdp_tier_is_exported_too() {
     rtcp_exported("heprtcpx", Dataplane::Afxdp);
 }
 
-/// An SDP of one PCMA line at `ip:port`.
-fn pcma_sdp(ip: &str, port: u16) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n"
-    )
-}
-
-/// The audio port of an anchored SDP.
-fn audio_port(sdp: &str) -> u16 {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix("m=audio "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no m=audio port:\n{sdp}"))
-}
-
 /// A call made over NG (as Kamailio would): the RTCP it relays is exported with the NG
 /// `call-id` as correlation id, the Call-ID the proxy's own HEP carries.
 #[test]

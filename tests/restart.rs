@@ -2,12 +2,16 @@
 //! is up when mediagate is stopped (SIGTERM) or killed (SIGKILL) and started again on the same
 //! configuration; the new process adopts the call from the state file, lists it, relays its
 //! media again, relays the hang-up from either side and writes the call's CDR. The media gap
-//! at the callee across the restart is measured and printed (no timed assertion).
+//! at the callee across the restart is measured and printed (no timed assertion). An NG call
+//! (as Kamailio drives it) likewise: its RTP is relayed again, `query` lists it and `delete`
+//! releases its ports.
 
 mod common;
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
+
+use mediagate::control::bencode::{dict, Value as Bencode};
 
 use common::*;
 
@@ -175,6 +179,139 @@ fn sigkill_caller_hangs_up_after_the_restart() {
 #[test]
 fn sigkill_callee_hangs_up_after_the_restart() {
     call_across_restart("rs_kill_callee", libc::SIGKILL, HangUp::Callee);
+}
+
+/// Sends `count` RTP packets from `from` to `to`, 20 ms apart, and returns how many `at`
+/// received (its read timeout bounds each wait).
+fn rtp_through(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, count: u16) -> u16 {
+    let mut buf = [0u8; 1500];
+    let mut received = 0;
+    for seq in 0..count {
+        from.send_to(&pcma_rtp(seq, 0x5eed), to).expect("send RTP");
+        if at.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+    }
+    received
+}
+
+fn ng_call_across_restart(test: &str, sig: libc::c_int) {
+    let lab = Lab::new(test);
+    let state = lab.path("calls.state");
+    let base = handover_config(&lab, &state);
+    assert!(base.contains("[control]\n"), "{base}");
+    let config = format!(
+        "{}\n[[media.interface]]\nname = \"gw\"\naddress = \"{MG_GW_IP}\"\n\
+         [[media.interface]]\nname = \"it\"\naddress = \"{MG_IT_IP}\"\n",
+        base.replacen(
+            "[control]\n",
+            &format!("[control]\nng = \"{NG_ADDR}\"\n"),
+            1
+        )
+    );
+    let mut mg = Mediagate::start(&lab, &config);
+    let mut ng = NgClient::new(&lab);
+    let call_id = format!("ng-restart-{}", lab.prefix);
+    let offer = ng.call(&dict([
+        ("command", s("offer")),
+        ("call-id", s(&call_id)),
+        ("from-tag", s("caller")),
+        ("sdp", s(&pcma_sdp(GW_IP, 6400))),
+        ("direction", list(&["gw", "it"])),
+    ]));
+    let it_port = audio_port(&ok_sdp(&offer, "offer"));
+    let answer = ng.call(&dict([
+        ("command", s("answer")),
+        ("call-id", s(&call_id)),
+        ("from-tag", s("caller")),
+        ("to-tag", s("callee")),
+        ("sdp", s(&pcma_sdp(IT_IP, 7400))),
+    ]));
+    let gw_port = audio_port(&ok_sdp(&answer, "answer"));
+    let phone = bind_in(&lab.gw(), &format!("{GW_IP}:6400"));
+    let callee = bind_in(&lab.it(), &format!("{IT_IP}:7400"));
+    for sock in [&phone, &callee] {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    let to_gw_side = SocketAddr::from((MG_GW_IP.parse::<std::net::Ipv4Addr>().unwrap(), gw_port));
+    let to_it_side = SocketAddr::from((MG_IT_IP.parse::<std::net::Ipv4Addr>().unwrap(), it_port));
+    let both_ways = |count| {
+        (
+            rtp_through(&phone, to_gw_side, &callee, count),
+            rtp_through(&callee, to_it_side, &phone, count),
+        )
+    };
+    let (forward, back) = both_ways(20);
+    assert!(
+        forward > 0 && back > 0,
+        "RTP before the restart: {forward} of 20 to the callee, {back} of 20 back"
+    );
+    let before = mg.status();
+    assert!(rtp_flowing(&before, 1), "{before:#}");
+    let call = before["calls"][0].clone();
+    assert_eq!(call["source"], "ng", "{before:#}");
+
+    mg.restart(sig);
+
+    let after = mg.status();
+    assert_eq!(
+        after["calls"][0]["id"], call["id"],
+        "the NG call is adopted: {after:#}"
+    );
+    for leg in 0..2 {
+        assert_eq!(
+            after["calls"][0]["legs"][leg]["streams"][0]["local"],
+            call["legs"][leg]["streams"][0]["local"],
+            "same media port: {after:#}"
+        );
+    }
+    // Media again both ways, through the new process (the first packets re-latch).
+    let (forward, back) = both_ways(20);
+    assert!(
+        forward >= 10 && back >= 10,
+        "RTP after the restart: {forward} of 20 to the callee, {back} of 20 back\n{}",
+        mg.log_tail(40)
+    );
+    let (flowing, st) = mg.wait_status(Duration::from_secs(5), |st| rtp_flowing(st, 1));
+    assert!(flowing, "the new process counts the media: {st:#}");
+
+    let query = ng.call(&dict([("command", s("query")), ("call-id", s(&call_id))]));
+    assert_eq!(
+        query.get("result").and_then(Bencode::as_str),
+        Some("ok"),
+        "{query:?}"
+    );
+    for tag in ["caller", "callee"] {
+        assert!(
+            query.get("tags").and_then(|t| t.get(tag)).is_some(),
+            "query lists {tag}: {query:?}"
+        );
+    }
+    let deleted = ng.call(&dict([
+        ("command", s("delete")),
+        ("call-id", s(&call_id)),
+        ("from-tag", s("caller")),
+        ("delete-delay", Bencode::Int(0)),
+    ]));
+    assert_eq!(
+        deleted.get("result").and_then(Bencode::as_str),
+        Some("ok"),
+        "{deleted:?}"
+    );
+    mg.assert_idle(Duration::from_secs(5));
+    let (left, _) = mediagate::signalling::journal::replay(&std::fs::read(&state).unwrap());
+    assert!(left.is_empty(), "calls left in the state file: {left:?}");
+}
+
+#[test]
+fn sigterm_ng_call_is_adopted_queried_and_deleted() {
+    ng_call_across_restart("rs_ng_term", libc::SIGTERM);
+}
+
+#[test]
+fn sigkill_ng_call_is_adopted_queried_and_deleted() {
+    ng_call_across_restart("rs_ng_kill", libc::SIGKILL);
 }
 
 #[test]

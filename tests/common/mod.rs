@@ -2047,6 +2047,33 @@ pub fn list(xs: &[&str]) -> Bencode {
     Bencode::List(xs.iter().map(|x| s(x)).collect())
 }
 
+/// An SDP of one PCMA line at `ip:port`, as an NG test peer offers or answers it.
+pub fn pcma_sdp(ip: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n"
+    )
+}
+
+/// The audio port of an anchored SDP.
+pub fn audio_port(sdp: &str) -> u16 {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("m=audio "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no m=audio port:\n{sdp}"))
+}
+
+/// One RTP packet of 20 ms PCMA (RTP v2, payload type 8) with sequence number `seq`.
+pub fn pcma_rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
 /// The reply's SDP, after checking `result: ok`.
 pub fn ok_sdp(reply: &Bencode, what: &str) -> String {
     assert_eq!(
