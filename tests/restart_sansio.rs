@@ -373,3 +373,44 @@ fn without_handover_no_ng_call_is_journalled() {
     assert_eq!(result(&r), "ok", "{r:?}");
     assert!(ng.server.drain_journal(ng.now).is_empty());
 }
+
+#[test]
+fn a_delayed_delete_goes_on_after_a_restart() {
+    let (text, _) = ng_call_journalled();
+    let mut old = ng_with_handover(CONFIG);
+    let records = replay(text.as_bytes()).0.ng_calls;
+    assert_eq!(
+        old.server
+            .adopt(records, old.now, std::time::SystemTime::now()),
+        1
+    );
+    ng_journal_text(&mut old);
+    let r = old.send(
+        format!(
+            "d7:call-id{}7:command6:delete12:delete-delayi10e8:from-tag2:fte",
+            bstr("ng-1")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(result(&r), "ok", "{r:?}");
+    let text = ng_journal_text(&mut old);
+    let records = replay(text.as_bytes()).0.ng_calls;
+    assert_eq!(records[0].delete_in_s, Some(10), "{text}");
+
+    let mut new = ng_with_handover(CONFIG);
+    let total = new.ports_free();
+    assert_eq!(
+        new.server
+            .adopt(records, new.now, std::time::SystemTime::now()),
+        1
+    );
+    assert_eq!(new.server.active_calls(), 0, "a deleted call is not active");
+    new.server
+        .handle_timeout(new.now + std::time::Duration::from_secs(9));
+    assert_eq!(new.ports_free() + 2, total, "kept until the delay is over");
+    new.server
+        .handle_timeout(new.now + std::time::Duration::from_secs(11));
+    assert_eq!(new.ports_free(), total, "released when the delay is over");
+    let text = ng_journal_text(&mut new);
+    assert!(replay(text.as_bytes()).0.is_empty(), "{text}");
+}

@@ -396,7 +396,7 @@ pub async fn run(
             Some(how) = stop.recv() => {
                 if how == Stop::Graceful && journal.is_some() {
                     // The calls stay up in the journal for the next start to adopt.
-                    tracing::info!(calls = core.active_calls(),
+                    tracing::info!(calls = core.active_calls() + ng.active_calls(),
                         "stopping for a handover: calls left up for the next start");
                     handing_over = true;
                 } else {
