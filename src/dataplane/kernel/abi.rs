@@ -181,6 +181,25 @@ impl Config {
         self.sdp = addr;
         self.sdp_port = port;
     }
+
+    /// Whether `other` (a stream being added) is the stream this entry of a previous run
+    /// described: same local address, SDP destination, signalling address and family. Its
+    /// state (latched source, counters) then still applies.
+    pub fn same_stream(&self, other: &Config) -> bool {
+        (
+            self.local,
+            self.sdp,
+            self.sdp_port,
+            self.signalling,
+            self.family,
+        ) == (
+            other.local,
+            other.sdp,
+            other.sdp_port,
+            other.signalling,
+            other.family,
+        )
+    }
 }
 
 impl State {
