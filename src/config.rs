@@ -829,8 +829,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         ));
     }
     let pin_dir = std::path::Path::new(&raw.media.pin_dir);
-    let bpffs = std::path::Path::new(crate::dataplane::kernel::pin::BPFFS);
-    if pin_dir.parent().is_none_or(|p| !p.starts_with(bpffs))
+    if !pin_dir.is_absolute()
+        || pin_dir.parent().is_none()
         || pin_dir.components().any(|c| {
             !matches!(
                 c,
@@ -840,10 +840,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("pin_dir")],
-            format!(
-                "must be a directory below {} (bpffs), without `..`",
-                crate::dataplane::kernel::pin::BPFFS
-            ),
+            "must be an absolute directory path on bpffs (not `/`, without `..`)".into(),
         ));
     }
     if !MAX_PACKET_RANGE.contains(&raw.media.max_packet_bytes) {
@@ -1579,7 +1576,7 @@ to = ["pbx"]
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = 30\nhandover = 1"));
         assert_eq!((e.line, e.key.as_str()), (9, "media.handover"), "{e}");
-        for bad in ["/tmp/mg", "/sys/fs/bpf", "/sys/fs/bpf/../mg", "mg"] {
+        for bad in ["/", "/sys/fs/bpf/../mg", "mg", "sys/fs/bpf/mg"] {
             let e = error_of(&GOOD.replace(
                 "timeout_s = 30",
                 &format!("timeout_s = 30\npin_dir = \"{bad}\""),

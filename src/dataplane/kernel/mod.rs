@@ -535,10 +535,9 @@ fn adopt(dir: &PinDir, devices: &[(String, u32)], fingerprint: &str) -> Result<A
         }
         None => return Err("incomplete (no program record)".into()),
     }
-    let pinned = dir.links().map_err(|e| e.to_string())?;
-    if pinned != devices {
+    if !dir.links_match(devices).map_err(|e| e.to_string())? {
         return Err(format!(
-            "attached to {pinned:?}, this start uses {devices:?}"
+            "attached to other devices than this start's {devices:?}"
         ));
     }
     let links = devices

@@ -2,32 +2,40 @@
 //! tier pins its maps and XDP links there, so the program keeps forwarding while no mediagate
 //! runs and the next start adopts them. bpffs holds only directories and BPF objects, so the
 //! facts a later process needs (which program build made the pins, the host settings to restore)
-//! are recorded as empty directories named `KEY=VALUE`.
+//! are recorded as empty directories named `KEY=VALUE` (bpffs refuses names with a dot).
 
 use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Where bpffs is mounted when it is absent (every `media.pin_dir` lies under it).
+/// Where bpffs is mounted when it is absent and `media.pin_dir` lies below it (the default).
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
-/// Prefix of a pinned XDP link: `link.IFINDEX.DEVICE`.
-const LINK: &str = "link.";
+/// Prefix of a pinned XDP link: `link_IFINDEX_DEVICE` (dots of the device name as `_`).
+const LINK: &str = "link_";
 /// Prefix of the record naming the program build that made the pins.
 const PROGRAM: &str = "program=";
-/// Prefix of a host setting to restore when the pins go: `restore.KEY=VALUE`.
-const RESTORE: &str = "restore.";
+/// Prefix of a host setting to restore when the pins go: `restore_KEY=VALUE`.
+const RESTORE: &str = "restore_";
+
+/// Whether `path` lies on a bpffs mount.
+fn on_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct of the right type; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as u32 == BPF_FS_MAGIC }
+}
 
 /// Mounts bpffs at [`BPFFS`] unless one is mounted there already.
 fn ensure_bpffs() -> io::Result<()> {
-    let path = CString::new(BPFFS).expect("no NUL");
-    // SAFETY: statfs writes into a zeroed struct of the right type; `path` is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as u32 == BPF_FS_MAGIC {
+    if on_bpffs(Path::new(BPFFS)) {
         return Ok(());
     }
+    let path = CString::new(BPFFS).expect("no NUL");
     let fstype = CString::new("bpf").expect("no NUL");
     // SAFETY: all pointers are NUL-terminated strings that outlive the call; no data argument.
     let rc = unsafe {
@@ -43,7 +51,19 @@ fn ensure_bpffs() -> io::Result<()> {
         let e = io::Error::last_os_error();
         return Err(io::Error::other(format!("mounting bpffs at {BPFFS}: {e}")));
     }
-    tracing::info!(path = BPFFS, "bpffs mounted");
+    // A mount made inside a private mount namespace (`ip netns exec` gives one, with its own
+    // /sys) vanishes with the process, and the pins with it.
+    let private =
+        std::fs::read_link("/proc/self/ns/mnt").ok() != std::fs::read_link("/proc/1/ns/mnt").ok();
+    if private {
+        tracing::warn!(
+            path = BPFFS,
+            "bpffs mounted in a private mount namespace: the pins die \
+            with this process; mount bpffs in the host namespace or set media.pin_dir to one"
+        );
+    } else {
+        tracing::info!(path = BPFFS, "bpffs mounted");
+    }
     Ok(())
 }
 
@@ -63,11 +83,20 @@ pub struct PinDir {
 }
 
 impl PinDir {
-    /// Opens (creating it, and mounting bpffs first when needed) the directory at `path`.
+    /// Opens (creating it) the directory at `path`, which must be on bpffs; bpffs is mounted at
+    /// [`BPFFS`] first when `path` is below it and nothing is mounted there.
     pub fn create(path: &Path) -> io::Result<Self> {
-        ensure_bpffs()?;
+        if path.starts_with(BPFFS) {
+            ensure_bpffs()?;
+        }
         std::fs::create_dir_all(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if !on_bpffs(path) {
+            return Err(io::Error::other(format!(
+                "media.pin_dir {} is not on a bpffs mount: pins cannot live there",
+                path.display()
+            )));
+        }
         Ok(PinDir { path: path.into() })
     }
 
@@ -98,22 +127,31 @@ impl PinDir {
         self.path.join(name)
     }
 
-    /// The pin path of the XDP link on `device` (interface index `ifindex`).
-    pub fn link(&self, device: &str, ifindex: u32) -> PathBuf {
-        self.path.join(format!("{LINK}{ifindex}.{device}"))
+    /// The pin name of the XDP link on `device` (interface index `ifindex`).
+    fn link_name(device: &str, ifindex: u32) -> String {
+        format!("{LINK}{ifindex}_{}", device.replace('.', "_"))
     }
 
-    /// The pinned links as `(device, ifindex)`, sorted.
-    pub fn links(&self) -> io::Result<Vec<(String, u32)>> {
-        let mut found: Vec<(String, u32)> = self
+    /// The pin path of the XDP link on `device` (interface index `ifindex`).
+    pub fn link(&self, device: &str, ifindex: u32) -> PathBuf {
+        self.path.join(Self::link_name(device, ifindex))
+    }
+
+    /// Whether the pinned links are exactly those of `devices` (`(name, ifindex)`): the same
+    /// devices, not since recreated (a new device gets a new index).
+    pub fn links_match(&self, devices: &[(String, u32)]) -> io::Result<bool> {
+        let mut pinned: Vec<String> = self
             .names()?
-            .iter()
-            .filter_map(|n| n.strip_prefix(LINK))
-            .filter_map(|rest| rest.split_once('.'))
-            .filter_map(|(i, dev)| Some((dev.to_string(), i.parse().ok()?)))
+            .into_iter()
+            .filter(|n| n.starts_with(LINK))
             .collect();
-        found.sort();
-        Ok(found)
+        let mut wanted: Vec<String> = devices
+            .iter()
+            .map(|(d, i)| Self::link_name(d, *i))
+            .collect();
+        pinned.sort();
+        wanted.sort();
+        Ok(pinned == wanted)
     }
 
     /// The fingerprint of the program build that made these pins.
@@ -194,10 +232,13 @@ mod tests {
         dir.record_restores(&[("ipv4", "0".into())]).unwrap();
         // A later run finds forwarding on (its predecessor set it): the first record wins.
         dir.record_restores(&[("ipv4", "1".into())]).unwrap();
-        std::fs::create_dir(dir.link("veth0", 7)).unwrap();
+        std::fs::create_dir(dir.link("eth0.100", 7)).unwrap();
         assert!(dir.has_pins());
         assert_eq!(dir.program().as_deref(), Some("00ff"));
-        assert_eq!(dir.links().unwrap(), vec![("veth0".to_string(), 7)]);
+        assert!(dir.path().join("link_7_eth0_100").exists());
+        assert!(dir.links_match(&[("eth0.100".into(), 7)]).unwrap());
+        assert!(!dir.links_match(&[("eth0.100".into(), 8)]).unwrap());
+        assert!(!dir.links_match(&[]).unwrap());
         assert_eq!(dir.restores(), vec![("ipv4".to_string(), "0".to_string())]);
         assert_eq!(
             dir.clear().unwrap(),
