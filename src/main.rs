@@ -11,6 +11,7 @@ use mediagate::control::ng::NgServer;
 use mediagate::dataplane::{self, Dataplane};
 use mediagate::media::session::Resources;
 use mediagate::signalling::gate::Gate;
+use mediagate::signalling::journal::{self, Journal};
 use mediagate::signalling::{Frontends, Stop};
 use mediagate::sip::b2bua::B2bua;
 use tokio::sync::mpsc;
@@ -294,6 +295,19 @@ fn stop_on_panic() {
     }));
 }
 
+/// `media.handover`: adopts the calls the state file leaves up (their ports claimed before any
+/// new call can take them) and compacts the file to just those, open for the control loop.
+fn adopt_calls(config: &Config, core: &mut B2bua) -> anyhow::Result<Journal> {
+    let path = &config.media.state_file;
+    let records = journal::read(path)
+        .with_context(|| format!("reading the call-state file {}", path.display()))?;
+    let found = records.len();
+    let adopted = core.adopt(records, std::time::Instant::now());
+    tracing::info!(path = %path.display(), found, adopted, "calls adopted from the call-state file");
+    Journal::compact(path, &core.drain_journal())
+        .with_context(|| format!("writing the call-state file {}", path.display()))
+}
+
 fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     stop_on_panic();
     let config = Arc::new(config);
@@ -315,7 +329,12 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         None => None,
     };
     let media = Resources::shared(config.media.port_first, config.media.port_last);
-    let core = B2bua::with_resources(config.clone(), media.clone());
+    let mut core = B2bua::with_resources(config.clone(), media.clone());
+    let journal = if config.media.handover {
+        Some(adopt_calls(&config, &mut core)?)
+    } else {
+        None
+    };
     let ng = NgServer::new(config.clone(), media.clone());
     let mut media_addresses: Vec<_> = config
         .media
@@ -359,6 +378,7 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             media,
             cdr,
             gate,
+            journal,
         };
         mediagate::signalling::run(config.clone(), path, relay, frontends, control_rx, stop_rx)
             .await

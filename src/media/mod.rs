@@ -36,7 +36,8 @@ pub struct Latch {
 }
 
 /// How a stream learns its peer's address (rtpengine's NG flags name the variants).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LatchMode {
     /// Latch once on the SDP or signalling IP, then accept only that source (the default).
     #[default]

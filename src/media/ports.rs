@@ -35,6 +35,19 @@ impl PortPool {
         self.free.push_back(rtp_port);
     }
 
+    /// Takes the specific pair starting at `rtp_port` (a call adopted from the call-state
+    /// journal after a restart keeps its ports, so its peers need no new SDP). False when the
+    /// port is odd, outside the range or already taken.
+    pub fn claim(&mut self, rtp_port: u16) -> bool {
+        match self.free.iter().position(|&p| p == rtp_port) {
+            Some(i) => {
+                self.free.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn free(&self) -> usize {
         self.free.len()
     }
@@ -61,5 +74,21 @@ mod tests {
         assert_eq!(p.allocate(), None);
         let odd = PortPool::new(30001, 30004);
         assert_eq!(odd.total(), 1, "only 30002/30003 fits");
+    }
+
+    #[test]
+    fn claim_takes_exactly_one_free_pair() {
+        let mut p = PortPool::new(30000, 30007);
+        assert!(p.claim(30002));
+        assert!(!p.claim(30002), "already taken");
+        assert!(!p.claim(30003), "odd");
+        assert!(!p.claim(29998), "outside the range");
+        assert!(!p.claim(30008), "outside the range");
+        assert_eq!(p.free(), 3);
+        let mut got: Vec<u16> = std::iter::from_fn(|| p.allocate()).collect();
+        got.sort_unstable();
+        assert_eq!(got, [30000, 30004, 30006]);
+        p.release(30002);
+        assert_eq!(p.allocate(), Some(30002));
     }
 }

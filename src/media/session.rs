@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 use super::{Command, Latch, LatchMode, PortPool, StreamId, StreamSpec, StreamStats};
 use crate::sdp::{Anchor, Sdp};
 
+#[path = "session_record.rs"]
+mod record;
+pub use record::{AdoptError, MediaRecord};
+
 /// The two legs of a call: A is the caller's (inbound) leg, B the callee's (outbound) leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Side {
@@ -361,6 +365,17 @@ impl CallMedia {
             return Ok(());
         }
         let port = ctx.pool.allocate().ok_or(AnchorError::NoPorts)?;
+        self.install_pair(side, line, port, ctx);
+        Ok(())
+    }
+
+    /// Starts the RTP and RTCP streams of `line` on `side` on the pair `port`/`port + 1`, taken
+    /// from the pool by the caller.
+    fn install_pair(&mut self, side: Side, line: usize, port: u16, ctx: &mut MediaCtx) {
+        let leg = &mut self.legs[side.index()];
+        if leg.pairs.len() <= line {
+            leg.pairs.resize_with(line + 1, || None);
+        }
         let base = self.line_ids[line];
         let (rtp, rtcp) = stream_ids(base, side);
         let (peer_rtp, peer_rtcp) = stream_ids(base, side.other());
@@ -388,7 +403,6 @@ impl CallMedia {
             rtp: rtp_stats,
             rtcp: rtcp_stats,
         });
-        Ok(())
     }
 
     /// The anchored description for `side`, with its `o=` version bumped when it changed.

@@ -7,6 +7,7 @@ mod connection;
 mod dns;
 pub mod gate;
 pub mod hep;
+pub mod journal;
 mod tls;
 pub mod transport;
 
@@ -62,6 +63,9 @@ pub struct Frontends {
     /// The front door shared with the HTTP endpoint: per-source limits, allow-list, refusal
     /// counters.
     pub gate: Arc<Gate>,
+    /// The call-state journal (`media.handover`), compacted at start-up after the calls in it
+    /// were adopted; `None` without handover.
+    pub journal: Option<journal::Journal>,
 }
 
 /// The control loop's end of the call detail records. It lives on the control thread, which
@@ -207,6 +211,17 @@ impl Shutdown {
     }
 }
 
+/// Hands the queued media commands of every front end to the data plane, counting them.
+fn apply_media(media: &SharedResources, relay: &mut Dataplane, metrics: &mut Metrics) {
+    let commands = media.borrow_mut().take_commands();
+    for cmd in commands {
+        metrics.media_command(&cmd);
+        if let Err(e) = relay.apply(cmd) {
+            tracing::warn!(error = %e, "media command failed");
+        }
+    }
+}
+
 /// Runs the control loop until a [`Stop`] has been carried out. `config_path` is the file
 /// `config` came from, read again on SIGHUP (`None`: the embedded default, not reloadable).
 pub async fn run(
@@ -223,9 +238,14 @@ pub async fn run(
         media,
         cdr,
         gate,
+        mut journal,
     } = frontends;
     let mut records = CallRecords::new(cdr);
     let mut metrics = Metrics::new();
+    // Streams of calls adopted from the state file go to the data plane before any SIP is
+    // served, so a BYE or re-INVITE for them finds them in place.
+    apply_media(&media, &mut relay, &mut metrics);
+    // Kernel-tier handover (branch `pin`): `relay.finish_adoption()` goes here, once merged.
     let mut capture = hep::Hep::new(&config.capture);
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
@@ -269,6 +289,7 @@ pub async fn run(
     }
     let mut ng_buf = vec![0u8; NG_MAX];
     let mut shutdown = Shutdown::default();
+    let mut handing_over = false;
     loop {
         let deadline = core
             .poll_timeout()
@@ -373,10 +394,17 @@ pub async fn run(
                 }
             }
             Some(how) = stop.recv() => {
-                shutdown.begin(how, config.control.shutdown_grace, &mut core, &mut ng);
+                if how == Stop::Graceful && journal.is_some() {
+                    // The calls stay up in the journal for the next start to adopt.
+                    tracing::info!(calls = core.active_calls(),
+                        "stopping for a handover: calls left up for the next start");
+                    handing_over = true;
+                } else {
+                    shutdown.begin(how, config.control.shutdown_grace, &mut core, &mut ng);
+                }
             }
         }
-        let finished = shutdown.step(&mut core, &mut ng);
+        let finished = handing_over || shutdown.step(&mut core, &mut ng);
         let running = core.running_config().clone();
         for t in core.drain_transmits() {
             metrics.sip_message(Direction::Sent, t.target.transport, &t.message);
@@ -386,13 +414,10 @@ pub async fn run(
         let cdrs = core.drain_cdrs();
         metrics.calls_ended(&cdrs);
         records.write_cdrs(cdrs);
-        let commands = media.borrow_mut().take_commands();
-        for cmd in commands {
-            metrics.media_command(&cmd);
-            if let Err(e) = relay.apply(cmd) {
-                tracing::warn!(error = %e, "media command failed");
-            }
+        if let Some(j) = &mut journal {
+            j.append(core.drain_journal());
         }
+        apply_media(&media, &mut relay, &mut metrics);
         for copy in relay.rtcp_copies() {
             let call_id = core
                 .call_id_of_stream(copy.stream)
@@ -404,6 +429,11 @@ pub async fn run(
         if finished {
             break;
         }
+    }
+    if handing_over {
+        // The registrations stay too: the next start refreshes them.
+        tracing::info!("stopped");
+        return Ok(());
     }
     // Shutdown: remove the trunks' registrations, waiting (bounded) for the answers so that a
     // challenge to the un-REGISTER is answered too.

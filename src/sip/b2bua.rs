@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 mod capture;
 #[path = "b2bua_identity.rs"]
 mod identity;
+#[path = "b2bua_journal.rs"]
+pub mod journal;
 #[path = "b2bua_midcall.rs"]
 mod midcall;
 #[path = "b2bua_peers.rs"]
@@ -229,6 +231,10 @@ pub struct B2bua {
     /// New INVITEs per trunk they came from (index as `config.trunks`), for `/metrics`.
     calls_started: Vec<u64>,
     screened: Screened,
+    /// Confirmed calls whose journal record is out of date, and ends of journalled calls
+    /// (`b2bua_journal.rs`; only with `media.handover`).
+    journal_dirty: Vec<CallKey>,
+    journal_ends: Vec<journal::JournalEntry>,
 }
 
 /// What [`B2bua::counters`] reports.
@@ -288,6 +294,8 @@ impl B2bua {
             registrations: Registrations::new(&config, Instant::now()),
             calls_started: vec![0; config.trunks.len()],
             screened: Screened::default(),
+            journal_dirty: Vec::new(),
+            journal_ends: Vec::new(),
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -1144,6 +1152,7 @@ impl B2bua {
         }
         self.txns.send_stateless(ack_b.clone(), call.b.target);
         call.ack_to_b = Some(ack_b);
+        self.journal_changed(key);
     }
 
     fn on_response(&mut self, txn: TxnId, resp: Message, now: Instant) {
@@ -1513,9 +1522,14 @@ impl B2bua {
             self.limits.vacate(call.a_trunk);
             self.limits.vacate(call.b_trunk);
         }
+        let journalled = call.phase == Phase::Confirmed;
         call.phase = Phase::Ending;
         call.ok_to_a = None;
         call.mid.ok = None;
+        if journalled {
+            let label = call.label.clone();
+            self.journal_ended(&label);
+        }
         let record = self.record_of(&self.calls[&key], ending);
         self.cdrs.push(record);
         let call = self.calls.get_mut(&key).expect("live call");

@@ -358,6 +358,10 @@ impl B2bua {
             tracing::info!(call = %call.label, code, "mid-call request refused: call stays up");
             return self.txns.respond(rel.server_txn, answer, now);
         }
+        // Disjoint fields (`rel` and `call` stay borrowed): `journal_changed`, inline.
+        if self.config.media.handover {
+            self.journal_dirty.push(key);
+        }
         // 2xx: a target refresh on the answering leg; its SDP is the answer or a new offer.
         let refresh = is_invite || rel.request.method() == Some(&Method::Other("UPDATE".into()));
         if let (true, Some(contact)) = (refresh, resp.header("Contact")) {
@@ -502,6 +506,7 @@ impl B2bua {
         let target = leg(call, to).0.target;
         rel.ack = Some(out.clone());
         self.txns.send_stateless(out, target);
+        self.journal_changed(key);
     }
 }
 

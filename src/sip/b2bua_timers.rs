@@ -271,6 +271,40 @@ fn slot(side: Side) -> usize {
 }
 
 impl SessionTimers {
+    /// Both legs' negotiated timers, for the call-state journal.
+    pub(super) fn record(&self) -> [super::journal::TimerRecord; 2] {
+        self.legs.map(|l| super::journal::TimerRecord {
+            interval: l.interval,
+            ours: l.ours,
+            supports: l.supports,
+            update: l.update,
+        })
+    }
+
+    /// The timers of a call adopted from the journal after a restart, started again from
+    /// `now` (the deadlines to schedule): a refresh or expiry falls due one interval after
+    /// the restart, never earlier than the old process would have checked.
+    pub(super) fn adopted(
+        rec: &[super::journal::TimerRecord; 2],
+        now: Instant,
+    ) -> (Self, [Option<(Instant, Deadline)>; 2]) {
+        let mut timers = SessionTimers::default();
+        for (leg, r) in timers.legs.iter_mut().zip(rec) {
+            *leg = Leg {
+                interval: r.interval,
+                ours: r.ours,
+                supports: r.supports,
+                update: r.update,
+                generation: 0,
+            };
+        }
+        let due = [
+            timers.legs[0].restart(Side::A, now),
+            timers.legs[1].restart(Side::B, now),
+        ];
+        (timers, due)
+    }
+
     /// Leg A's timer as the caller's INVITE (from trunk `trunk`) asks for it; it starts when
     /// the call is answered.
     pub(super) fn for_caller(invite: &Message, trunk: &Trunk) -> Self {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mediagate::config::{self, Transport};
 use mediagate::sip::b2bua::B2bua;
-use mediagate::sip::message::Message;
+use mediagate::sip::message::{Message, Method};
 use mediagate::sip::transaction::{Target, Transmit};
 
 /// The lab topology's configuration (a PBX on 10.99.1.2, an ITSP on 10.99.2.2).
@@ -84,4 +84,73 @@ impl Harness {
         let s = self.status();
         s["ports"]["free"] == s["ports"]["total"]
     }
+}
+
+/// The one message sent to `to`, asserting there is exactly one.
+pub fn only_to(out: &[Transmit], to: &Target) -> Message {
+    let msgs: Vec<&Transmit> = out
+        .iter()
+        .filter(|t| t.target.remote == to.remote)
+        .collect();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "expected one message to {}: {out:#?}",
+        to.remote
+    );
+    msgs[0].message.clone()
+}
+
+pub fn code_of(m: &Message) -> u16 {
+    m.code().expect("a response")
+}
+
+/// A response from the far side to a request mediagate sent it.
+pub fn answer(req: &Message, code: u16, to_tag: &str, sdp: Option<&str>) -> Message {
+    let mut r = mediagate::sip::dialog::response_to(req, code, "X", Some(to_tag));
+    r.push_header("Contact", "<sip:callee@10.99.2.2:5060>".into());
+    if let Some(body) = sdp {
+        r.push_header("Content-Type", "application/sdp".into());
+        r.body = body.replace('\n', "\r\n").into_bytes();
+    }
+    r
+}
+
+pub const ANSWER_SDP: &str =
+    "v=0\no=callee 1 1 IN IP4 10.99.2.2\ns=-\nc=IN IP4 10.99.2.2\nt=0 0\nm=audio 7000 RTP/AVP 8\n";
+
+/// Runs a call from the PBX up to the 200 relayed; returns the harness, the INVITE mediagate sent
+/// to the ITSP, and the 200 the PBX received.
+pub fn answered_call() -> (Harness, Message, Message) {
+    answered_call_on(Harness::new())
+}
+
+/// [`answered_call`] on harness `h`.
+pub fn answered_call_on(mut h: Harness) -> (Harness, Message, Message) {
+    let out = h.send(parse(INVITE), h.pbx);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 100);
+    let inv_b = only_to(&out, &h.itsp);
+    let out = h.send(answer(&inv_b, 180, "b1", None), h.itsp);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 180);
+    let out = h.send(answer(&inv_b, 200, "b1", Some(ANSWER_SDP)), h.itsp);
+    let ok = only_to(&out, &h.pbx);
+    assert_eq!(code_of(&ok), 200);
+    (h, inv_b, ok)
+}
+
+pub fn ack_from_pbx(ok: &Message) -> Message {
+    let mut ack = parse(INVITE);
+    ack.start = mediagate::sip::message::StartLine::Request {
+        method: Method::Ack,
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    ack.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack".into(),
+    );
+    ack.set_header("To", ok.header("To").unwrap().to_string());
+    ack.set_header("CSeq", "1 ACK".into());
+    ack.body.clear();
+    ack.remove_headers("Content-Type");
+    ack
 }

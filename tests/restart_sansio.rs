@@ -1,0 +1,151 @@
+//! Calls surviving a restart (`media.handover`), sans-IO: a confirmed call's journal record
+//! (`B2bua::drain_journal`) written as the state file's line, replayed and adopted by a fresh
+//! B2BUA, which then relays a hang-up from either side with the right dialog identifiers and
+//! a CSeq above the old process's, and writes a normal CDR.
+
+mod sansio;
+
+use mediagate::signalling::journal::replay;
+use mediagate::sip::b2bua::journal::JournalEntry;
+use mediagate::sip::header;
+use mediagate::sip::message::{Message, Method, StartLine};
+use sansio::{ack_from_pbx, answer, answered_call_on, code_of, only_to, parse, Harness, LAB};
+
+fn lab_with_handover() -> Harness {
+    Harness::with_config(&LAB.replace("[media]", "[media]\nhandover = true"))
+}
+
+/// The state file's text for what the B2BUA journalled since the last drain.
+fn journal_text(h: &mut Harness) -> String {
+    h.core
+        .drain_journal()
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect()
+}
+
+/// A confirmed call on a handover B2BUA, its journal replayed into a second B2BUA: the
+/// second harness, the INVITE the ITSP got, the 200 the PBX got.
+fn call_adopted_by_a_new_process() -> (Harness, Message, Message) {
+    let (mut old, inv_b, ok) = answered_call_on(lab_with_handover());
+    assert!(
+        journal_text(&mut old).is_empty(),
+        "nothing journalled before the ACK"
+    );
+    old.send(ack_from_pbx(&ok), old.pbx);
+    let text = journal_text(&mut old);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let (records, skipped) = replay(text.as_bytes());
+    assert_eq!((records.len(), skipped), (1, 0));
+
+    let mut new = lab_with_handover();
+    assert_eq!(new.core.adopt(records, new.now), 1);
+    let status = new.status();
+    assert_eq!(status["active_calls"], 1);
+    assert_eq!(status["calls"][0]["id"], "c-1");
+    assert_eq!(status["calls"][0]["state"], "confirmed");
+    assert_eq!(
+        status["calls"][0]["legs"][1]["call_id"],
+        inv_b.header("Call-ID").unwrap()
+    );
+    assert_eq!(
+        status["ports"]["free"].as_u64().unwrap() + 2,
+        status["ports"]["total"].as_u64().unwrap(),
+        "both legs' ports claimed"
+    );
+    // Adopted calls are journalled again: the compacted file.
+    let again = journal_text(&mut new);
+    assert_eq!(replay(again.as_bytes()).0.len(), 1);
+    (new, inv_b, ok)
+}
+
+fn cseq(m: &Message) -> u32 {
+    header::cseq(m).unwrap().0
+}
+
+#[test]
+fn caller_hang_up_after_a_restart_reaches_the_callee() {
+    let (mut h, inv_b, ok) = call_adopted_by_a_new_process();
+    let mut bye = ack_from_pbx(&ok);
+    bye.start = StartLine::Request {
+        method: Method::Bye,
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    bye.set_header("CSeq", "2 BYE".into());
+    bye.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
+    );
+    let out = h.send(bye, h.pbx);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
+    let bye_b = only_to(&out, &h.itsp);
+    assert_eq!(bye_b.method(), Some(&Method::Bye));
+    assert_eq!(bye_b.uri(), Some("sip:callee@10.99.2.2:5060"));
+    assert_eq!(bye_b.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(header::tag(&bye_b, "To"), Some("b1"));
+    assert_eq!(header::tag(&bye_b, "From"), header::tag(&inv_b, "From"));
+    assert!(cseq(&bye_b) > cseq(&inv_b), "CSeq goes on increasing");
+    assert!(h.ports_all_free());
+    h.send(answer(&bye_b, 200, "b1", None), h.itsp);
+    let cdrs = h.core.drain_cdrs();
+    assert_eq!(cdrs.len(), 1);
+    let cdr = serde_json::to_value(&cdrs[0]).unwrap();
+    assert_eq!(cdr["call"], "c-1");
+    assert_eq!(cdr["sip_call_id"], "pbx-call-1");
+    assert_eq!(cdr["ended_by"], "caller");
+    assert_eq!(cdr["called_in"], "+4930123");
+    assert_eq!(cdr["trunk_out"], "itsp");
+    assert_eq!(
+        h.core.drain_journal(),
+        [JournalEntry::End { call: "c-1".into() }]
+    );
+    // New calls go on numbering after the adopted one.
+    let mut invite = parse(sansio::INVITE);
+    invite.set_header("Call-ID", "pbx-call-2".into());
+    h.send(invite, h.pbx);
+    assert_eq!(h.status()["calls"][0]["id"], "c-2");
+}
+
+#[test]
+fn callee_hang_up_after_a_restart_reaches_the_caller() {
+    let (mut h, inv_b, ok) = call_adopted_by_a_new_process();
+    let mut bye = Message {
+        start: StartLine::Request {
+            method: Method::Bye,
+            uri: "sip:mediagate@10.99.2.1:5060".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    bye.push_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.2.2:5060;branch=z9hG4bK-cbye".into(),
+    );
+    bye.push_header("From", "<sip:callee@10.99.2.2>;tag=b1".into());
+    bye.push_header("To", inv_b.header("From").unwrap().to_string());
+    bye.push_header("Call-ID", inv_b.header("Call-ID").unwrap().to_string());
+    bye.push_header("CSeq", "1 BYE".into());
+    bye.push_header("Max-Forwards", "70".into());
+    bye.push_header("Content-Length", "0".into());
+    let out = h.send(bye, h.itsp);
+    assert_eq!(code_of(&only_to(&out, &h.itsp)), 200);
+    let bye_a = only_to(&out, &h.pbx);
+    assert_eq!(bye_a.method(), Some(&Method::Bye));
+    assert_eq!(bye_a.uri(), Some("sip:100@10.99.1.2:5060"));
+    assert_eq!(bye_a.header("Call-ID"), Some("pbx-call-1"));
+    assert_eq!(header::tag(&bye_a, "To"), Some("pbx-tag"));
+    assert_eq!(header::tag(&bye_a, "From"), header::tag(&ok, "To"));
+    let cdrs = h.core.drain_cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(
+        serde_json::to_value(&cdrs[0]).unwrap()["ended_by"],
+        "callee"
+    );
+}
+
+#[test]
+fn without_handover_nothing_is_journalled() {
+    let (mut h, _, ok) = answered_call_on(Harness::new());
+    h.send(ack_from_pbx(&ok), h.pbx);
+    assert!(h.core.drain_journal().is_empty());
+}
