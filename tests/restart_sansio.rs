@@ -149,3 +149,27 @@ fn without_handover_nothing_is_journalled() {
     h.send(ack_from_pbx(&ok), h.pbx);
     assert!(h.core.drain_journal().is_empty());
 }
+
+#[test]
+fn an_adopted_call_whose_media_never_returns_ends_by_media_timeout() {
+    let (mut h, inv_b, _) = call_adopted_by_a_new_process();
+    let out = h.advance(std::time::Duration::from_secs(31));
+    let byes: Vec<&Message> = out
+        .iter()
+        .map(|t| &t.message)
+        .filter(|m| m.method() == Some(&Method::Bye))
+        .collect();
+    assert_eq!(byes.len(), 2, "BYE on both legs: {out:#?}");
+    assert!(byes
+        .iter()
+        .any(|m| m.header("Call-ID") == inv_b.header("Call-ID")));
+    assert!(byes
+        .iter()
+        .any(|m| m.header("Call-ID") == Some("pbx-call-1")));
+    let cdrs = h.core.drain_cdrs();
+    assert_eq!(
+        serde_json::to_value(&cdrs[0]).unwrap()["end_reason"],
+        "media-timeout"
+    );
+    assert!(h.ports_all_free());
+}

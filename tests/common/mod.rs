@@ -603,23 +603,7 @@ impl Mediagate {
         fs::write(&config_path, config_text).expect("write config");
         let log = lab.path(&format!("{name}.log"));
         let log_file = fs::File::create(&log).expect("create mediagate log");
-        let bin = mediagate_bin();
-        assert!(
-            bin.is_file(),
-            "mediagate binary {} not found (set MEDIAGATE_BIN or build it)",
-            bin.display()
-        );
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.mg()])
-            .arg(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("dup log"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
+        let child = Mediagate::spawn(&lab.mg(), &config_path, log_file);
         let mut mg = Mediagate {
             child: Some(child),
             ns: lab.mg(),
@@ -629,6 +613,46 @@ impl Mediagate {
         };
         mg.wait_ready(Duration::from_secs(10));
         mg
+    }
+
+    /// Runs the binary on `config_path` in namespace `ns`, output to `log_file`.
+    fn spawn(ns: &str, config_path: &Path, log_file: fs::File) -> Child {
+        let bin = mediagate_bin();
+        assert!(
+            bin.is_file(),
+            "mediagate binary {} not found (set MEDIAGATE_BIN or build it)",
+            bin.display()
+        );
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&bin)
+            .arg("--config")
+            .arg(config_path)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()))
+    }
+
+    /// Stops this instance with `sig` (`libc::SIGTERM`, or `libc::SIGKILL` for a crash),
+    /// waits for it to be gone, and starts it again on the same config file, logging to the
+    /// same file (appended); returns once the new process answers `/status`.
+    pub fn restart(&mut self, sig: libc::c_int) {
+        let mut child = self.child.take().expect("mediagate running");
+        signal(child.id(), sig);
+        let st = wait_deadline(&mut child, Duration::from_secs(5));
+        assert!(
+            st.is_some(),
+            "mediagate did not exit 5 s after signal {sig}"
+        );
+        let log_file = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("reopen mediagate log");
+        self.child = Some(Mediagate::spawn(&self.ns, &self.config_path, log_file));
+        self.wait_ready(Duration::from_secs(10));
     }
 
     fn wait_ready(&mut self, limit: Duration) {
@@ -1600,6 +1624,9 @@ pub struct CapturedPacket {
     pub sum_ok: Option<bool>,
     /// The UDP payload length tcpdump printed (`UDP, length N`).
     pub len: Option<usize>,
+    /// Arrival time of day in microseconds, from tcpdump's `HH:MM:SS.ffffff` (for gaps
+    /// between packets; `None` when the line has no such time).
+    pub at_us: Option<u64>,
 }
 
 /// Parse tcpdump `-nn` text. A packet starts on an unindented line; `-v`
@@ -1648,14 +1675,61 @@ pub fn parse_tcpdump_packets(text: &str) -> Vec<CapturedPacket> {
         let len = rec
             .rsplit_once("UDP, length ")
             .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok());
+        let at_us = toks.first().and_then(|t| {
+            let mut hms = t.split(':');
+            let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+            let (secs, frac) = s.split_once('.')?;
+            let whole = h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60;
+            Some((whole + secs.parse::<u64>().ok()?) * 1_000_000 + frac.parse::<u64>().ok()?)
+        });
         packets.push(CapturedPacket {
             src,
             dst,
             sum_ok,
             len,
+            at_us,
         });
     }
     packets
+}
+
+/// The local time of day in microseconds, the clock of [`CapturedPacket::at_us`] (tcpdump
+/// prints local time).
+pub fn time_of_day_us() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: localtime_r writes only into the `tm` we pass.
+    let offset = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm.tm_gmtoff
+    };
+    let local = (now.as_secs() as i64 + offset).rem_euclid(86_400) as u64;
+    local * 1_000_000 + u64::from(now.subsec_micros())
+}
+
+/// The largest time between two consecutive packets sent to `dst` that overlaps the time of
+/// day `from_us..=to_us` (e.g. the media gap at a callee across a restart of mediagate), and
+/// how many packets to `dst` came before and after it; `None` without such a pair.
+pub fn largest_gap_during(
+    packets: &[CapturedPacket],
+    dst: SocketAddrV4,
+    (from_us, to_us): (u64, u64),
+) -> Option<(Duration, usize, usize)> {
+    let times: Vec<u64> = packets
+        .iter()
+        .filter(|p| p.dst == dst)
+        .filter_map(|p| p.at_us)
+        .collect();
+    let (i, gap) = times
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] >= from_us && w[0] <= to_us)
+        .map(|(i, w)| (i, Duration::from_micros(w[1].saturating_sub(w[0]))))
+        .max_by_key(|&(_, gap)| gap)?;
+    Some((gap, i + 1, times.len() - i - 1))
 }
 
 /// Packets per (source, destination).
