@@ -248,7 +248,10 @@ pub async fn run(
     // Kernel map entries of the previous run that no adopted call re-claimed stop forwarding.
     match relay.finish_adoption() {
         Ok(0) => {}
-        Ok(n) => tracing::info!(streams = n, "stale kernel streams of the previous run cleared"),
+        Ok(n) => tracing::info!(
+            streams = n,
+            "stale kernel streams of the previous run cleared"
+        ),
         Err(e) => tracing::warn!(error = %e, "clearing the previous run's kernel streams failed"),
     }
     let mut capture = hep::Hep::new(&config.capture);

@@ -182,23 +182,11 @@ impl Config {
         self.sdp_port = port;
     }
 
-    /// Whether `other` (a stream being added) is the stream this entry of a previous run
-    /// described: same local address, SDP destination, signalling address and family. Its
-    /// state (latched source, counters) then still applies.
+    /// Whether `other` (a stream being added, on the same port) is the stream this entry of a
+    /// previous run described: same local address, signalling address and family. Its state
+    /// (latched source, counters) then still applies; its SDP comes next and is compared then.
     pub fn same_stream(&self, other: &Config) -> bool {
-        (
-            self.local,
-            self.sdp,
-            self.sdp_port,
-            self.signalling,
-            self.family,
-        ) == (
-            other.local,
-            other.sdp,
-            other.sdp_port,
-            other.signalling,
-            other.family,
-        )
+        (self.local, self.signalling, self.family) == (other.local, other.signalling, other.family)
     }
 }
 

@@ -82,6 +82,8 @@ struct Entry {
     stats: Arc<StreamStats>,
     /// The peer port of this stream's adopted entry, until the pair is checked.
     adopted_peer: Option<u16>,
+    /// The SDP destination came from the adopted entry and no SDP was applied since.
+    adopted_sdp: bool,
 }
 
 type States = Arc<Mutex<Array<MapData, State>>>;
@@ -311,12 +313,21 @@ impl KernelTier {
                 config.set_sdp(spec.latch.sdp);
                 // A restored stream that finds its own entry of the previous run (same
                 // addresses) keeps its state: latched source, counters, RTP quality.
-                let kept = self
-                    .adopted
-                    .remove(&index)
-                    .filter(|a| a.same_stream(&config));
+                let kept = self.adopted.remove(&index).filter(|a| {
+                    let same = a.same_stream(&config);
+                    if !same {
+                        tracing::info!(local = %spec.local, before = ?a, now = ?config,
+                            "adopted kernel entry describes another stream: its state is reset");
+                    }
+                    same
+                });
                 match kept {
-                    Some(a) => config.generation = a.generation,
+                    // Until the restored SDP arrives, the entry forwards as it did.
+                    Some(a) => {
+                        config.generation = a.generation;
+                        config.sdp = a.sdp;
+                        config.sdp_port = a.sdp_port;
+                    }
                     None => self
                         .states
                         .lock()
@@ -335,6 +346,7 @@ impl KernelTier {
                         forward_flag,
                         stats: spec.stats.clone(),
                         adopted_peer: kept.map(|a| a.peer_port),
+                        adopted_sdp: kept.is_some(),
                     },
                 );
                 if streams.contains_key(&spec.peer) {
@@ -348,10 +360,17 @@ impl KernelTier {
             }
             Command::Renegotiate { id, sdp } => {
                 if let Some(e) = streams.get_mut(id) {
+                    let before = (e.config.sdp, e.config.sdp_port);
                     e.config.set_sdp(*sdp);
                     // New SDP may name a new payload: the control thread set its clock first.
                     e.config.clock_rate = e.stats.clock_rate();
-                    e.config.generation = e.config.generation.wrapping_add(1);
+                    // The first SDP of a restored stream is not new when its adopted entry had
+                    // it already: learning stays closed, the latched source stays.
+                    let restored = std::mem::take(&mut e.adopted_sdp)
+                        && before == (e.config.sdp, e.config.sdp_port);
+                    if !restored {
+                        e.config.generation = e.config.generation.wrapping_add(1);
+                    }
                     write_config(&mut self.configs, &mut streams, *id, self.mode)?;
                 }
             }
@@ -389,6 +408,8 @@ impl KernelTier {
             let e = streams.get_mut(&x).expect("present");
             if let Some(before) = e.adopted_peer.take() {
                 if u32::from(before) != other {
+                    tracing::info!(local = %e.local, before, now = other,
+                        "adopted kernel entry was paired with another port: its state is reset");
                     self.states
                         .lock()
                         .expect("states")
