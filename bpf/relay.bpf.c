@@ -371,14 +371,26 @@ static __always_inline int route(struct xdp_md *ctx, const struct flow *f,
 	__u32 peer = cfg->peer_port;
 	struct mg_config *pcfg = bpf_map_lookup_elem(&mg_configs, &peer);
 	struct mg_state *pst = bpf_map_lookup_elem(&mg_states, &peer);
-	if (!pcfg || !pst || pcfg->family != cfg->family || !destination(pcfg, pst, dst, dport)) {
+	if (!pcfg || !pst || !pcfg->family || !destination(pcfg, pst, dst, dport)) {
 		__sync_fetch_and_add(&st->drops, 1);
 		return count(MG_C_DROP_NO_DESTINATION, XDP_DROP);
 	}
-	if (cfg->family == MG_FAMILY_V6)
+	/* The next hop in the family the packet leaves in, which is the pair's other leg's: it
+	 * may differ from the one it came in (translated by v4_to_v6 / v6_to_v4). The length
+	 * lets the lookup refuse a packet too large for the egress MTU (the kernel fragments
+	 * it on the socket path). */
+	__u16 udp_len = bpf_ntohs(udp->len);
+	if (pcfg->family == MG_FAMILY_V6) {
+		fib->family = AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, &pcfg->local, 16);
 		__builtin_memcpy(fib->ipv6_dst, dst, 16);
-	else
+		fib->tot_len = sizeof(struct ipv6hdr) + udp_len;
+	} else {
+		fib->family = AF_INET;
+		fib->ipv4_src = pcfg->local.w[3];
 		fib->ipv4_dst = dst->w[3];
+		fib->tot_len = sizeof(struct iphdr) + udp_len;
+	}
 	fib->ifindex = ctx->ingress_ifindex;
 	fib->l4_protocol = IPPROTO_UDP;
 	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
@@ -408,6 +420,100 @@ static __always_inline int transmit(struct xdp_md *ctx, struct ethhdr *eth,
 	return count(MG_C_FORWARDED, verdict);
 }
 
+/* The UDP checksum change when a packet's addresses and ports are replaced. The
+ * pseudo-header's length and protocol add up the same in IPv4 and IPv6, so this holds across
+ * families too: only addresses (an IPv4 one as ::a.b.c.d, whose zero words add nothing) and
+ * ports count. */
+static __always_inline __u64 udp_delta(const struct flow *f, const struct mg_addr *src,
+				       const struct mg_addr *dst, const __u16 *new_ports)
+{
+	__u16 old_ports[2] = { f->sport, f->dport };
+	return csum_delta((const __u16 *)&f->src, (const __u16 *)src, 8) +
+	       csum_delta((const __u16 *)&f->dst, (const __u16 *)dst, 8) +
+	       csum_delta(old_ports, new_ports, 2);
+}
+
+/* The 20 bytes an IPv6 header is longer than an IPv4 one without options. */
+#define MG_V6_GROWTH ((int)(sizeof(struct ipv6hdr) - sizeof(struct iphdr)))
+
+/* Sends an IPv4 packet of a stream whose pair is IPv6 out as IPv6 (RFC 7915 section 4, for
+ * a UDP packet without options): the header grows by 20 bytes in front, the UDP header and
+ * payload stay where they are. `tclass` and `hop_limit` come from the IPv4 TOS and TTL. */
+static __always_inline int v4_to_v6(struct xdp_md *ctx, const struct flow *f,
+				    const struct mg_config *cfg, const struct mg_config *pcfg,
+				    struct mg_state *st, const struct mg_addr *dst, __u16 dport,
+				    const struct bpf_fib_lookup *fib, __u8 tclass, __u8 hop_limit,
+				    __u16 udp_check, __u64 payload)
+{
+	if (bpf_xdp_adjust_head(ctx, -MG_V6_GROWTH))
+		return count(MG_C_PASS_USERSPACE, XDP_PASS);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip6 + 1);
+	if ((void *)(udp + 1) > data_end) /* cannot happen: the UDP header was there before */
+		return count(MG_C_DROP_REDIRECT, XDP_DROP);
+	__u16 new_ports[2] = { bpf_htons(cfg->peer_port), dport };
+	__u64 delta = udp_delta(f, &pcfg->local, dst, new_ports);
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
+	*(__be32 *)ip6 = bpf_htonl(0x60000000 | ((__u32)tclass << 20));
+	ip6->payload_len = udp->len;
+	ip6->nexthdr = IPPROTO_UDP;
+	ip6->hop_limit = hop_limit - 1;
+	__builtin_memcpy(&ip6->saddr, &pcfg->local, 16);
+	__builtin_memcpy(&ip6->daddr, dst, 16);
+	udp->source = new_ports[0];
+	udp->dest = new_ports[1];
+	__u16 c = csum_apply(udp_check, delta);
+	udp->check = c ? c : 0xffff;
+	return transmit(ctx, eth, fib, st, payload);
+}
+
+/* Sends an IPv6 packet of a stream whose pair is IPv4 out as IPv4 (RFC 7915 section 5): the
+ * header shrinks by 20 bytes in front; DF is set above 1260 bytes, as that section says. */
+static __always_inline int v6_to_v4(struct xdp_md *ctx, const struct flow *f,
+				    const struct mg_config *cfg, const struct mg_config *pcfg,
+				    struct mg_state *st, const struct mg_addr *dst, __u16 dport,
+				    const struct bpf_fib_lookup *fib, __u8 tclass, __u8 hop_limit,
+				    __u16 udp_check, __u64 payload)
+{
+	if (bpf_xdp_adjust_head(ctx, MG_V6_GROWTH))
+		return count(MG_C_PASS_USERSPACE, XDP_PASS);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > data_end) /* cannot happen: the UDP header was there before */
+		return count(MG_C_DROP_REDIRECT, XDP_DROP);
+	__u16 new_ports[2] = { bpf_htons(cfg->peer_port), dport };
+	__u64 delta = udp_delta(f, &pcfg->local, dst, new_ports);
+	__u16 total = sizeof(struct iphdr) + bpf_ntohs(udp->len);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = tclass;
+	ip->tot_len = bpf_htons(total);
+	ip->id = 0;
+	ip->frag_off = total > 1260 ? bpf_htons(0x4000) : 0;
+	ip->ttl = hop_limit - 1;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = pcfg->local.w[3];
+	ip->daddr = dst->w[3];
+	__u16 *words = (__u16 *)ip;
+	__u64 sum = 0;
+	for (int i = 0; i < (int)(sizeof(struct iphdr) / 2); i++)
+		sum += words[i];
+	ip->check = ~fold(sum);
+	udp->source = new_ports[0];
+	udp->dest = new_ports[1];
+	__u16 c = csum_apply(udp_check, delta);
+	udp->check = c ? c : 0xffff;
+	return transmit(ctx, eth, fib, st, payload);
+}
+
 static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
 				    void *data_end)
 {
@@ -435,13 +541,17 @@ static __always_inline int relay_v4(struct xdp_md *ctx, struct ethhdr *eth, stru
 	struct mg_addr dst;
 	__u16 dport;
 	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET;
 	fib.tos = ip->tos;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = cfg->local.w[3];
 	verdict = route(ctx, &f, cfg, st, udp, data_end, &pcfg, &dst, &dport, &fib);
 	if (verdict >= 0 || !pcfg)
 		return verdict;
+	if (pcfg->family == MG_FAMILY_V6) {
+		/* A VLAN tag, or no UDP checksum to update (IPv6 needs one): the socket tier. */
+		if ((void *)ip != (void *)(eth + 1) || !udp->check)
+			return count(MG_C_PASS_USERSPACE, XDP_PASS);
+		return v4_to_v6(ctx, &f, cfg, pcfg, st, &dst, dport, &fib, ip->tos, ip->ttl,
+				udp->check, payload);
+	}
 	/* Rewrite addresses, ports and TTL with incremental checksum updates. */
 	__u16 old_ip[4], new_ip[4], old_ports[2], new_ports[2];
 	__builtin_memcpy(&old_ip[0], &ip->saddr, 4);
@@ -493,18 +603,19 @@ static __always_inline int relay_v6(struct xdp_md *ctx, struct ethhdr *eth,
 	struct mg_addr dst;
 	__u16 dport;
 	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET6;
-	fib.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
-	fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-	__builtin_memcpy(fib.ipv6_src, &cfg->local, 16);
+	__u32 first_word = bpf_ntohl(*(__be32 *)ip6);
+	fib.flowinfo = bpf_htonl(first_word & 0x0fffffff);
 	verdict = route(ctx, &f, cfg, st, udp, data_end, &pcfg, &dst, &dport, &fib);
 	if (verdict >= 0 || !pcfg)
 		return verdict;
-	__u16 old_ports[2] = { udp->source, udp->dest };
+	if (pcfg->family == MG_FAMILY_V4) {
+		if ((void *)ip6 != (void *)(eth + 1)) /* a VLAN tag: the socket tier */
+			return count(MG_C_PASS_USERSPACE, XDP_PASS);
+		return v6_to_v4(ctx, &f, cfg, pcfg, st, &dst, dport, &fib,
+				(__u8)(first_word >> 20), ip6->hop_limit, udp->check, payload);
+	}
 	__u16 new_ports[2] = { bpf_htons(cfg->peer_port), dport };
-	__u64 delta = csum_delta((__u16 *)&f.src, (__u16 *)&pcfg->local, 8) +
-		      csum_delta((__u16 *)&f.dst, (__u16 *)&dst, 8) +
-		      csum_delta(old_ports, new_ports, 2);
+	__u64 delta = udp_delta(&f, &pcfg->local, &dst, new_ports);
 	__builtin_memcpy(&ip6->saddr, &pcfg->local, 16);
 	__builtin_memcpy(&ip6->daddr, &dst, 16);
 	ip6->hop_limit -= 1; /* not covered by any checksum */

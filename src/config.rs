@@ -332,6 +332,10 @@ pub struct Trunk {
     /// RFC 4028 session interval asked for on legs toward this trunk (`session_timer_s`);
     /// `None`: mediagate asks for none (it still honours a peer's own request).
     pub session_timer: Option<Duration>,
+    /// Early dialogs of a forked call toward this trunk relayed to the caller
+    /// (`max_early_dialogs`): a proxy behind the trunk may fork to many phones, and each
+    /// relayed fork is an early dialog the caller has to keep.
+    pub max_early_dialogs: usize,
     /// Number translation, response mapping, deny-list and header policy.
     pub policy: TrunkPolicy,
     /// Digest credentials, inbound challenge and registration (`auth`, `challenge_inbound`,
@@ -544,6 +548,8 @@ struct RawTrunk {
     max_cps: Option<f64>,
     max_duration_s: Option<u64>,
     session_timer_s: Option<u64>,
+    #[serde(default = "default_max_early_dialogs")]
+    max_early_dialogs: i64,
     #[serde(default)]
     translate: Vec<routing::RawTranslate>,
     #[serde(default)]
@@ -574,6 +580,10 @@ fn default_down_after() -> u32 {
 fn default_up_after() -> u32 {
     2
 }
+fn default_max_early_dialogs() -> i64 {
+    8
+}
+
 fn default_invite_timeout() -> u64 {
     5
 }
@@ -1057,6 +1067,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 "must be 1 to 32 seconds (Timer B)".into(),
             ));
         }
+        if !(1..=64).contains(&t.max_early_dialogs) {
+            return Err(err(
+                &at("max_early_dialogs"),
+                "must be 1 to 64 early dialogs".into(),
+            ));
+        }
         let failover_on = t
             .failover_on
             .clone()
@@ -1179,6 +1195,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             max_cps,
             max_duration: t.max_duration_s.map(Duration::from_secs),
             session_timer,
+            max_early_dialogs: t.max_early_dialogs as usize,
             policy,
             identity,
             codecs: t.codecs.clone(),
@@ -1720,6 +1737,9 @@ to = ["pbx"]
         assert_eq!(c.trunks[1].session_timer, Some(Duration::from_secs(1800)));
         let c = parse("t.toml", &with("session_timer_s = 0")).unwrap();
         assert_eq!(c.trunks[1].session_timer, None, "0 is off");
+        assert_eq!(c.trunks[0].max_early_dialogs, 8, "8 forks by default");
+        let c = parse("t.toml", &with("max_early_dialogs = 1")).unwrap();
+        assert_eq!(c.trunks[1].max_early_dialogs, 1);
         assert!(c.trunks[0].probe.is_none(), "probing is off by default");
         for (keys, key) in [
             ("weights = [1]", "trunk[1].weights"),
@@ -1750,6 +1770,9 @@ to = ["pbx"]
             ("session_timer_s = 89", "trunk[1].session_timer_s"),
             ("session_timer_s = -1", "trunk[1].session_timer_s"),
             ("session_timer_s = 86401", "trunk[1].session_timer_s"),
+            ("max_early_dialogs = 0", "trunk[1].max_early_dialogs"),
+            ("max_early_dialogs = 65", "trunk[1].max_early_dialogs"),
+            ("max_early_dialogs = -1", "trunk[1].max_early_dialogs"),
             ("codecs = [\"PCMA\", \"PCMA/8000\"]", "trunk[1].codecs[1]"),
             ("codecs = [\"\"]", "trunk[1].codecs[0]"),
         ] {

@@ -7,75 +7,15 @@ mod sansio;
 
 use mediagate::sip::dialog::response_to;
 use mediagate::sip::message::{Message, Method, StartLine};
-use mediagate::sip::transaction::{Target, Transmit, T1};
-use sansio::{parse, Harness, INVITE};
+use mediagate::sip::transaction::T1;
+use sansio::{
+    calling, invite_100rel, one_to, parse, prack, provisional_from, rseq_of, to_peer, Harness,
+    INVITE,
+};
 
-/// The caller's INVITE offering 100rel.
-fn invite_100rel() -> Message {
-    let mut inv = parse(INVITE);
-    inv.push_header("Supported", "100rel".into());
-    inv
-}
-
-/// Messages to `to` other than 100 Trying.
-fn to_peer(out: &[Transmit], to: &Target) -> Vec<Message> {
-    out.iter()
-        .filter(|t| t.target.remote == to.remote && t.message.code() != Some(100))
-        .map(|t| t.message.clone())
-        .collect()
-}
-
-fn one_to(out: &[Transmit], to: &Target) -> Message {
-    let msgs = to_peer(out, to);
-    assert_eq!(msgs.len(), 1, "one message to {}: {out:#?}", to.remote);
-    msgs[0].clone()
-}
-
-/// A provisional from the callee to mediagate's INVITE `inv_b`, reliable with `rseq` if given.
+/// A provisional from the callee (To tag `itsptag`), reliable with `rseq` if given.
 fn provisional(inv_b: &Message, code: u16, rseq: Option<u32>) -> Message {
-    let mut r = response_to(inv_b, code, "X", Some("itsptag"));
-    r.push_header("Contact", "<sip:callee@10.99.2.2:5060>".into());
-    if let Some(n) = rseq {
-        r.push_header("Require", "100rel".into());
-        r.push_header("RSeq", n.to_string());
-    }
-    r
-}
-
-/// The caller's PRACK in the early dialog of `resp` (a provisional it received).
-fn prack(resp: &Message, rack: &str, branch: &str) -> Message {
-    let mut m = Message {
-        start: StartLine::Request {
-            method: Method::Other("PRACK".into()),
-            uri: "sip:mediagate@10.99.1.1:5060".into(),
-        },
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    m.push_header(
-        "Via",
-        format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-{branch}"),
-    );
-    for name in ["From", "To", "Call-ID"] {
-        m.push_header(name, resp.header(name).unwrap().to_string());
-    }
-    m.push_header("CSeq", "2 PRACK".into());
-    m.push_header("RAck", rack.into());
-    m.push_header("Max-Forwards", "70".into());
-    m
-}
-
-fn rseq_of(m: &Message) -> u32 {
-    m.header("RSeq").and_then(|v| v.parse().ok()).expect("RSeq")
-}
-
-/// A call set up with a 100rel caller up to mediagate's INVITE on the callee leg.
-fn calling() -> (Harness, Message) {
-    let mut h = Harness::new();
-    let out = h.send(invite_100rel(), h.pbx);
-    let inv_b = one_to(&out, &h.itsp);
-    assert_eq!(inv_b.header("Supported"), Some("100rel"));
-    (h, inv_b)
+    provisional_from(inv_b, code, "itsptag", rseq)
 }
 
 #[test]

@@ -306,6 +306,25 @@ fn expected(
     p
 }
 
+/// What a packet relayed across families must look like: the same 160-byte payload from `src`
+/// to `dst` in the other family with TTL (hop limit) `ttl`, the given MACs, IPv4
+/// identification 0 without DF (RFC 7915 for a short packet), IPv6 traffic class and flow label
+/// 0, and checksums computed from scratch.
+fn translated(src: &str, dst: &str, ttl: u8, smac: [u8; 6], dmac: [u8; 6]) -> Vec<u8> {
+    let mut p = packet(src, dst, ttl, true, false);
+    p[0..6].copy_from_slice(&dmac);
+    p[6..12].copy_from_slice(&smac);
+    if p[14] >> 4 == 6 {
+        p[14..18].copy_from_slice(&[0x60, 0, 0, 0]);
+    } else {
+        p[18..22].copy_from_slice(&[0, 0, 0, 0]);
+        p[24..26].copy_from_slice(&[0, 0]);
+        let ip_sum = checksum(&p[14..34], 0);
+        p[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    }
+    p
+}
+
 /// A kernel-tier stream at `local`, paired with the stream on `peer_port`, whose remote is
 /// `sdp` by SDP and `sig` by signalling: its map index and config.
 fn stream(local: &str, peer_port: u16, sdp: &str, sig: &str) -> (u32, Config) {
@@ -432,6 +451,10 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     let (ib, cfg_b) = stream("10.99.2.1:30002", 30000, "10.99.2.2:7000", "10.99.2.2");
     let (ia6, cfg_a6) = stream("[fd99:1::1]:30100", 30102, "[fd99:1::2]:6000", "fd99:1::2");
     let (ib6, cfg_b6) = stream("[fd99:2::1]:30102", 30100, "[fd99:2::2]:7000", "fd99:2::2");
+    // A pair across families: X4 = 10.99.1.1:30200 facing the gateway over IPv4, X6 =
+    // [fd99:2::1]:30202 facing the ITSP over IPv6.
+    let (ix4, cfg_x4) = stream("10.99.1.1:30200", 30202, "10.99.1.2:6200", "10.99.1.2");
+    let (ix6, cfg_x6) = stream("[fd99:2::1]:30202", 30200, "[fd99:2::2]:7200", "fd99:2::2");
     // A user-space stream (neither forwarding flag).
     let (iu, cfg_u) = stream("10.99.1.1:30004", 30002, "10.99.1.2:6004", "10.99.1.2");
     let cfg_u = Config { flags: 0, ..cfg_u };
@@ -440,6 +463,8 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
         (ib, cfg_b),
         (ia6, cfg_a6),
         (ib6, cfg_b6),
+        (ix4, cfg_x4),
+        (ix6, cfg_x6),
         (iu, cfg_u),
     ] {
         configs.set(i, c, 0).unwrap();
@@ -692,8 +717,52 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
             )),
         ),
     ];
+    let from_gw_x = packet("10.99.1.2:6200", "10.99.1.1:30200", 64, true, false);
+    let from_it_x = packet("[fd99:2::2]:7200", "[fd99:2::1]:30202", 64, true, false);
+    let across = vec![
+        case(
+            "IPv4 without a UDP checksum to an IPv6 peer goes to the socket tier",
+            &packet("10.99.1.2:6200", "10.99.1.1:30200", 64, false, false),
+            gw,
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "VLAN-tagged IPv4 to an IPv6 peer goes to the socket tier",
+            &packet("10.99.1.2:6200", "10.99.1.1:30200", 64, true, true),
+            gw,
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "IPv4 to an IPv6 peer is translated to IPv6 and redirected",
+            &from_gw_x,
+            gw,
+            XDP_REDIRECT,
+            Some(translated(
+                "[fd99:2::1]:30202",
+                "[fd99:2::2]:7200",
+                63,
+                it_mac,
+                IT_MAC,
+            )),
+        ),
+        case(
+            "IPv6 to an IPv4 peer is translated to IPv4 and sent to the latched source",
+            &from_it_x,
+            it,
+            XDP_REDIRECT,
+            Some(translated(
+                "10.99.1.1:30200",
+                "10.99.1.2:6200",
+                63,
+                gw_mac,
+                GW_MAC,
+            )),
+        ),
+    ];
     let mut failures = Vec::new();
-    for c in &cases {
+    for c in cases.iter().chain(&across) {
         let (verdict, out) = test_run(fd, &c.packet, c.ingress);
         if verdict != c.verdict {
             failures.push(format!(
@@ -752,6 +821,18 @@ fn fixtures(gw_if: &str, it_if: &str, (gw_mac, it_mac): ([u8; 6], [u8; 6])) {
     assert_eq!(
         states.get(&ib6, 0).unwrap().latched_source(FAMILY_V6),
         Some("[fd99:2::2]:7000".parse().unwrap())
+    );
+
+    // The pair across families: one packet translated each way, both sides latched.
+    let (sx4, sx6) = (states.get(&ix4, 0).unwrap(), states.get(&ix6, 0).unwrap());
+    assert_eq!(
+        (sx4.rx_packets, sx6.rx_packets),
+        (1, 1),
+        "one packet translated each way (the passed ones are the socket tier's)"
+    );
+    assert_eq!(
+        sx6.latched_source(FAMILY_V6),
+        Some("[fd99:2::2]:7200".parse().unwrap())
     );
 
     // Renegotiation (new generation) re-opens learning: a new source on the new SDP IP latches.

@@ -494,6 +494,11 @@ impl Metrics {
             "Live SIP dialogs of the B2BUA (two per call, including calls being torn down).",
             [(vec![], s.b2bua.dialogs as f64)],
         );
+        out.counter(
+            "mediagate_sip_forks_unrelayed",
+            "Provisional responses of forked early dialogs beyond the callee trunk's max_early_dialogs, not relayed to the caller.",
+            [(vec![], s.b2bua.forks_unrelayed)],
+        );
         out.gauge(
             "mediagate_sip_calls",
             "Calls in the B2BUA's table, including calls being torn down.",
@@ -1173,6 +1178,7 @@ mod tests {
                 calls: 1,
                 dialogs: 2,
                 relayed: 0,
+                forks_unrelayed: 1,
             },
             ng: NgTotals {
                 offers: 2,

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 #[path = "b2bua_capture.rs"]
 mod capture;
+#[path = "b2bua_forks.rs"]
+mod forks;
 #[path = "b2bua_identity.rs"]
 mod identity;
 #[path = "b2bua_journal.rs"]
@@ -176,6 +178,8 @@ struct Call {
     transfer: refer::Transfer,
     /// Reliable provisional responses toward the caller (`b2bua_prack.rs`).
     early: prack::Early,
+    /// The callee leg's early dialogs once it forked (`b2bua_forks.rs`).
+    forks: Option<Box<forks::Forks>>,
 }
 
 impl Call {
@@ -235,6 +239,8 @@ pub struct B2bua {
     /// (`b2bua_journal.rs`; only with `media.handover`).
     journal_dirty: Vec<CallKey>,
     journal_ends: Vec<journal::JournalEntry>,
+    /// Provisionals of forks beyond their trunk's `max_early_dialogs`, not relayed.
+    forks_unrelayed: u64,
 }
 
 /// What [`B2bua::counters`] reports.
@@ -255,6 +261,9 @@ pub struct Counters<'a> {
     /// In-dialog requests relayed between the legs and still remembered (a leak check: a
     /// re-INVITE is forgotten 64×T1 after its ACK).
     pub relayed: usize,
+    /// Provisional responses of forks beyond the callee trunk's `max_early_dialogs`, not
+    /// relayed to the caller (`b2bua_forks.rs`).
+    pub forks_unrelayed: u64,
 }
 
 /// Requests the B2BUA refused before any transaction or call saw them, by reason.
@@ -296,6 +305,7 @@ impl B2bua {
             screened: Screened::default(),
             journal_dirty: Vec::new(),
             journal_ends: Vec::new(),
+            forks_unrelayed: 0,
             config,
             txns: Transactions::new(),
             calls: HashMap::new(),
@@ -332,6 +342,7 @@ impl B2bua {
             calls: self.calls.len(),
             dialogs: self.calls.len() * 2 + self.abandoned.len(),
             relayed: self.relayed.len(),
+            forks_unrelayed: self.forks_unrelayed,
         }
     }
 
@@ -592,15 +603,9 @@ impl B2bua {
                 let _ = self.txns.send_cancel(txn, now);
             }
             200..=299 => {
-                let Some(mut dialog) = self.abandoned.remove(&txn) else {
-                    return;
-                };
-                dialog.establish_from_response(resp);
-                let cseq = header::cseq(resp).map_or(1, |(n, _)| n);
-                let ack = dialog.request(Method::Ack, Some(cseq));
-                self.txns.send_stateless(ack, dialog.target);
-                let bye = dialog.request(Method::Bye, None);
-                self.txns.send_request(bye, dialog.target, now);
+                if let Some(dialog) = self.abandoned.remove(&txn) {
+                    self.ack_and_bye(dialog, resp, now);
+                }
             }
             _ if code >= 300 => {
                 self.abandoned.remove(&txn);
@@ -751,6 +756,9 @@ impl B2bua {
         let Some(&(key, side)) = self.by_call_id.get(call_id) else {
             return self.respond(txn, &req, 481, now);
         };
+        if !self.fork_of_request(key, side, &req) {
+            return self.respond(txn, &req, 481, now);
+        }
         match method {
             Method::Bye => {
                 self.respond(txn, &req, 200, now);
@@ -923,6 +931,7 @@ impl B2bua {
             timers,
             transfer: refer::Transfer::default(),
             early,
+            forks: None,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));
@@ -1233,12 +1242,19 @@ impl B2bua {
                     return;
                 }
                 if call.phase != Phase::Setup {
+                    if self.hang_up_late_fork(key, &resp, now) {
+                        return;
+                    }
                     // A retransmitted 2xx: repeat our ACK if A already sent its own.
+                    let call = &self.calls[&key];
                     if let Some(ack) = &call.ack_to_b {
                         self.txns.send_stateless(ack.clone(), call.b.target);
                     }
                     return;
                 }
+                self.fork_of_response(key, &resp, true);
+                self.forks_settled(key);
+                let call = self.calls.get_mut(&key).expect("live");
                 call.b.establish_from_response(&resp);
                 self.finish_attempt(key, AttemptResult::Code(code));
                 let body = self.anchor_from_b(key, &resp, now);
@@ -1434,6 +1450,7 @@ impl B2bua {
     fn replace_b(&mut self, key: CallKey, b: Dialog, trunk: usize, now: Instant) {
         let call = self.calls.get_mut(&key).expect("live");
         self.by_call_id.remove(&call.b.call_id);
+        call.forks = None;
         call.media.reset_b(
             b.target.local.ip(),
             b.signalling_ip,

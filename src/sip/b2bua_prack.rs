@@ -19,6 +19,10 @@
 //!   again. SDP in any provisional is anchored as before (early media).
 //! - UPDATE (RFC 3311) from either side in the early dialog is relayed like a mid-call one
 //!   (`b2bua_midcall.rs`), its SDP re-anchored, once the callee's early dialog exists.
+//! - A forked callee (`b2bua_forks.rs`): each early dialog toward the caller has its own RSeq
+//!   space and callee RSeq; a PRACK acknowledges the outstanding provisional only in that
+//!   provisional's early dialog (its To tag). A fork beyond `max_early_dialogs` is not relayed
+//!   at all, and mediagate PRACKs its reliable provisionals.
 //! - No PRACK from the caller within 64*T1: the caller gets 500 and the callee a CANCEL
 //!   (RFC 3262 §3 "SHOULD reject the original request with a 5xx").
 
@@ -91,12 +95,14 @@ struct Reliable {
 #[derive(Debug, Default)]
 pub(super) struct Early {
     caller: Caller,
-    /// The next RSeq toward the caller (RFC 3262 §3: starts at a random value).
-    next_rseq: u32,
+    /// The next RSeq toward the caller (RFC 3262 §3: starts at a random value), of the
+    /// selected fork (`b2bua_forks.rs`).
+    pub(super) next_rseq: u32,
     /// Reliable provisionals not yet PRACKed, oldest first; only the first is on the wire.
     queue: VecDeque<Reliable>,
-    /// The callee's latest reliable provisional (To tag, RSeq), to skip its retransmissions.
-    from_callee: Option<(String, u32)>,
+    /// The callee's latest reliable provisional (To tag, RSeq), to skip its retransmissions,
+    /// of the selected fork.
+    pub(super) from_callee: Option<(String, u32)>,
 }
 
 impl Early {
@@ -145,6 +151,7 @@ impl B2bua {
     /// SDP anchored and the response relayed to the caller, reliably or not as the module
     /// documentation says.
     pub(super) fn on_provisional(&mut self, key: CallKey, resp: &Message, now: Instant) {
+        let relayed = self.fork_of_response(key, resp, false);
         let callee_rseq = reliable_rseq(resp);
         let call = self.calls.get_mut(&key).expect("live");
         if let Some(rseq) = callee_rseq {
@@ -162,6 +169,14 @@ impl B2bua {
             Caller::Unaware => false,
         };
         call.b.establish_from_response(resp);
+        if !relayed {
+            self.forks_unrelayed += 1;
+            tracing::debug!(call = %call.label, "provisional of a fork beyond max_early_dialogs not relayed");
+            if let Some(rack) = callee_rack {
+                self.prack_callee(key, rack, now);
+            }
+            return;
+        }
         let body = self.anchor_from_b(key, resp, now);
         if !reliable {
             if let Some(rack) = callee_rack {
@@ -231,10 +246,12 @@ impl B2bua {
         let call = self.calls.get_mut(&key).expect("live");
         let invite_cseq = header::cseq(&call.a_invite).map(|(n, _)| n);
         let outstanding = call.early.queue.front().is_some_and(|r| r.next.is_some());
+        let head = call.early.queue.front();
         let acknowledges = side == Side::A
             && call.phase == Phase::Setup
             && outstanding
-            && call.early.queue.front().map(|r| r.rseq) == Some(rseq)
+            && head.map(|r| r.rseq) == Some(rseq)
+            && head.and_then(|r| header::tag(&r.response, "To")) == header::tag(&req, "To")
             && invite_cseq == Some(cseq)
             && method == Method::Invite;
         if !acknowledges {

@@ -1,6 +1,8 @@
 //! The sans-IO B2BUA driven message by message with a virtual clock, shared by the tests that
-//! drive it so (tests/b2bua.rs, tests/b2bua_midcall.rs, tests/auth.rs): the lab's trunks as
-//! targets, message parsing, and the harness that collects what the core sends.
+//! drive it so (tests/b2bua.rs, tests/b2bua_midcall.rs, tests/auth.rs, tests/b2bua_prack.rs,
+//! tests/b2bua_forks.rs, tests/reload.rs): the lab's trunks as targets, message parsing, the
+//! harness that collects what the core sends, and the early-dialog messages (provisionals from
+//! a callee fork, PRACKs) of the 100rel and forking tests.
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::sync::Arc;
@@ -8,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mediagate::config::{self, Transport};
 use mediagate::sip::b2bua::B2bua;
-use mediagate::sip::message::{Message, Method};
+use mediagate::sip::dialog::response_to;
+use mediagate::sip::message::{Message, Method, StartLine};
 use mediagate::sip::transaction::{Target, Transmit};
 
 /// The lab topology's configuration (a PBX on 10.99.1.2, an ITSP on 10.99.2.2).
@@ -29,6 +32,80 @@ pub fn target(remote: &str, local: &str) -> Target {
 pub fn parse(text: &str) -> Message {
     let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
     Message::parse_datagram(text.as_bytes()).unwrap()
+}
+
+/// The caller's INVITE offering 100rel.
+pub fn invite_100rel() -> Message {
+    let mut inv = parse(INVITE);
+    inv.push_header("Supported", "100rel".into());
+    inv
+}
+
+/// Messages to `to` other than 100 Trying.
+pub fn to_peer(out: &[Transmit], to: &Target) -> Vec<Message> {
+    out.iter()
+        .filter(|t| t.target.remote == to.remote && t.message.code() != Some(100))
+        .map(|t| t.message.clone())
+        .collect()
+}
+
+pub fn one_to(out: &[Transmit], to: &Target) -> Message {
+    let msgs = to_peer(out, to);
+    assert_eq!(msgs.len(), 1, "one message to {}: {out:#?}", to.remote);
+    msgs[0].clone()
+}
+
+/// A provisional from the callee (a fork with To tag `tag`) to mediagate's INVITE `inv_b`,
+/// reliable with `rseq` if given.
+pub fn provisional_from(inv_b: &Message, code: u16, tag: &str, rseq: Option<u32>) -> Message {
+    let mut r = response_to(inv_b, code, "X", Some(tag));
+    r.push_header("Contact", "<sip:callee@10.99.2.2:5060>".into());
+    if let Some(n) = rseq {
+        r.push_header("Require", "100rel".into());
+        r.push_header("RSeq", n.to_string());
+    }
+    r
+}
+
+/// The caller's PRACK in the early dialog of `resp` (a provisional it received).
+pub fn prack(resp: &Message, rack: &str, branch: &str) -> Message {
+    let mut m = Message {
+        start: StartLine::Request {
+            method: Method::Other("PRACK".into()),
+            uri: "sip:mediagate@10.99.1.1:5060".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    m.push_header(
+        "Via",
+        format!("SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-{branch}"),
+    );
+    for name in ["From", "To", "Call-ID"] {
+        m.push_header(name, resp.header(name).unwrap().to_string());
+    }
+    m.push_header("CSeq", "2 PRACK".into());
+    m.push_header("RAck", rack.into());
+    m.push_header("Max-Forwards", "70".into());
+    m
+}
+
+pub fn rseq_of(m: &Message) -> u32 {
+    m.header("RSeq").and_then(|v| v.parse().ok()).expect("RSeq")
+}
+
+/// A call set up with a 100rel caller up to mediagate's INVITE on the callee leg.
+pub fn calling() -> (Harness, Message) {
+    calling_with(LAB)
+}
+
+/// [`calling`] on the configuration `text`.
+pub fn calling_with(text: &str) -> (Harness, Message) {
+    let mut h = Harness::with_config(text);
+    let out = h.send(invite_100rel(), h.pbx);
+    let inv_b = one_to(&out, &h.itsp);
+    assert_eq!(inv_b.header("Supported"), Some("100rel"));
+    (h, inv_b)
 }
 
 /// A B2BUA on a config, with a virtual clock and the lab's two peers.

@@ -3,8 +3,8 @@
 //! per-stream counters back into [`StreamStats`] for `/status` and media timeouts.
 //!
 //! The socket tier keeps running beside it with every stream's socket bound: packets the program
-//! passes (an unresolved next hop, a pair whose legs are of different address families) are
-//! relayed there by the same latching rule.
+//! passes (an unresolved next hop, a VLAN-tagged packet of a pair whose legs are of different
+//! address families) are relayed there by the same latching rule.
 
 pub mod abi;
 pub mod netdev;
@@ -283,7 +283,7 @@ impl KernelTier {
     }
 
     /// Mirrors a session change into the maps. A stream forwards in the program once its pair
-    /// is known and shares its address family (and is not RTCP being captured); the AF_XDP
+    /// is known (and it is not RTCP being captured), across address families too; the AF_XDP
     /// workers take IPv4 pairs only. Other streams are passed to the socket tier.
     pub fn apply(&mut self, cmd: &Command) -> io::Result<()> {
         let mut streams = self.streams.lock().expect("streams");
@@ -672,7 +672,9 @@ pub fn detach(pin_dir: &Path) -> io::Result<bool> {
 }
 
 /// Writes a stream's config once its peer is known (the peer's endpoint is the source of what
-/// this stream forwards), with the forwarding flag only when both share one address family.
+/// this stream forwards), with the forwarding flag. A pair whose legs are of different address
+/// families is forwarded by the program, which translates between IPv4 and IPv6, but not by
+/// the AF_XDP workers (IPv4 only): in that mode it stays with the socket tier.
 fn write_config(
     configs: &mut Array<MapData, Config>,
     streams: &mut HashMap<StreamId, Entry>,
@@ -688,8 +690,8 @@ fn write_config(
     };
     let e = streams.get_mut(&id).expect("checked");
     e.config.peer_port = peer_port;
-    let same_family = peer_family == e.config.family;
-    let flag = if same_family { e.forward_flag } else { 0 };
+    let forwardable = peer_family == e.config.family || mode == Mode::Kernel;
+    let flag = if forwardable { e.forward_flag } else { 0 };
     e.config.flags = (e.config.flags & !(FLAG_KERNEL | FLAG_XSK)) | flag;
     if flag != 0 {
         e.stats.set_tier(match mode {
