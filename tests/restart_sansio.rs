@@ -173,3 +173,62 @@ fn an_adopted_call_whose_media_never_returns_ends_by_media_timeout() {
     );
     assert!(h.ports_all_free());
 }
+
+#[test]
+fn a_reinvite_moving_the_media_is_journalled_and_adopted_with_the_new_addresses() {
+    let (mut h, _, ok) = answered_call_on(lab_with_handover());
+    h.send(ack_from_pbx(&ok), h.pbx);
+    journal_text(&mut h);
+    // The PBX moves its media to port 6002 (new o= version); the ITSP answers from 7002.
+    let mut reinv = ack_from_pbx(&ok);
+    reinv.start = StartLine::Request {
+        method: Method::Invite,
+        uri: "sip:mediagate@10.99.1.1:5060".into(),
+    };
+    reinv.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-re2".into(),
+    );
+    reinv.set_header("CSeq", "2 INVITE".into());
+    reinv.push_header("Content-Type", "application/sdp".into());
+    reinv.body = String::from_utf8(parse(sansio::INVITE).body)
+        .unwrap()
+        .replace("m=audio 6000", "m=audio 6002")
+        .replace("2353687637", "2353687638")
+        .into_bytes();
+    let out = h.send(reinv, h.pbx);
+    let reinv_b = only_to(&out, &h.itsp);
+    let moved = sansio::ANSWER_SDP
+        .replace("m=audio 7000", "m=audio 7002")
+        .replace(" 1 1 IN", " 1 2 IN");
+    let out = h.send(answer(&reinv_b, 200, "b1", Some(&moved)), h.itsp);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
+    let mut ack = ack_from_pbx(&ok);
+    ack.set_header(
+        "Via",
+        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack2".into(),
+    );
+    ack.set_header("CSeq", "2 ACK".into());
+    h.send(ack, h.pbx);
+    let text = journal_text(&mut h);
+    let (records, _) = replay(text.as_bytes());
+    assert_eq!(records.len(), 1, "{text}");
+
+    let mut new = lab_with_handover();
+    assert_eq!(new.core.adopt(records, new.now), 1);
+    let destinations: Vec<String> = new
+        .core
+        .drain_media_commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            mediagate::media::Command::Renegotiate { sdp: Some(a), .. } => Some(a.to_string()),
+            _ => None,
+        })
+        .collect();
+    for to in ["10.99.1.2:6002", "10.99.2.2:7002"] {
+        assert!(
+            destinations.iter().any(|d| d == to),
+            "adopted streams send to {to}: {destinations:?}"
+        );
+    }
+}

@@ -87,9 +87,9 @@ impl Journal {
     /// Appends `entries`, one `write(2)` each (O_APPEND: a line is never interleaved, and a
     /// SIGKILL can tear only the last). Errors are logged and counted, never fatal: the calls
     /// go on, only their adoption by a next start is at risk.
-    pub fn append(&mut self, entries: impl IntoIterator<Item = JournalEntry>) {
+    pub fn append(&mut self, entries: &[JournalEntry]) {
         for entry in entries {
-            if let Err(e) = self.file.write_all(&line_of(&entry)) {
+            if let Err(e) = self.file.write_all(&line_of(entry)) {
                 self.failed += 1;
                 tracing::warn!(path = %self.path.display(), error = %e, failed = self.failed,
                     "call-state journal: entry not written");
@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(labels(&read(&path).unwrap()), ["c-5"]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1, "the old lines are gone");
-        journal.append([JournalEntry::End { call: "c-5".into() }]);
+        journal.append(&[JournalEntry::End { call: "c-5".into() }]);
         assert!(read(&path).unwrap().is_empty());
         assert!(read(&dir.join("absent")).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();

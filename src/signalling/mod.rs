@@ -423,7 +423,7 @@ pub async fn run(
         metrics.calls_ended(&cdrs);
         records.write_cdrs(cdrs);
         if let Some(j) = &mut journal {
-            j.append(core.drain_journal());
+            j.append(&core.drain_journal());
         }
         apply_media(&media, &mut relay, &mut metrics);
         for copy in relay.rtcp_copies() {

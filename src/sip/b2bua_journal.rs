@@ -301,8 +301,6 @@ impl B2bua {
         let age = wall_now.duration_since(started_wall).unwrap_or_default();
         let label = rec.call.clone();
         let span = tracing::info_span!("call", id = %label, sip_call_id = %rec.a.call_id);
-        let mut mid = midcall::MidCall::default();
-        mid.held = rec.held;
         let call = Call {
             label,
             config: config.clone(),
@@ -342,10 +340,14 @@ impl B2bua {
             ack_to_b: None,
             open_txns: Vec::new(),
             media,
-            mid,
+            mid: midcall::MidCall {
+                held: rec.held,
+                ..Default::default()
+            },
             timers,
             transfer: refer::Transfer::default(),
             early: prack::Early::default(),
+            forks: None,
         };
         self.by_call_id
             .insert(call.a.call_id.clone(), (key, Side::A));

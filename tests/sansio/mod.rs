@@ -1,8 +1,9 @@
 //! The sans-IO B2BUA driven message by message with a virtual clock, shared by the tests that
 //! drive it so (tests/b2bua.rs, tests/b2bua_midcall.rs, tests/auth.rs, tests/b2bua_prack.rs,
-//! tests/b2bua_forks.rs, tests/reload.rs): the lab's trunks as targets, message parsing, the
-//! harness that collects what the core sends, and the early-dialog messages (provisionals from
-//! a callee fork, PRACKs) of the 100rel and forking tests.
+//! tests/b2bua_forks.rs, tests/reload.rs, tests/restart_sansio.rs): the lab's trunks as
+//! targets, message parsing, the harness that collects what the core sends, the early-dialog
+//! messages (provisionals from a callee fork, PRACKs) of the 100rel and forking tests, and a
+//! call from the PBX answered and acknowledged.
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::sync::Arc;
@@ -163,7 +164,8 @@ impl Harness {
     }
 }
 
-/// The one message sent to `to`, asserting there is exactly one.
+/// The one message sent to `to`, asserting there is exactly one (100 Trying included, unlike
+/// [`one_to`]).
 pub fn only_to(out: &[Transmit], to: &Target) -> Message {
     let msgs: Vec<&Transmit> = out
         .iter()
