@@ -321,8 +321,6 @@ impl B2bua {
             b_trunk,
             remaining_peers: Vec::new(),
             remaining_trunks: Vec::new(),
-            // A confirmed call has settled its forks.
-            forks: None,
             invites_sent: u32::try_from(attempts.len()).unwrap_or(u32::MAX).max(1),
             attempts,
             started_wall,
