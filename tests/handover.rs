@@ -15,7 +15,9 @@
 //!   kernel counters are kept, the caller's BYE is relayed and answered; the largest media gap
 //!   at the callee is printed, beside the same restart on the socket tier (a figure, not an
 //!   assertion on time);
-//! - a pinned entry no restored call claims stops forwarding (`finish_adoption`).
+//! - a pinned entry no restored call claims stops forwarding (`finish_adoption`);
+//! - pins of another program build are detached and replaced, and the call's media flows
+//!   through the new program.
 //!
 //! The tests get their own bpffs mount (`Lab::pin_dir`), unmounted on drop. Needs root; fails
 //! (never skips) without it.
@@ -140,6 +142,41 @@ fn adopted_entry_of_a_call_not_restored_stops_forwarding() {
     let (sent, received) = counted_run(&lab, port, 100);
     assert!(sent > 0);
     assert_eq!(received, 0, "a stale entry kept forwarding");
+}
+
+/// Pins another program build made (its fingerprint in the pin directory differs) are not
+/// adopted: the start detaches them, loads its own program, and the restored call's media flows
+/// through it.
+#[test]
+fn pins_of_another_program_build_are_replaced() {
+    let (lab, mut mg, _peers) = call_up("ho_other_build", true);
+    let port = warm_up(&lab, &mg);
+    mg.kill();
+    let dir = lab.pin_dir();
+    let record = std::fs::read_dir(&dir)
+        .expect("pin dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("program="))
+        })
+        .expect("program record");
+    std::fs::remove_dir(&record).expect("remove the program record");
+    let foreign = dir.join("program=0000000000000000");
+    std::fs::create_dir(&foreign).expect("record another build");
+    let again = Mediagate::start_named(
+        &lab,
+        "mediagate-2",
+        &handover_config(&lab, true),
+        STATUS_URL,
+    );
+    again.wait_log(Duration::from_secs(5), "does not match this start");
+    assert!(!foreign.exists(), "the other build's pins were kept");
+    assert!(record.exists(), "this build's pins were not made");
+    assert_eq!(again.status()["active_calls"], 1);
+    let (sent, received) = counted_run(&lab, port, 100);
+    assert_eq!(received, sent, "media through the new program");
 }
 
 /// What [`across_restart`] measured.
