@@ -15,6 +15,7 @@
 //!   kernel counters are kept, the caller's BYE is relayed and answered; the largest media gap
 //!   at the callee is printed, beside the same restart on the socket tier (a figure, not an
 //!   assertion on time);
+//!   a stop that hangs up every call (SIGINT) then leaves nothing behind;
 //! - a pinned entry no restored call claims stops forwarding (`finish_adoption`);
 //! - pins of another program build are detached and replaced, and the call's media flows
 //!   through the new program.
@@ -249,6 +250,14 @@ fn across_restart(test: &str, dataplane: Dataplane, sig: libc::c_int) -> Across 
         peers.callee.describe()
     );
     mg.assert_idle(Duration::from_secs(5));
+    // A stop that hangs up every call (SIGINT) hands nothing over: pins gone, program detached,
+    // forwarding settings as before the first handover run.
+    mg.stop();
+    assert!(
+        !lab.pin_dir().exists(),
+        "pins left by a stop without calls up"
+    );
+    lab.assert_mg_clean();
     Across {
         sent,
         received: got["unique"].as_u64().expect("unique"),

@@ -165,6 +165,15 @@ impl Dataplane {
         }
     }
 
+    /// A stop that hung up every call: the exit detaches the XDP program and restores the host
+    /// settings even with `media.handover` (its pins are removed now).
+    pub fn end_handover(&mut self) -> io::Result<()> {
+        match &mut self.kernel {
+            Some(k) => k.end_handover(),
+            None => Ok(()),
+        }
+    }
+
     /// Counters of the tiers for `/metrics`, read at scrape time (never on the packet path).
     pub fn snapshot(&self) -> Snapshot {
         let (workers, neighbour_probes, latency) = match &self.afxdp {

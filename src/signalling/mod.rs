@@ -443,6 +443,11 @@ pub async fn run(
         tracing::info!("stopped");
         return Ok(());
     }
+    // Every call was hung up: nothing is left to hand over, so the exit detaches the program
+    // and restores the host settings as it does without handover.
+    if let Err(e) = relay.end_handover() {
+        tracing::warn!(error = %e, "removing the handover pins failed");
+    }
     // Shutdown: remove the trunks' registrations, waiting (bounded) for the answers so that a
     // challenge to the un-REGISTER is answered too.
     core.unregister_all(Instant::now());

@@ -125,8 +125,11 @@ pub struct KernelTier {
     devices: Vec<(String, &'static str)>,
     /// Map entries of a previous run (by index) that no restored stream has claimed yet.
     adopted: HashMap<u32, Config>,
-    /// The handover directory the pins live in (`None`: handover off).
+    /// The handover directory the pins live in (`None`: handover off, or ended).
     pins: Option<PinDir>,
+    /// Forwarding settings to put back on drop once the handover pins are gone (the guard's
+    /// own values may be those a previous handover run left).
+    restore_on_drop: Vec<(String, String)>,
     _links: Vec<PinnedLink>,
     _ebpf: Option<Ebpf>,
     forwarding: ForwardingGuard,
@@ -260,6 +263,7 @@ impl KernelTier {
             devices: attached,
             adopted,
             pins,
+            restore_on_drop: Vec::new(),
             _links: links,
             _ebpf: ebpf,
             forwarding,
@@ -395,6 +399,16 @@ impl KernelTier {
         Ok(())
     }
 
+    /// Removes the handover pins, so that dropping this tier detaches the program (the links
+    /// are held until then) and puts back the forwarding settings recorded with the pins.
+    pub fn end_handover(&mut self) -> io::Result<()> {
+        if let Some(p) = self.pins.take() {
+            self.restore_on_drop = p.clear()?;
+            tracing::info!("handover pins removed: the XDP program detaches at exit");
+        }
+        Ok(())
+    }
+
     /// A kept state belongs to the stream only if the pair is the same as before: otherwise it
     /// is another call's, and is reset.
     fn check_adopted_pair(
@@ -496,6 +510,9 @@ impl Drop for KernelTier {
         }
         if self.pins.is_some() {
             self.forwarding.disarm();
+        } else if !self.restore_on_drop.is_empty() {
+            self.forwarding.disarm();
+            netdev::restore(&self.restore_on_drop);
         }
     }
 }
