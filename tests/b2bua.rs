@@ -223,6 +223,35 @@ fn refusals_create_no_state() {
     let out = h.send(no_callid, h.pbx);
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 400);
 
+    // What mediagate cannot do is refused with what it would take (RFC 3261 §8.2.2.3, §8.2.3).
+    let unmet = |branch: &str, header: (&str, &str), body: Option<&[u8]>| {
+        let mut inv = parse(INVITE);
+        inv.set_header("Via", format!("SIP/2.0/UDP 10.99.1.2:5060;branch={branch}"));
+        inv.set_header(header.0, header.1.into());
+        if let Some(body) = body {
+            inv.body = body.to_vec();
+        }
+        inv
+    };
+    let out = h.send(unmet("z9hG4bK-5", ("Require", "timer, fancy"), None), h.pbx);
+    let r = only_to(&out, &h.pbx);
+    assert_eq!((code_of(&r), r.header("Unsupported")), (420, Some("fancy")));
+    let out = h.send(
+        unmet(
+            "z9hG4bK-6",
+            ("Content-Type", "application/unknownformat"),
+            Some(b"<audio/>"),
+        ),
+        h.pbx,
+    );
+    let r = only_to(&out, &h.pbx);
+    assert_eq!(
+        (code_of(&r), r.header("Accept")),
+        (415, Some("application/sdp"))
+    );
+    let out = h.send(unmet("z9hG4bK-7", ("Accept", "text/plain"), None), h.pbx);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 406);
+
     assert_eq!(h.status()["active_calls"], 0);
     assert!(h.ports_all_free());
     let media: Vec<Command> = h.core.drain_media_commands();
@@ -242,7 +271,17 @@ fn refusals_create_no_state() {
         })
         .collect();
     let failed = |code| (Some(code), Some("mediagate"), Some("failed"));
-    assert_eq!(endings, [failed(404), failed(488), failed(483)]);
+    assert_eq!(
+        endings,
+        [
+            failed(404),
+            failed(488),
+            failed(483),
+            failed(420),
+            failed(415),
+            failed(406)
+        ]
+    );
     for r in &records {
         assert_eq!(r["trunk_in"], "pbx", "{r}");
         assert!(

@@ -20,13 +20,14 @@ enum HangUp {
     Callee,
 }
 
-/// The lab configuration with handover on, the state file and CDRs in the lab's directory.
-fn handover_config(lab: &Lab) -> String {
+/// The lab configuration with handover on, the state file at `state` and CDRs in the lab's
+/// directory.
+fn handover_config(lab: &Lab, state: &std::path::Path) -> String {
     let text = with_cdr(&config(30), &lab.path("cdr.jsonl")).replacen(
         "[media]",
         &format!(
             "[media]\nhandover = true\nstate_file = \"{}\"",
-            lab.path("calls.state").display()
+            state.display()
         ),
         1,
     );
@@ -55,7 +56,7 @@ fn call_across_restart(test: &str, sig: libc::c_int, hang_up: HangUp) {
             .timeout(45),
     );
     uas.settle();
-    let mut mg = Mediagate::start(&lab, &handover_config(&lab));
+    let mut mg = Mediagate::start(&lab, &handover_config(&lab, &lab.path("calls.state")));
     let mut callee_cap = Capture::start(&lab, &lab.it(), &lab.it_if(), "callee");
     let remote = format!("{MG_GW_IP}:5060");
     let mut uac = Sipp::spawn(
@@ -174,4 +175,26 @@ fn sigkill_caller_hangs_up_after_the_restart() {
 #[test]
 fn sigkill_callee_hangs_up_after_the_restart() {
     call_across_restart("rs_kill_callee", libc::SIGKILL, HangUp::Callee);
+}
+
+#[test]
+fn a_state_file_in_a_missing_directory_stops_the_start() {
+    let lab = Lab::new("rs_nodir");
+    let config_path = lab.path("mediagate.toml");
+    let state = lab.path("no-such-dir/calls.state");
+    std::fs::write(&config_path, handover_config(&lab, &state)).unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["10", "ip", "netns", "exec", &lab.mg()])
+        .arg(mediagate_bin())
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run mediagate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("call-state file") && stderr.contains("no-such-dir"),
+        "the error names the state file:\n{stderr}"
+    );
 }

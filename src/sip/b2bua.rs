@@ -38,6 +38,7 @@ use super::auth::{ClientAuth, Inbound};
 use super::dialog::{contact_for, reason, response_to, token, with_sdp, Dialog, ALLOW, PRODUCT};
 use super::header;
 use super::message::{Message, Method, StartLine};
+use super::negotiate::{self, Unmet};
 use super::policy;
 use super::transaction::{Event, Target, Transactions, Transmit, TxnId, T1, T2};
 use super::translate::Numbers;
@@ -660,7 +661,23 @@ impl B2bua {
     }
 
     fn respond(&mut self, txn: TxnId, request: &Message, code: u16, now: Instant) {
+        self.respond_with(txn, request, code, None, now);
+    }
+
+    /// [`Self::respond`] with one more header: what the refusal of a request [`negotiate`]
+    /// found unmet says would have been accepted.
+    fn respond_with(
+        &mut self,
+        txn: TxnId,
+        request: &Message,
+        code: u16,
+        extra: Option<(&'static str, String)>,
+        now: Instant,
+    ) {
         let mut r = response_to(request, code, reason(code), Some(&token()));
+        if let Some((name, value)) = extra {
+            r.push_header(name, value);
+        }
         if code == 405 || (code == 200 && request.method() == Some(&Method::Options)) {
             r.push_header("Allow", ALLOW.into());
         }
@@ -697,6 +714,29 @@ impl B2bua {
             Some(why) => self.refuse(txn, req, why, now),
             None => self.respond(txn, req, code, now),
         }
+        self.record_refused(req, trunk, code);
+    }
+
+    /// Answers a request whose demands [`negotiate`] found unmet; a new INVITE so refused is
+    /// recorded like any refused call.
+    fn refuse_unmet(
+        &mut self,
+        txn: TxnId,
+        req: &Message,
+        new_call_on: Option<usize>,
+        unmet: Unmet,
+        now: Instant,
+    ) {
+        tracing::info!(code = unmet.code, header = ?unmet.header, "request asks what mediagate cannot do");
+        let code = unmet.code;
+        self.respond_with(txn, req, code, unmet.header, now);
+        if let Some(trunk) = new_call_on {
+            self.record_refused(req, trunk, code);
+        }
+    }
+
+    /// The log line and CDR of a new INVITE refused with `code` before it became a call.
+    fn record_refused(&mut self, req: &Message, trunk: usize, code: u16) {
         self.next_call += 1;
         let label = now_label(self.next_call);
         tracing::Span::current().record("id", tracing::field::display(&label));
@@ -742,7 +782,10 @@ impl B2bua {
             }
             Method::Invite => self.on_invite(txn, req, source, trunk, now),
             Method::Cancel => self.on_cancel(txn, req, now),
-            Method::Options => self.respond(txn, &req, 200, now),
+            Method::Options => match negotiate::required_extensions(&req) {
+                Ok(()) => self.respond(txn, &req, 200, now),
+                Err(unmet) => self.refuse_unmet(txn, &req, None, unmet, now),
+            },
             Method::Bye => self.respond(txn, &req, 481, now),
             Method::Other(ref m) if !KNOWN_METHODS.contains(&m.as_str()) => {
                 self.respond(txn, &req, 501, now)
@@ -758,6 +801,11 @@ impl B2bua {
         };
         if !self.fork_of_request(key, side, &req) {
             return self.respond(txn, &req, 481, now);
+        }
+        if method != Method::Cancel {
+            if let Err(unmet) = negotiate::required_extensions(&req) {
+                return self.refuse_unmet(txn, &req, None, unmet, now);
+            }
         }
         match method {
             Method::Bye => {
@@ -802,6 +850,12 @@ impl B2bua {
         if let Err(code) = timers::check(&req) {
             return self.refuse_invite(txn, &req, trunk, code, None, now);
         }
+        if let Err(unmet) = negotiate::required_extensions(&req)
+            .and_then(|()| negotiate::readable_body(&req))
+            .and_then(|()| negotiate::sdp_acceptable(&req))
+        {
+            return self.refuse_unmet(txn, &req, Some(trunk), unmet, now);
+        }
         if !self.inbound_allowed(txn, &req, source.remote.ip(), trunk, now) {
             return;
         }
@@ -837,10 +891,9 @@ impl B2bua {
             tracing::info!(trunk = %self.config.trunks[trunk].name, ?why, "new call refused: 503");
             return self.refuse_invite(txn, &req, trunk, 503, Some(why), now);
         }
+        // A body is SDP here: `negotiate::readable_body` refused anything else.
         let offer = if req.body.is_empty() {
             None
-        } else if !header::has_sdp(&req) {
-            return self.refuse_invite(txn, &req, trunk, 488, None, now);
         } else {
             match Sdp::parse(&req.body) {
                 Ok(s) => Some(s),

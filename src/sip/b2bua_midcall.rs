@@ -32,6 +32,7 @@ use crate::sdp::Sdp;
 use crate::sip::dialog::{contact_for, reason, response_to, with_sdp, Dialog, ALLOW};
 use crate::sip::header;
 use crate::sip::message::{Message, Method, StartLine};
+use crate::sip::negotiate;
 use crate::sip::transaction::{TxnId, T1};
 
 /// Streams of one side before an offer, to put back when the offer is rejected.
@@ -135,10 +136,11 @@ impl B2bua {
         if let Err(code) = super::timers::check(&req) {
             return self.respond(txn, &req, code, now);
         }
+        if let Err(unmet) = negotiate::readable_body(&req) {
+            return self.refuse_unmet(txn, &req, None, unmet, now);
+        }
         let offer = if req.body.is_empty() {
             None
-        } else if !header::has_sdp(&req) {
-            return self.respond(txn, &req, 415, now);
         } else {
             match Sdp::parse(&req.body) {
                 Ok(s) => Some(s),

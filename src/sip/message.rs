@@ -108,6 +108,7 @@ fn canonical_name(name: &str) -> String {
         "Max-Forwards",
         "Content-Length",
         "Content-Type",
+        "Content-Encoding",
         "Record-Route",
         "Route",
         "Supported",
@@ -126,6 +127,7 @@ fn canonical_name(name: &str) -> String {
         "m" | "M" => "Contact",
         "l" | "L" => "Content-Length",
         "c" | "C" => "Content-Type",
+        "e" | "E" => "Content-Encoding",
         "k" | "K" => "Supported",
         "s" | "S" => "Subject",
         other => {

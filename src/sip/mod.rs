@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod digest;
 pub mod header;
 pub mod message;
+pub mod negotiate;
 pub mod policy;
 pub mod transaction;
 pub mod translate;

@@ -127,8 +127,11 @@ fn check_request_uri(uri: &str) -> Result<(), Refused> {
         return Ok(());
     }
     // Headers in a Request-URI (RFC 4475 §3.1.2.11): a B2BUA must not act on them, and passing
-    // them on would let the caller set headers toward the trunk.
-    if uri.contains('?') {
+    // them on would let the caller set headers toward the trunk. They follow the host; a `?`
+    // in the userinfo is an ordinary character there (RFC 3261 §25.1 user-unreserved, RFC 4475
+    // §3.1.1.2), and the userinfo ends at the last `@`, as in `hostport_ok`.
+    let after_userinfo = uri.rsplit_once('@').map_or(uri, |(_, host)| host);
+    if after_userinfo.contains('?') {
         return Err(Refused::bad("Headers In Request-URI"));
     }
     if !hostport_ok(uri.split_once(':').map_or("", |(_, rest)| rest)) {
@@ -236,6 +239,7 @@ mod tests {
             "sip:[2001:db8::10]:5070",
             "sip:user;par=u%40example.net@example.com",
             "sip:u@h:5060;transport=tcp",
+            "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com",
         ] {
             assert_eq!(check_request_uri(ok), Ok(()), "{ok}");
         }

@@ -1906,17 +1906,39 @@ pub fn status_code(msg: &[u8]) -> Option<u16> {
 /// every response that arrived before the probe's answer (the answers to `bytes`, in order),
 /// or panics when the probe is not answered: mediagate must keep answering whatever it got.
 pub fn send_then_probe(sock: &UdpSocket, to: SocketAddrV4, bytes: &[u8], what: &str) -> Vec<u16> {
+    responses_before_probe(sock, to, bytes, what)
+        .iter()
+        .filter_map(|r| status_code(r))
+        .collect()
+}
+
+/// [`send_then_probe`], returning the responses themselves (for tests that read their headers).
+pub fn responses_before_probe(
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    bytes: &[u8],
+    what: &str,
+) -> Vec<Vec<u8>> {
     let probe_id = format!("probe-{what}");
     sock.send_to(bytes, to).expect("send");
     let local = sock.local_addr().expect("local address");
     sock.send_to(&options_probe(local, &to.to_string(), &probe_id), to)
         .expect("send probe");
-    let mut codes = Vec::new();
+    let mut responses = Vec::new();
     let mut buf = vec![0u8; 65_536];
     for _ in 0..64 {
+        let codes = || {
+            responses
+                .iter()
+                .filter_map(|r: &Vec<u8>| status_code(r))
+                .collect::<Vec<_>>()
+        };
         let n = match sock.recv(&mut buf) {
             Ok(n) => n,
-            Err(e) => panic!("{what}: no answer to the OPTIONS probe sent after it ({e}); answers so far {codes:?}"),
+            Err(e) => panic!(
+                "{what}: no answer to the OPTIONS probe sent after it ({e}); answers so far {:?}",
+                codes()
+            ),
         };
         let msg = &buf[..n];
         let Some(code) = status_code(msg) else {
@@ -1924,11 +1946,17 @@ pub fn send_then_probe(sock: &UdpSocket, to: SocketAddrV4, bytes: &[u8], what: &
         };
         if String::from_utf8_lossy(msg).contains(&format!("Call-ID: {probe_id}\r\n")) {
             assert_eq!(code, 200, "{what}: OPTIONS probe answered {code}");
-            return codes;
+            return responses;
         }
-        codes.push(code);
+        responses.push(msg.to_vec());
     }
-    panic!("{what}: more than 64 responses before the probe's answer: {codes:?}");
+    panic!(
+        "{what}: more than 64 responses before the probe's answer: {:?}",
+        responses
+            .iter()
+            .filter_map(|r| status_code(r))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Status codes of every datagram already waiting on `sock` (it is drained without waiting:
