@@ -253,6 +253,9 @@ pub struct MediaConfig {
     pub handover: bool,
     /// The call-state journal a restart adopts calls from (`state_file`).
     pub state_file: PathBuf,
+    /// The bpffs directory the XDP program's maps and links are pinned in for handover
+    /// (`pin_dir`): one per mediagate instance, so two instances never adopt each other's.
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -450,6 +453,12 @@ struct RawMedia {
     handover: bool,
     #[serde(default = "default_state_file")]
     state_file: String,
+    #[serde(default = "default_pin_dir")]
+    pin_dir: String,
+}
+
+fn default_pin_dir() -> String {
+    format!("{}/mediagate", crate::dataplane::kernel::pin::BPFFS)
 }
 
 fn default_state_file() -> String {
@@ -827,6 +836,21 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(err(
             &[Seg::Key("media"), Seg::Key("state_file")],
             "must name the call-state file".into(),
+        ));
+    }
+    let pin_dir = std::path::Path::new(&raw.media.pin_dir);
+    if !pin_dir.is_absolute()
+        || pin_dir.parent().is_none()
+        || pin_dir.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::RootDir
+            )
+        })
+    {
+        return Err(err(
+            &[Seg::Key("media"), Seg::Key("pin_dir")],
+            "must be an absolute directory path on bpffs (not `/`, without `..`)".into(),
         ));
     }
     if !MAX_PACKET_RANGE.contains(&raw.media.max_packet_bytes) {
@@ -1307,6 +1331,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             interfaces,
             handover: raw.media.handover,
             state_file: PathBuf::from(&raw.media.state_file),
+            pin_dir: PathBuf::from(&raw.media.pin_dir),
         },
         control: ControlConfig {
             http,
@@ -1443,6 +1468,16 @@ to = ["pbx"]
         let c = parse("x.toml", &set).unwrap();
         assert!(c.media.handover);
         assert_eq!(c.media.state_file, PathBuf::from("/run/mg/calls.state"));
+        assert_eq!(c.media.pin_dir, PathBuf::from("/sys/fs/bpf/mediagate"));
+        let c = parse(
+            "x.toml",
+            &GOOD.replace(
+                "timeout_s = 30",
+                "timeout_s = 30\npin_dir = \"/sys/fs/bpf/mg-a\"",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.media.pin_dir, PathBuf::from("/sys/fs/bpf/mg-a"));
     }
 
     #[test]
@@ -1558,6 +1593,13 @@ to = ["pbx"]
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_s = 30\nhandover = 1"));
         assert_eq!((e.line, e.key.as_str()), (9, "media.handover"), "{e}");
+        for bad in ["/", "/sys/fs/bpf/../mg", "mg", "sys/fs/bpf/mg"] {
+            let e = error_of(&GOOD.replace(
+                "timeout_s = 30",
+                &format!("timeout_s = 30\npin_dir = \"{bad}\""),
+            ));
+            assert_eq!((e.line, e.key.as_str()), (9, "media.pin_dir"), "{bad}: {e}");
+        }
 
         let e = error_of(&GOOD.replace("timeout_s = 30", "timeout_z = 3"));
         assert_eq!(e.line, 8, "{e}");

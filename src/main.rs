@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 const USAGE: &str = "usage: mediagate [--config FILE] | --check-config FILE | --version
        mediagate trunk (drain|resume) NAME --config FILE
        mediagate (status|calls) [--http ADDR | --config FILE]
+       mediagate detach [--config FILE]
 
   --config FILE        run with this configuration (without it: a safe embedded default
                        that listens on loopback only and accepts calls from no one)
@@ -30,7 +31,11 @@ const USAGE: &str = "usage: mediagate [--config FILE] | --check-config FILE | --
                        of the running mediagate, as tables
   calls                the calls up: id, trunks, numbers, state, duration, tier, packets
                        (both read GET /status from ADDR, or from [control] http of FILE;
-                       default 127.0.0.1:9100)";
+                       default 127.0.0.1:9100)
+  detach               remove the handover pins of media.pin_dir of FILE (default
+                       /sys/fs/bpf/mediagate): detaches the XDP program a stopped mediagate
+                       left running (media.handover) and restores the forwarding settings.
+                       Run it in the network namespace mediagate ran in.";
 
 /// Where `status` / `calls` find the running mediagate when given neither option.
 const DEFAULT_HTTP: &str = "127.0.0.1:9100";
@@ -49,6 +54,8 @@ enum Mode {
         calls: bool,
         endpoint: Endpoint,
     },
+    /// `detach`: remove the handover pins of the config's `media.pin_dir`.
+    Detach(Option<PathBuf>),
 }
 
 /// How a CLI command finds the running mediagate's control endpoint.
@@ -82,6 +89,8 @@ fn parse_args() -> Result<Mode, String> {
                 _ => return Err(USAGE.to_string()),
             },
         }),
+        ["detach"] => Ok(Mode::Detach(None)),
+        ["detach", "--config", f] => Ok(Mode::Detach(Some(f.into()))),
         ["--version"] => {
             println!("mediagate {}", env!("CARGO_PKG_VERSION"));
             std::process::exit(0)
@@ -133,12 +142,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Mode::Run(path) => {
-            let config = match &path {
-                Some(p) => config::load(p),
-                None => config::parse("(embedded default)", config::EMBEDDED_DEFAULT),
+        Mode::Detach(path) => {
+            let config = match load_or_default(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
             };
-            let config = match config {
+            let dir = &config.media.pin_dir;
+            match dataplane::kernel::detach(dir) {
+                Ok(true) => {
+                    println!("{}: pins removed, XDP program detached", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    println!("{}: no pins", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mediagate detach: {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Mode::Run(path) => {
+            let config = match load_or_default(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -161,6 +190,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The config file at `path`, or the embedded default without one.
+fn load_or_default(path: &Option<PathBuf>) -> Result<Config, config::ConfigError> {
+    match path {
+        Some(p) => config::load(p),
+        None => config::parse("(embedded default)", config::EMBEDDED_DEFAULT),
     }
 }
 

@@ -120,24 +120,6 @@ fn mediagate_config(dataplane: Dataplane) -> String {
     text
 }
 
-/// A copy of a sipp scenario of tests/data/sipp with the SDP media port fixed to `SDP_PORT`,
-/// written to the lab directory; returns the name to give `SippOpts` (an absolute path
-/// without `.xml`, which `scenario()` joins as is).
-fn sdp_port_scenario(lab: &Lab, name: &str) -> String {
-    let src = scenario(name);
-    let text = fs::read_to_string(&src).expect("read scenario");
-    let fixed = text.replace("m=audio [media_port] ", &format!("m=audio {SDP_PORT} "));
-    assert_ne!(
-        fixed,
-        text,
-        "no `m=audio [media_port]` in {}",
-        src.display()
-    );
-    let out = lab.path(&format!("{name}_sdp{SDP_PORT}.xml"));
-    fs::write(&out, fixed).expect("write scenario");
-    out.with_extension("").display().to_string()
-}
-
 fn forwarding(test: &str, dataplane: Dataplane) {
     require_root_and_tools();
     let t_start = Instant::now();
@@ -147,8 +129,8 @@ fn forwarding(test: &str, dataplane: Dataplane) {
 
     // Drop order: processes first, the lab last.
     let lab = Lab::new(test);
-    let uas_scen = sdp_port_scenario(&lab, "uas_wait_bye");
-    let uac_scen = sdp_port_scenario(&lab, "uac_wait_bye");
+    let uas_scen = sdp_port_scenario(&lab, "uas_wait_bye", SDP_PORT);
+    let uac_scen = sdp_port_scenario(&lab, "uac_wait_bye", SDP_PORT);
     let uas = Sipp::spawn(
         &lab,
         "callee",
@@ -227,41 +209,7 @@ fn forwarding(test: &str, dataplane: Dataplane) {
     let sink_ports = format!("{SDP_PORT},{SRC_BASE}-{}", SRC_BASE + CALLS as u16 - 1);
     let mut sinks: Vec<Proc> = [&gw_to_it, &it_to_gw]
         .iter()
-        .map(|d| {
-            let ready = lab.path(&format!("sink-{}.ready", d.sink_ip));
-            let p = Proc::spawn(
-                &lab,
-                &d.sink_ns,
-                &format!("sink-{}", d.sink_ip),
-                env!("CARGO_BIN_EXE_mg-rtpsink"),
-                &[
-                    "--bind",
-                    d.sink_ip,
-                    "--ports",
-                    &sink_ports,
-                    "--streams",
-                    &calls_s,
-                    "--seconds",
-                    "90",
-                    "--cpu",
-                    "-1",
-                    "--run-id",
-                    &RUN_ID.to_string(),
-                    "--ready-file",
-                    &ready.display().to_string(),
-                ],
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !ready.exists() {
-                assert!(
-                    Instant::now() < deadline,
-                    "sink did not start: {}",
-                    p.describe()
-                );
-                sleep(Duration::from_millis(20));
-            }
-            p
-        })
+        .map(|d| rtp_sink(&lab, &d.sink_ns, d.sink_ip, &sink_ports, CALLS, RUN_ID))
         .collect();
 
     // ---- warm-up: one packet per stream and direction (latching, next hops), until every
@@ -613,14 +561,6 @@ fn leg<'a>(call: &'a Value, trunk: &str) -> &'a Value {
         .as_array()
         .and_then(|legs| legs.iter().find(|l| l["trunk"].as_str() == Some(trunk)))
         .unwrap_or_else(|| panic!("no {trunk} leg: {call:#}"))
-}
-
-fn local_port(stream: &Value) -> u16 {
-    stream["local"]
-        .as_str()
-        .and_then(|s| s.parse::<SocketAddrV4>().ok())
-        .map(|a| a.port())
-        .unwrap_or_else(|| panic!("stream local: {stream:#}"))
 }
 
 /// The anchored RTP ports of every call, in /status order; checks the SDP remotes.

@@ -54,23 +54,6 @@ fn afxdp_tier_measures_loss_and_jitter() {
     quality("q_afxdp", Dataplane::Afxdp);
 }
 
-/// The RTP stream of the leg whose trunk is `trunk` in the only call of `st`.
-fn rtp_stream<'a>(st: &'a Value, trunk: &str) -> &'a Value {
-    st["calls"][0]["legs"]
-        .as_array()
-        .and_then(|legs| legs.iter().find(|l| l["trunk"].as_str() == Some(trunk)))
-        .map(|l| &l["streams"][0])
-        .unwrap_or_else(|| panic!("no {trunk} leg: {st:#}"))
-}
-
-fn local_port(stream: &Value) -> u16 {
-    stream["local"]
-        .as_str()
-        .and_then(|s| s.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("stream local: {stream:#}"))
-}
-
 /// mg-rtpgen in `ns` from `src`:20000 to `dst`, one stream, `PACKETS` sequence numbers.
 fn generator(lab: &Lab, ns: &str, src: &str, dst: &str, impair: &[&str]) -> Proc {
     let mut args = vec![

@@ -4,7 +4,8 @@
 //! receives with `recvmmsg` and, from the payload `mg-rtpgen` writes (magic, stream index,
 //! sequence number, CLOCK_MONOTONIC send time), counts per-stream packets, duplicates,
 //! in-stream gaps and reordering, and the one-way latency distribution (receive time − send
-//! time; generator and sink share the machine's clock).
+//! time; generator and sink share the machine's clock), and the largest interval between two
+//! consecutive packets (`max_gap_ns`: the media gap across a relay restart).
 //!
 //! Latency uses the kernel's receive timestamp (`SO_TIMESTAMPNS`, taken when the packet enters
 //! the sink's namespace; CLOCK_REALTIME, converted to CLOCK_MONOTONIC with an offset measured at
@@ -369,6 +370,9 @@ struct Counts {
     run_id: Option<u32>,
     first_rx: u64,
     last_rx: u64,
+    /// Largest interval between two consecutive packets of this run: the media gap of a relay
+    /// restart, say (receive order; kernel timestamps).
+    max_gap: u64,
     /// receive time of the latest datagram of any kind (idle detection)
     last_any: u64,
 }
@@ -391,6 +395,8 @@ impl Counts {
         }
         if self.first_rx == 0 {
             self.first_rx = now;
+        } else {
+            self.max_gap = self.max_gap.max(now.saturating_sub(self.last_rx));
         }
         self.last_rx = now;
         let sid = u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")) as usize;
@@ -503,6 +509,7 @@ fn main() {
         run_id: a.run_id,
         first_rx: 0,
         last_rx: 0,
+        max_gap: 0,
         last_any: 0,
     };
     let offset = realtime_offset();
@@ -638,6 +645,7 @@ fn main() {
         "rx_pps": if active_s > 0.0 { c.packets as f64 / active_s } else { 0.0 },
         "first_rx_ns": c.first_rx,
         "last_rx_ns": c.last_rx,
+        "max_gap_ns": c.max_gap,
         "run_s": (t1 - t0) as f64 / 1e9,
         "recvmmsg_calls": calls,
         "wakeups": wakeups,

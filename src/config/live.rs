@@ -70,6 +70,7 @@ pub fn merge(old: &Config, mut new: Config, free: &[usize]) -> Result<Merged, St
     running!("media.max_packet_bytes", media.max_packet);
     running!("media.handover", media.handover);
     running!("media.state_file", media.state_file);
+    running!("media.pin_dir", media.pin_dir);
     let kept = old
         .trunks
         .iter()

@@ -54,11 +54,40 @@ impl Dataplane {
         let ports = (config.port_first, config.port_last);
         // Validated to 64..=2048 (`config::MAX_PACKET_RANGE`).
         let max_payload = u16::try_from(config.max_packet).unwrap_or(u16::MAX);
-        let start_kernel =
-            || kernel::KernelTier::start(media, ports, max_payload, Mode::Kernel, capture_rtcp);
+        let handover = kernel::Handover {
+            pin_dir: &config.pin_dir,
+            enabled: config.handover,
+        };
+        let start_kernel = || {
+            kernel::KernelTier::start(
+                media,
+                ports,
+                max_payload,
+                Mode::Kernel,
+                capture_rtcp,
+                handover,
+            )
+        };
         let start_afxdp = || -> anyhow::Result<_> {
-            let mut k =
-                kernel::KernelTier::start(media, ports, max_payload, Mode::Afxdp, capture_rtcp)?;
+            if config.handover {
+                tracing::warn!(
+                    "media.handover covers kernel-tier streams only: AF_XDP sockets die with the \
+                     process, so AF_XDP-tier media stops during a restart"
+                );
+            }
+            // Nothing of the AF_XDP tier survives the process: no pins (old ones are removed).
+            let no_pins = kernel::Handover {
+                enabled: false,
+                ..handover
+            };
+            let mut k = kernel::KernelTier::start(
+                media,
+                ports,
+                max_payload,
+                Mode::Afxdp,
+                capture_rtcp,
+                no_pins,
+            )?;
             let a = afxdp::AfxdpTier::start(
                 &mut k,
                 &config.cores,
@@ -125,6 +154,24 @@ impl Dataplane {
             a.apply(&cmd)?;
         }
         self.socket.apply(cmd)
+    }
+
+    /// Ends a handover start, once the calls of the state file are restored: kernel map entries
+    /// of the previous run that no restored stream claimed stop forwarding. Returns how many.
+    pub fn finish_adoption(&mut self) -> io::Result<usize> {
+        match &mut self.kernel {
+            Some(k) => k.finish_adoption(),
+            None => Ok(0),
+        }
+    }
+
+    /// A stop that hung up every call: the exit detaches the XDP program and restores the host
+    /// settings even with `media.handover` (its pins are removed now).
+    pub fn end_handover(&mut self) -> io::Result<()> {
+        match &mut self.kernel {
+            Some(k) => k.end_handover(),
+            None => Ok(()),
+        }
     }
 
     /// Counters of the tiers for `/metrics`, read at scrape time (never on the packet path).

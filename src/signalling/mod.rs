@@ -245,7 +245,15 @@ pub async fn run(
     // Streams of calls adopted from the state file go to the data plane before any SIP is
     // served, so a BYE or re-INVITE for them finds them in place.
     apply_media(&media, &mut relay, &mut metrics);
-    // Kernel-tier handover (branch `pin`): `relay.finish_adoption()` goes here, once merged.
+    // Kernel map entries of the previous run that no adopted call re-claimed stop forwarding.
+    match relay.finish_adoption() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            streams = n,
+            "stale kernel streams of the previous run cleared"
+        ),
+        Err(e) => tracing::warn!(error = %e, "clearing the previous run's kernel streams failed"),
+    }
     let mut capture = hep::Hep::new(&config.capture);
     // Installed before the loop answers anything (so before `/status` does): SIGHUP's default
     // action would kill the process.
@@ -435,6 +443,11 @@ pub async fn run(
         // The registrations stay too: the next start refreshes them.
         tracing::info!("stopped");
         return Ok(());
+    }
+    // Every call was hung up: nothing is left to hand over, so the exit detaches the program
+    // and restores the host settings as it does without handover.
+    if let Err(e) = relay.end_handover() {
+        tracing::warn!(error = %e, "removing the handover pins failed");
     }
     // Shutdown: remove the trunks' registrations, waiting (bounded) for the answers so that a
     // challenge to the un-REGISTER is answered too.

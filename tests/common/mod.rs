@@ -189,6 +189,74 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// The RTP stream of the leg whose trunk is `trunk` in the only call of `st`.
+pub fn rtp_stream<'a>(st: &'a Value, trunk: &str) -> &'a Value {
+    st["calls"][0]["legs"]
+        .as_array()
+        .and_then(|legs| legs.iter().find(|l| l["trunk"].as_str() == Some(trunk)))
+        .map(|l| &l["streams"][0])
+        .unwrap_or_else(|| panic!("no {trunk} leg: {st:#}"))
+}
+
+/// The port of a /status stream's `local` address.
+pub fn local_port(stream: &Value) -> u16 {
+    stream["local"]
+        .as_str()
+        .and_then(|s| s.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("stream local: {stream:#}"))
+}
+
+/// `mg-rtpsink` in `ns` on `ip` and `ports` (e.g. `"50000,20000-20099"`), counting `streams`
+/// streams of generator run `run_id` for at most 90 s; returns once it is receiving.
+pub fn rtp_sink(lab: &Lab, ns: &str, ip: &str, ports: &str, streams: usize, run_id: u32) -> Proc {
+    let ready = lab.path(&format!("sink-{ip}.ready"));
+    let p = Proc::spawn(
+        lab,
+        ns,
+        &format!("sink-{ip}"),
+        env!("CARGO_BIN_EXE_mg-rtpsink"),
+        &[
+            "--bind",
+            ip,
+            "--ports",
+            ports,
+            "--streams",
+            &streams.to_string(),
+            "--seconds",
+            "90",
+            "--cpu",
+            "-1",
+            "--run-id",
+            &run_id.to_string(),
+            "--ready-file",
+            &ready.display().to_string(),
+        ],
+    );
+    wait_for(Duration::from_secs(5), "the RTP sink to start", || {
+        ready.exists()
+    });
+    p
+}
+
+/// A copy of sipp scenario `name` of tests/data/sipp with the SDP media port fixed to `port`
+/// (a sink can listen there), written to the lab directory; returns the name to give
+/// `SippOpts` (an absolute path without `.xml`, which `scenario()` joins as is).
+pub fn sdp_port_scenario(lab: &Lab, name: &str, port: u16) -> String {
+    let src = scenario(name);
+    let text = fs::read_to_string(&src).expect("read scenario");
+    let fixed = text.replace("m=audio [media_port] ", &format!("m=audio {port} "));
+    assert_ne!(
+        fixed,
+        text,
+        "no `m=audio [media_port]` in {}",
+        src.display()
+    );
+    let out = lab.path(&format!("{name}_sdp{port}.xml"));
+    fs::write(&out, fixed).expect("write scenario");
+    out.with_extension("").display().to_string()
+}
+
 /// One short call (SDP, no RTP, `uac_short`) from the PBX side to `dialled` through mediagate,
 /// from SIP port `sip_port` and media port `media_port` of the PBX address (another sipp may
 /// hold 5060); returns the caller once it completed successfully.
@@ -353,6 +421,8 @@ pub struct Lab {
     pub name: String,
     /// Per-test directory for configs, logs, captures and sipp traces.
     pub dir: PathBuf,
+    /// The test's own bpffs mount for handover pins (see [`Lab::pin_dir`]), once made.
+    bpffs: std::sync::OnceLock<PathBuf>,
 }
 
 impl Lab {
@@ -382,6 +452,7 @@ impl Lab {
                     prefix,
                     name: test_name.to_string(),
                     dir,
+                    bpffs: std::sync::OnceLock::new(),
                 };
                 return lab;
             }
@@ -466,10 +537,28 @@ impl Lab {
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
+
+    /// A `media.pin_dir` of this test only: a directory on a bpffs mounted for the test in the
+    /// host mount namespace (`ip netns exec` gives mediagate its own /sys, where a bpffs it
+    /// mounted would die with it). Unmounted on drop, which removes every pin left there and so
+    /// detaches a program a killed mediagate left running, even when the test failed.
+    pub fn pin_dir(&self) -> PathBuf {
+        let mount = self.bpffs.get_or_init(|| {
+            let m = PathBuf::from(format!("/run/mg-bpf-{}", self.prefix));
+            fs::create_dir_all(&m).expect("create the bpffs mount point");
+            run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&m));
+            m
+        });
+        mount.join("mediagate")
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(m) = self.bpffs.get() {
+            let _ = Command::new("umount").arg(m).status();
+            let _ = fs::remove_dir(m);
+        }
         let _ = Command::new(lab_script())
             .args(["down", &self.prefix])
             .stdin(Stdio::null())
@@ -622,6 +711,14 @@ impl Mediagate {
         wait_for(within, &format!("`{text}` in the log"), || {
             fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
         });
+    }
+
+    /// Kills mediagate with SIGKILL (a crash: nothing of its own shutdown runs) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Sends SIGTERM: a graceful stop (no new calls, calls up get the grace period).

@@ -181,6 +181,13 @@ impl Config {
         self.sdp = addr;
         self.sdp_port = port;
     }
+
+    /// Whether `other` (a stream being added, on the same port) is the stream this entry of a
+    /// previous run described: same local address, signalling address and family. Its state
+    /// (latched source, counters) then still applies; its SDP comes next and is compared then.
+    pub fn same_stream(&self, other: &Config) -> bool {
+        (self.local, self.signalling, self.family) == (other.local, other.signalling, other.family)
+    }
 }
 
 impl State {

@@ -72,22 +72,23 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const NFT_TABLE: &str = "mediagate_noforward";
 
+/// The forwarding switches by the short name a handover record keeps them under.
+const KNOBS: [(&str, &str); 2] = [("ipv4", IP_FORWARD), ("ipv6", IP6_FORWARD)];
+
 /// Forwarding enabled for `bpf_fib_lookup`, with an nftables rule set that drops every forwarded
 /// packet so the box routes nothing but its own media (which XDP moves without netfilter).
-/// Restores the previous state on drop.
+/// Restores the previous state on drop unless disarmed (handover: the program left running
+/// needs both).
 pub struct ForwardingGuard {
-    /// Each sysctl switched on, with the value to restore.
+    /// Each sysctl switched on (by short name), with the value to restore.
     previous: Vec<(&'static str, String)>,
+    armed: bool,
 }
 
 impl ForwardingGuard {
     /// Switches IPv4 forwarding on, and IPv6 forwarding too when `ipv6` media is configured.
     pub fn enable(ipv6: bool) -> io::Result<Self> {
-        let knobs: &[&'static str] = if ipv6 {
-            &[IP_FORWARD, IP6_FORWARD]
-        } else {
-            &[IP_FORWARD]
-        };
+        let knobs = if ipv6 { &KNOBS[..] } else { &KNOBS[..1] };
         let rules = format!(
             "table inet {NFT_TABLE} {{\n  chain forward {{\n    type filter hook forward priority -100; policy drop;\n  }}\n}}\n"
         );
@@ -98,24 +99,53 @@ impl ForwardingGuard {
         })?;
         let mut guard = ForwardingGuard {
             previous: Vec::new(),
+            armed: true,
         };
-        for knob in knobs {
+        for (name, knob) in knobs {
             // On failure the guard drops here and undoes what was done so far.
             let before = std::fs::read_to_string(knob)?.trim().to_string();
             std::fs::write(knob, "1")?;
-            guard.previous.push((knob, before));
+            guard.previous.push((name, before));
         }
         Ok(guard)
+    }
+
+    /// The settings as they were before, by short name, for a handover record.
+    pub fn previous(&self) -> &[(&'static str, String)] {
+        &self.previous
+    }
+
+    /// Leaves forwarding and the rule set in place on drop: a pinned program still needs them;
+    /// [`restore`] undoes them later from the handover record.
+    pub fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for ForwardingGuard {
     fn drop(&mut self) {
-        for (knob, before) in &self.previous {
-            let _ = std::fs::write(knob, before);
+        if self.armed {
+            let previous: Vec<_> = self
+                .previous
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            restore(&previous);
         }
-        let _ = run_nft(&["delete", "table", "inet", NFT_TABLE], None);
     }
+}
+
+/// Puts the forwarding switches back to the recorded `(short name, value)` pairs and removes
+/// the rule set: what a [`ForwardingGuard`] does on drop, for settings a handover run left.
+pub fn restore(previous: &[(String, String)]) {
+    for (name, before) in previous {
+        if let Some((_, knob)) = KNOBS.iter().find(|(n, _)| n == name) {
+            if let Err(e) = std::fs::write(knob, before) {
+                tracing::warn!(knob, error = %e, "cannot restore the forwarding setting");
+            }
+        }
+    }
+    let _ = run_nft(&["delete", "table", "inet", NFT_TABLE], None);
 }
 
 fn run_nft(args: &[&str], stdin: Option<&str>) -> io::Result<()> {
@@ -138,5 +168,15 @@ fn run_nft(args: &[&str], stdin: Option<&str>) -> io::Result<()> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
+    }
+}
+
+/// The interface index of device `name` in this network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::other(format!("no network device {name}"))),
+        i => Ok(i),
     }
 }
