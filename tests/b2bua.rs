@@ -13,8 +13,8 @@ use mediagate::sip::header;
 use mediagate::sip::message::{Message, Method};
 use mediagate::sip::transaction::Transmit;
 use sansio::{
-    ack_from_pbx, answer, answered_call, code_of, only_to, parse, target, Harness, ANSWER_SDP,
-    INVITE, LAB as CONFIG,
+    ack_from_pbx, answer, answered_call, bye_from_pbx, code_of, only_to, parse, target, Harness,
+    ANSWER_SDP, INVITE, LAB as CONFIG,
 };
 
 #[test]
@@ -59,16 +59,7 @@ fn caller_hang_up_relays_bye_and_frees_ports() {
     );
     assert_eq!(h.status()["active_calls"], 1);
 
-    let mut bye = ack_from_pbx(&ok);
-    bye.start = mediagate::sip::message::StartLine::Request {
-        method: Method::Bye,
-        uri: "sip:mediagate@10.99.1.1:5060".into(),
-    };
-    bye.set_header("CSeq", "2 BYE".into());
-    bye.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
-    );
+    let bye = bye_from_pbx(&ok);
     let out = h.send(bye, h.pbx);
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
     let bye_b = only_to(&out, &h.itsp);
@@ -809,16 +800,7 @@ fn every_ending_writes_one_record() {
     let (mut h, inv_b, ok) = answered_call();
     assert!(cdrs(&mut h).is_empty(), "no record while the call is up");
     h.send(ack_from_pbx(&ok), h.pbx);
-    let mut bye = ack_from_pbx(&ok);
-    bye.start = mediagate::sip::message::StartLine::Request {
-        method: Method::Bye,
-        uri: "sip:mediagate@10.99.1.1:5060".into(),
-    };
-    bye.set_header("CSeq", "2 BYE".into());
-    bye.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
-    );
+    let bye = bye_from_pbx(&ok);
     h.send(bye, h.pbx);
     let records = cdrs(&mut h);
     assert_eq!(records.len(), 1);

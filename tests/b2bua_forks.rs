@@ -9,7 +9,8 @@ use mediagate::sip::dialog::response_to;
 use mediagate::sip::message::{Message, Method, StartLine};
 use mediagate::sip::transaction::T1;
 use sansio::{
-    calling, calling_with, one_to, prack, provisional_from, rseq_of, to_peer, Harness, LAB,
+    calling, calling_with, early_update_from_callee, one_to, prack, provisional_from, rseq_of,
+    to_peer, Harness, LAB,
 };
 
 /// The lab configuration with `max_early_dialogs = limit` on the ITSP trunk.
@@ -50,24 +51,7 @@ fn answer_from(inv_b: &Message, tag: &str) -> Message {
 
 /// An UPDATE from fork `tag` in its early dialog.
 fn update_from(inv_b: &Message, tag: &str) -> Message {
-    let mut update = Message {
-        start: StartLine::Request {
-            method: Method::Other("UPDATE".into()),
-            uri: "sip:mediagate@10.99.2.1:5060".into(),
-        },
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    update.push_header(
-        "Via",
-        format!("SIP/2.0/UDP 10.99.2.2:5060;branch=z9hG4bK-u{tag}"),
-    );
-    update.push_header("From", format!("{};tag={tag}", inv_b.header("To").unwrap()));
-    update.push_header("To", inv_b.header("From").unwrap().to_string());
-    update.push_header("Call-ID", inv_b.header("Call-ID").unwrap().to_string());
-    update.push_header("CSeq", "10 UPDATE".into());
-    update.push_header("Max-Forwards", "70".into());
-    with_sdp(update, 7010)
+    with_sdp(early_update_from_callee(inv_b, tag), 7010)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use mediagate::sdp::{Direction, Sdp};
 use mediagate::sip::header;
 use mediagate::sip::message::{Message, Method, StartLine};
 use mediagate::sip::transaction::{Target, Transmit};
-use sansio::{parse, Harness, INVITE, LAB as CONFIG};
+use sansio::{only_to, parse, Harness, INVITE, LAB as CONFIG};
 
 /// Calls up (as `/status` counts them).
 fn active_calls(h: &Harness) -> u64 {
@@ -35,20 +35,6 @@ fn assert_hidden(out: &[Transmit], h: &Harness) {
             );
         }
     }
-}
-
-fn only_to(out: &[Transmit], to: &Target) -> Message {
-    let msgs: Vec<&Transmit> = out
-        .iter()
-        .filter(|t| t.target.remote == to.remote)
-        .collect();
-    assert_eq!(
-        msgs.len(),
-        1,
-        "expected one message to {}: {out:#?}",
-        to.remote
-    );
-    msgs[0].message.clone()
 }
 
 /// Messages to `to` other than 100 Trying.

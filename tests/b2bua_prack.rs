@@ -9,8 +9,8 @@ use mediagate::sip::dialog::response_to;
 use mediagate::sip::message::{Message, Method, StartLine};
 use mediagate::sip::transaction::T1;
 use sansio::{
-    calling, invite_100rel, one_to, parse, prack, provisional_from, rseq_of, to_peer, Harness,
-    INVITE,
+    calling, early_update_from_callee, invite_100rel, one_to, parse, prack, provisional_from,
+    rseq_of, to_peer, Harness, INVITE,
 };
 
 /// A provisional from the callee (To tag `itsptag`), reliable with `rseq` if given.
@@ -207,27 +207,10 @@ fn early_update_from_the_caller_is_relayed_with_its_sdp_reanchored() {
 #[test]
 fn early_update_from_the_callee_reaches_the_caller_in_its_dialog() {
     let (mut h, inv_b, p183) = early_call();
-    let mut update = Message {
-        start: StartLine::Request {
-            method: Method::Other("UPDATE".into()),
-            uri: "sip:mediagate@10.99.2.1:5060".into(),
-        },
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    update.push_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.2.2:5060;branch=z9hG4bK-cu1".into(),
+    let update = with_body(
+        early_update_from_callee(&inv_b, "itsptag"),
+        &sdp("callee", "10.99.2.2", 3, 7004),
     );
-    update.push_header(
-        "From",
-        format!("{};tag=itsptag", inv_b.header("To").unwrap()),
-    );
-    update.push_header("To", inv_b.header("From").unwrap().to_string());
-    update.push_header("Call-ID", inv_b.header("Call-ID").unwrap().to_string());
-    update.push_header("CSeq", "10 UPDATE".into());
-    update.push_header("Max-Forwards", "70".into());
-    let update = with_body(update, &sdp("callee", "10.99.2.2", 3, 7004));
     let update_a = one_to(&h.send(update, h.itsp), &h.pbx);
     assert_eq!(update_a.header("Call-ID"), Some("pbx-call-1"));
     assert_eq!(

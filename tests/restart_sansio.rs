@@ -14,7 +14,10 @@ use mediagate::sip::b2bua::journal::JournalEntry;
 use mediagate::sip::header;
 use mediagate::sip::message::{Message, Method, StartLine};
 use sansio::ng::{answer as ng_answer, bstr, offer as ng_offer, result, sdp_of, Ng, CONFIG};
-use sansio::{ack_from_pbx, answer, answered_call_on, code_of, only_to, parse, Harness, LAB};
+use sansio::{
+    ack_from_pbx, answer, answered_call_on, bye_from_pbx, code_of, in_dialog_from_pbx, only_to,
+    parse, Harness, LAB,
+};
 
 fn lab_with_handover() -> Harness {
     Harness::with_config(&LAB.replace("[media]", "[media]\nhandover = true"))
@@ -72,16 +75,7 @@ fn cseq(m: &Message) -> u32 {
 #[test]
 fn caller_hang_up_after_a_restart_reaches_the_callee() {
     let (mut h, inv_b, ok) = call_adopted_by_a_new_process();
-    let mut bye = ack_from_pbx(&ok);
-    bye.start = StartLine::Request {
-        method: Method::Bye,
-        uri: "sip:mediagate@10.99.1.1:5060".into(),
-    };
-    bye.set_header("CSeq", "2 BYE".into());
-    bye.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-bye".into(),
-    );
+    let bye = bye_from_pbx(&ok);
     let out = h.send(bye, h.pbx);
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
     let bye_b = only_to(&out, &h.itsp);
@@ -186,16 +180,7 @@ fn a_reinvite_moving_the_media_is_journalled_and_adopted_with_the_new_addresses(
     h.send(ack_from_pbx(&ok), h.pbx);
     journal_text(&mut h);
     // The PBX moves its media to port 6002 (new o= version); the ITSP answers from 7002.
-    let mut reinv = ack_from_pbx(&ok);
-    reinv.start = StartLine::Request {
-        method: Method::Invite,
-        uri: "sip:mediagate@10.99.1.1:5060".into(),
-    };
-    reinv.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-re2".into(),
-    );
-    reinv.set_header("CSeq", "2 INVITE".into());
+    let mut reinv = in_dialog_from_pbx(&ok, Method::Invite, 2, "z9hG4bK-re2");
     reinv.push_header("Content-Type", "application/sdp".into());
     reinv.body = String::from_utf8(parse(sansio::INVITE).body)
         .unwrap()
@@ -209,13 +194,10 @@ fn a_reinvite_moving_the_media_is_journalled_and_adopted_with_the_new_addresses(
         .replace(" 1 1 IN", " 1 2 IN");
     let out = h.send(answer(&reinv_b, 200, "b1", Some(&moved)), h.itsp);
     assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
-    let mut ack = ack_from_pbx(&ok);
-    ack.set_header(
-        "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack2".into(),
+    h.send(
+        in_dialog_from_pbx(&ok, Method::Ack, 2, "z9hG4bK-ack2"),
+        h.pbx,
     );
-    ack.set_header("CSeq", "2 ACK".into());
-    h.send(ack, h.pbx);
     let text = journal_text(&mut h);
     let records = replay(text.as_bytes()).0.calls;
     assert_eq!(records.len(), 1, "{text}");

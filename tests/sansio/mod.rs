@@ -219,19 +219,51 @@ pub fn answered_call_on(mut h: Harness) -> (Harness, Message, Message) {
     (h, inv_b, ok)
 }
 
-pub fn ack_from_pbx(ok: &Message) -> Message {
-    let mut ack = parse(INVITE);
-    ack.start = mediagate::sip::message::StartLine::Request {
-        method: Method::Ack,
+/// A request from the PBX in the dialog the 200 `ok` confirmed: `method` with CSeq number `cseq`
+/// and Via branch `branch`, without a body.
+pub fn in_dialog_from_pbx(ok: &Message, method: Method, cseq: u32, branch: &str) -> Message {
+    let mut req = parse(INVITE);
+    req.set_header("CSeq", format!("{cseq} {}", method.as_str()));
+    req.start = mediagate::sip::message::StartLine::Request {
+        method,
         uri: "sip:mediagate@10.99.1.1:5060".into(),
     };
-    ack.set_header(
+    req.set_header("Via", format!("SIP/2.0/UDP 10.99.1.2:5060;branch={branch}"));
+    req.set_header("To", ok.header("To").unwrap().to_string());
+    req.body.clear();
+    req.remove_headers("Content-Type");
+    req
+}
+
+/// The PBX's ACK of the 200 `ok`.
+pub fn ack_from_pbx(ok: &Message) -> Message {
+    in_dialog_from_pbx(ok, Method::Ack, 1, "z9hG4bK-ack")
+}
+
+/// The PBX hanging up the call the 200 `ok` confirmed.
+pub fn bye_from_pbx(ok: &Message) -> Message {
+    in_dialog_from_pbx(ok, Method::Bye, 2, "z9hG4bK-bye")
+}
+
+/// An UPDATE without a body from the callee's fork `tag`, in its early dialog of the call whose
+/// INVITE toward the ITSP was `inv_b`.
+pub fn early_update_from_callee(inv_b: &Message, tag: &str) -> Message {
+    let mut update = Message {
+        start: mediagate::sip::message::StartLine::Request {
+            method: Method::Other("UPDATE".into()),
+            uri: "sip:mediagate@10.99.2.1:5060".into(),
+        },
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    update.push_header(
         "Via",
-        "SIP/2.0/UDP 10.99.1.2:5060;branch=z9hG4bK-ack".into(),
+        format!("SIP/2.0/UDP 10.99.2.2:5060;branch=z9hG4bK-u{tag}"),
     );
-    ack.set_header("To", ok.header("To").unwrap().to_string());
-    ack.set_header("CSeq", "1 ACK".into());
-    ack.body.clear();
-    ack.remove_headers("Content-Type");
-    ack
+    update.push_header("From", format!("{};tag={tag}", inv_b.header("To").unwrap()));
+    update.push_header("To", inv_b.header("From").unwrap().to_string());
+    update.push_header("Call-ID", inv_b.header("Call-ID").unwrap().to_string());
+    update.push_header("CSeq", "10 UPDATE".into());
+    update.push_header("Max-Forwards", "70".into());
+    update
 }
