@@ -1156,6 +1156,46 @@ fn a_passed_refer_is_relayed_rehosted_and_its_notifies_come_back() {
 }
 
 #[test]
+fn a_refer_from_the_itsp_side_is_relayed_to_the_pbx_rehosted() {
+    // The other direction: the transferor is behind the ITSP trunk, which passes REFER.
+    let itsp_local = "local = \"udp:10.99.2.1:5060\"\n";
+    let config = CONFIG.replacen(itsp_local, &format!("{itsp_local}refer = \"pass\"\n"), 1);
+    let (mut h, inv_b, ok) = confirmed_call_with(&config);
+    let mut refer = itsp_request(&inv_b, Method::Other("REFER".into()), 2, "r1", None);
+    refer.push_header("Refer-To", "<sip:300@10.99.2.1>".into());
+    refer.push_header("Referred-By", "<sip:+4930555@10.99.2.2:5060>".into());
+    let out = h.send(refer, h.itsp);
+    let refer_a = only_to(&out, &h.pbx);
+    assert_eq!(refer_a.method(), Some(&Method::Other("REFER".into())));
+    assert_eq!(refer_a.header("Call-ID"), Some("pbx-call-1"));
+    assert_eq!(refer_a.header("Refer-To"), Some("<sip:300@10.99.1.1:5060>"));
+    assert_eq!(
+        refer_a.header("Referred-By"),
+        Some("<sip:+4930555@10.99.1.1:5060>")
+    );
+    let out = h.send(reply(&refer_a, 202, "x", PBX_CONTACT, None), h.pbx);
+    let accepted = only_to(&out, &h.itsp);
+    assert_eq!(
+        (code_of(&accepted), accepted.header("CSeq")),
+        (202, Some("2 REFER"))
+    );
+    // The transferee (the PBX side) reports progress back to the ITSP.
+    let mut notify = pbx_request(&ok, Method::Other("NOTIFY".into()), 2, "n1", None);
+    notify.push_header("Event", "refer".into());
+    notify.push_header("Subscription-State", "terminated;reason=noresource".into());
+    notify.push_header("Content-Type", "message/sipfrag;version=2.0".into());
+    notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
+    let out = h.send(notify, h.pbx);
+    let notify_b = only_to(&out, &h.itsp);
+    assert_eq!(notify_b.header("Event"), Some("refer"));
+    assert_eq!(notify_b.header("Call-ID"), inv_b.header("Call-ID"));
+    assert_eq!(notify_b.body, b"SIP/2.0 200 OK\r\n");
+    let out = h.send(reply(&notify_b, 200, "itsptag", ITSP_CONTACT, None), h.itsp);
+    assert_eq!(code_of(&only_to(&out, &h.pbx)), 200);
+    assert_eq!(active_calls(&h), 1);
+}
+
+#[test]
 fn session_interval_too_small_both_ways() {
     let mut h = Harness::with_config(&timer_config("session_timer_s = 90"));
     // A caller asking for less than Min-SE: 422 with Min-SE, no call.
